@@ -1,0 +1,42 @@
+"""FedAvg, one adapter at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def fedavg(states: Sequence[dict[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Weighted mean of same-keyed, same-shaped state dicts; weights are example counts."""
+    if not states or len(states) != len(weights):
+        raise ValueError("fedavg needs one weight per state and at least one state")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"fedavg weights must sum to > 0, got {list(weights)}")
+    keys = states[0].keys()
+    out = {}
+    for key in keys:
+        acc = np.zeros_like(states[0][key], dtype=np.float64)
+        for state, w in zip(states, weights, strict=True):
+            acc += state[key].astype(np.float64) * (w / total)
+        out[key] = acc.astype(states[0][key].dtype)
+    return out
+
+
+def split_by_adapter(state: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """`{"clip.x": a, "t5.y": b}` -> `{"clip": {"clip.x": a}, "t5": {"t5.y": b}}`."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in state.items():
+        groups.setdefault(key.split(".", 1)[0], {})[key] = value
+    return groups
+
+
+def fedavg_per_adapter(states: Sequence[dict[str, np.ndarray]],
+                       weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """FedAvg of each adapter's parameters on its own, weighted by the nodes' example counts."""
+    per_node = [split_by_adapter(s) for s in states]
+    out: dict[str, np.ndarray] = {}
+    for adapter in per_node[0]:
+        out |= fedavg([groups[adapter] for groups in per_node], weights)
+    return out

@@ -1,0 +1,303 @@
+"""The experiment's JSON config: schema, defaults, loading and validation.
+
+One experiment file has the sections `experiment`, `federation`, `training`, `dataset`, `feda2v`
+and `nodes`; a node's own JSON file has the shape of one `nodes` entry. Every section and key is
+optional and falls back to its default. Unknown keys and bad values raise `ConfigError` naming the
+file, the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message says where and why."""
+
+
+def _rule(**kw: Any) -> dict[str, Any]:
+    return {"rule": kw}
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "feda2v"
+    seed: int = 0
+    output_dir: str = "runs"
+    device: str = field(default="cpu", metadata=_rule(choices=("cpu", "cuda", "auto")))
+
+
+@dataclass
+class FederationConfig:
+    global_rounds: int = field(default=5, metadata=_rule(min=1))
+    num_clients: int = field(default=3, metadata=_rule(min=1))
+    local_epochs: int = field(default=2, metadata=_rule(min=1))
+    join_ratio: float = field(default=1.0, metadata=_rule(min_exclusive=0.0, max=1.0))
+    min_clients: int = field(default=2, metadata=_rule(min=1))
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = field(default=16, metadata=_rule(min=1))
+    optimizer: str = field(default="AdamW", metadata=_rule(choices=("AdamW",)))
+    learning_rate: float = field(default=1e-3, metadata=_rule(min_exclusive=0.0))
+    weight_decay: float = field(default=1e-4, metadata=_rule(min=0.0))
+    gradient_accumulation_steps: int = field(default=1, metadata=_rule(min=1))
+    eval_batch_size: int = field(default=64, metadata=_rule(min=1))
+
+
+@dataclass
+class DatasetConfig:
+    name: str = field(default="synthetic", metadata=_rule(choices=("synthetic", "esc50")))
+    path: str = "data/synthetic"
+    partition: str = field(default="nodes", metadata=_rule(choices=("nodes",)))
+    train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    test_folds: list[int] = field(default_factory=lambda: [5])
+    clip_seconds: float = field(default=5.0, metadata=_rule(min_exclusive=0.0))
+    # Only for name == "synthetic": what the generator writes on first use.
+    num_classes: int = field(default=10, metadata=_rule(min=2, max=12))
+    clips_per_class: int = field(default=40, metadata=_rule(min=5))
+    sample_rate: int = field(default=22050, metadata=_rule(min=8000))
+
+
+@dataclass
+class FedA2VConfig:
+    audio_model_name: str = "builtin:tiny-ast"
+    clip_model_name: str = "builtin:tiny-clip"
+    t5_model_name: str = "builtin:tiny-t5"
+    t5_max_length: int = field(default=17, metadata=_rule(min=1))
+    clip_adapter_learning_rate: float | None = field(
+        default=None, metadata=_rule(min_exclusive=0.0)
+    )
+    clip_adapter_weight_decay: float | None = field(default=None, metadata=_rule(min=0.0))
+    clip_adapter_learning_rate_schedule: bool | str = field(
+        default=False, metadata=_rule(choices=(True, False, "constant", "cosine"))
+    )
+    t5_adapter_learning_rate: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
+    t5_adapter_weight_decay: float | None = field(default=None, metadata=_rule(min=0.0))
+    t5_adapter_learning_rate_schedule: bool | str = field(
+        default=False, metadata=_rule(choices=(True, False, "constant", "cosine"))
+    )
+    lr_warmup_rounds: int = field(default=1, metadata=_rule(min=0))
+    lr_min_ratio: float = field(default=0.1, metadata=_rule(min=0.0, max=1.0))
+    use_stratified_batching: bool = False
+    use_per_class_loss: bool = False
+    adapter_dropout: float = field(default=0.05, metadata=_rule(min=0.0, max=0.9))
+    adapter_hidden_dim: int = field(default=512, metadata=_rule(min=1))
+    adapter_num_heads: int = field(default=4, metadata=_rule(min=1))
+    adapter_mlp_ratio: int = field(default=2, metadata=_rule(min=1))
+    adapter_norm_groups: int = field(default=8, metadata=_rule(min=1))
+
+
+@dataclass
+class NodeConfig:
+    """One node's own settings: which data it holds and how it runs."""
+
+    selected_classes: list[str] | None = None
+    excluded_classes: list[str] | None = None
+    train_folds: list[int] | None = None
+    test_folds: list[int] | None = None
+    node_split_id: int | None = field(default=None, metadata=_rule(min=0))
+    num_nodes: int | None = field(default=None, metadata=_rule(min=1))
+    dataset_path: str | None = None
+    device: str | None = field(default=None, metadata=_rule(choices=("cpu", "cuda", "auto")))
+    batch_size: int | None = field(default=None, metadata=_rule(min=1))
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    feda2v: FedA2VConfig = field(default_factory=FedA2VConfig)
+    nodes: dict[str, NodeConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def node(self, partition_id: int) -> NodeConfig:
+        """The `nodes` entry of a simulated node, or an empty one."""
+        return self.nodes.get(str(partition_id), NodeConfig())
+
+    def adapter_lr(self, adapter: str) -> float:
+        value = getattr(self.feda2v, f"{adapter}_adapter_learning_rate")
+        return self.training.learning_rate if value is None else value
+
+    def adapter_weight_decay(self, adapter: str) -> float:
+        value = getattr(self.feda2v, f"{adapter}_adapter_weight_decay")
+        return self.training.weight_decay if value is None else value
+
+    def adapter_schedule(self, adapter: str) -> str:
+        value = getattr(self.feda2v, f"{adapter}_adapter_learning_rate_schedule")
+        if isinstance(value, bool):
+            return "cosine" if value else "constant"
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: walk the dataclasses, check each key's type and rule, name the path on failure.
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Whether `value` has type `tp`; returns the value coerced (int -> float) when it does."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, coerced = _matches(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        (item_tp,) = typing.get_args(tp)
+        out = []
+        for item in value:
+            ok, coerced = _matches(item, item_tp)
+            if not ok:
+                return False, value
+            out.append(coerced)
+        return True, out
+    if tp is type(None):
+        return value is None, value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    return isinstance(value, tp), value
+
+
+def _check_rule(value: Any, rule: dict[str, Any], where: str) -> None:
+    if value is None:
+        return
+    if "choices" in rule and value not in rule["choices"]:
+        allowed = ", ".join(json.dumps(c) for c in rule["choices"])
+        hint = suggest(str(value), [str(c) for c in rule["choices"]])
+        raise ConfigError(f"{where}: {json.dumps(value)} is not allowed; use one of {allowed}{hint}")
+    if "min" in rule and value < rule["min"]:
+        raise ConfigError(f"{where}: {value} is below the minimum {rule['min']}")
+    if "max" in rule and value > rule["max"]:
+        raise ConfigError(f"{where}: {value} is above the maximum {rule['max']}")
+    if "min_exclusive" in rule and value <= rule["min_exclusive"]:
+        raise ConfigError(f"{where}: {value} must be greater than {rule['min_exclusive']}")
+
+
+def suggest(name: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _build(cls: type, data: Any, path: str, source: str) -> Any:
+    """Build dataclass `cls` from a JSON object, rejecting unknown keys and bad values."""
+    where = f"{source}: '{path}'" if path else source
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise ConfigError(
+                f"{source}: unknown key '{key_path}'{suggest(key, list(fields))}; "
+                f"allowed keys here: {allowed}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, key_path, source)
+            continue
+        if typing.get_origin(tp) is dict:
+            kwargs[key] = _build_nodes(value, key_path, source)
+            continue
+        ok, coerced = _matches(value, tp)
+        if not ok:
+            raise ConfigError(
+                f"{source}: '{key_path}' must be {_describe(tp)}, got {json.dumps(value)}"
+            )
+        _check_rule(coerced, fields[key].metadata.get("rule", {}), f"{source}: '{key_path}'")
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _build_nodes(data: Any, path: str, source: str) -> dict[str, NodeConfig]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{path}' must be a JSON object keyed by node id")
+    nodes = {}
+    for node_id, entry in data.items():
+        if not str(node_id).isdigit():
+            raise ConfigError(
+                f"{source}: '{path}.{node_id}': node ids are partition numbers such as \"0\""
+            )
+        nodes[str(int(node_id))] = _build(NodeConfig, entry, f"{path}.{node_id}", source)
+    return nodes
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file: {err.strerror or err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{path}: line {err.lineno}, column {err.colno}: malformed JSON: {err.msg}"
+        ) from err
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    config = _build(Config, data, "", source)
+    check_consistency(config, source)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate an experiment JSON file."""
+    return config_from_dict(_read_json(Path(path)), str(path))
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node's own JSON file (the shape of one `nodes` entry)."""
+    return _build(NodeConfig, _read_json(Path(path)), "", str(path))
+
+
+def check_consistency(config: Config, source: str) -> None:
+    """Rules that span several keys."""
+    fed = config.federation
+    if fed.min_clients > fed.num_clients:
+        raise ConfigError(
+            f"{source}: 'federation.min_clients' ({fed.min_clients}) exceeds "
+            f"'federation.num_clients' ({fed.num_clients})"
+        )
+    for node_id, node in config.nodes.items():
+        if node.selected_classes is not None and node.excluded_classes is not None:
+            raise ConfigError(
+                f"{source}: 'nodes.{node_id}': use either 'selected_classes' or "
+                "'excluded_classes', not both"
+            )
+        if node.node_split_id is not None and node.num_nodes is not None:
+            if node.node_split_id >= node.num_nodes:
+                raise ConfigError(
+                    f"{source}: 'nodes.{node_id}.node_split_id' ({node.node_split_id}) must "
+                    f"be below 'num_nodes' ({node.num_nodes})"
+                )

@@ -1,0 +1,186 @@
+"""Frozen encoders: AST for audio tokens, CLIP and T5 text encoders for targets.
+
+`builtin:*` names build small, seeded, randomly initialised models from configs in code, with
+character tokenizers, so everything runs offline. Every other name (hub id or local directory)
+goes through `from_pretrained`, as a user with real weights expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from tqdm import tqdm
+from transformers import (
+    ASTConfig,
+    ASTFeatureExtractor,
+    ASTModel,
+    AutoTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5EncoderModel,
+)
+
+from .audio import FeatureSettings, fbank_features
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin:"
+_ALPHABET = list(string.ascii_lowercase + string.digits + " _-'.,!?")
+_SEED = 1234
+CLIP_MAX_LENGTH = 77
+
+
+def _char_tokenizer(specials: list[str], template: str, max_length: int,
+                    **special_names: str) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: no vocabulary file, no download, any lower-case text."""
+    vocab = {tok: i for i, tok in enumerate(specials + _ALPHABET)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(s, vocab[s]) for s in specials if s in template]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length,
+                                   unk_token="<unk>", **special_names)
+
+
+def _seeded(build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        return build().eval()
+
+
+def builtin_audio() -> tuple[ASTModel, ASTFeatureExtractor]:
+    config = ASTConfig(hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=192, num_mel_bins=64, max_length=256)
+    extractor = ASTFeatureExtractor(num_mel_bins=64, max_length=256)
+    return _seeded(lambda: ASTModel(config)), extractor
+
+
+def builtin_clip() -> tuple[CLIPTextModel, PreTrainedTokenizerFast]:
+    tokenizer = _char_tokenizer(["<pad>", "<bos>", "<unk>", "<eos>"], "<bos> $A <eos>",
+                                CLIP_MAX_LENGTH, pad_token="<pad>", bos_token="<bos>",
+                                eos_token="<eos>")
+    # initializer_factor 5 spreads the random class targets apart (max pairwise cosine ~0.81).
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                            projection_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=CLIP_MAX_LENGTH, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=3, initializer_factor=5.0)
+    return _seeded(lambda: CLIPTextModel(config)), tokenizer
+
+
+def builtin_t5() -> tuple[T5EncoderModel, PreTrainedTokenizerFast]:
+    tokenizer = _char_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", 512,
+                                pad_token="<pad>", eos_token="</s>")
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                      num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0,
+                      eos_token_id=1, decoder_start_token_id=0)
+    return _seeded(lambda: T5EncoderModel(config)), tokenizer
+
+
+BUILTINS = {"builtin:tiny-ast": builtin_audio, "builtin:tiny-clip": builtin_clip,
+            "builtin:tiny-t5": builtin_t5}
+
+
+def _builtin(name: str):
+    if name not in BUILTINS:
+        raise ValueError(f"unknown built-in model '{name}'; built-ins: {', '.join(BUILTINS)}")
+    return BUILTINS[name]()
+
+
+def save_builtin(name: str, directory: str | Path) -> Path:
+    """Write a built-in model and its tokenizer/feature extractor with `save_pretrained`."""
+    model, processor = _builtin(name)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return Path(directory)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+@dataclass
+class AudioEncoder:
+    """A frozen AST: waveforms in, `(N, tokens, hidden)` last hidden states out."""
+
+    name: str
+    model: ASTModel
+    settings: FeatureSettings
+    device: torch.device
+
+    @classmethod
+    def load(cls, name: str, device: str = "cpu") -> AudioEncoder:
+        if name.startswith(BUILTIN):
+            model, extractor = _builtin(name)
+        else:
+            model = ASTModel.from_pretrained(name)
+            extractor = ASTFeatureExtractor.from_pretrained(name)
+        settings = FeatureSettings(
+            sampling_rate=extractor.sampling_rate, num_mel_bins=extractor.num_mel_bins,
+            max_length=extractor.max_length, mean=float(extractor.mean),
+            std=float(extractor.std), do_normalize=bool(extractor.do_normalize),
+        )
+        dev = resolve_device(device)
+        return cls(name, model.to(dev).eval(), settings, dev)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, waveforms: list[torch.Tensor], batch_size: int = 16,
+               desc: str = "encoding audio") -> torch.Tensor:
+        out = []
+        for start in tqdm(range(0, len(waveforms), batch_size), desc=desc, unit="batch",
+                          disable=None, leave=False):
+            feats = torch.stack([fbank_features(w, self.settings)
+                                 for w in waveforms[start:start + batch_size]])
+            out.append(self.model(input_values=feats.to(self.device)).last_hidden_state.cpu())
+        return torch.cat(out)
+
+
+def _load_text(name: str, model_cls: type[PreTrainedModel]):
+    if name.startswith(BUILTIN):
+        return _builtin(name)
+    return model_cls.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+
+
+@torch.no_grad()
+def clip_targets(name: str, prompts: list[str], device: str = "cpu") -> torch.Tensor:
+    """CLIP text pooled output per prompt, `(len(prompts), hidden)`: FLUX's pooled embeds."""
+    model, tokenizer = _load_text(name, CLIPTextModel)
+    dev = resolve_device(device)
+    batch = tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH,
+                      truncation=True, return_tensors="pt")
+    out = model.to(dev)(input_ids=batch["input_ids"].to(dev))
+    return out.pooler_output.float().cpu()
+
+
+@torch.no_grad()
+def t5_targets(name: str, prompts: list[str], max_length: int,
+               device: str = "cpu") -> torch.Tensor:
+    """T5 encoder hidden states per prompt padded to `max_length`: FLUX's prompt embeds."""
+    model, tokenizer = _load_text(name, T5EncoderModel)
+    dev = resolve_device(device)
+    batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                      return_tensors="pt")
+    # FLUX runs T5 without an attention mask, so padded positions carry real states too.
+    out = model.to(dev)(input_ids=batch["input_ids"].to(dev))
+    return out.last_hidden_state.float().cpu()
+
+
+def class_prompt(label: str) -> str:
+    return label.replace("_", " ")

@@ -1,0 +1,39 @@
+"""Held-out metrics: MSE, cosine to the own target, and top-1 retrieval over all classes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import Adapter
+from .losses import per_sample_mse
+from .train import EncodedSet, batch_targets
+
+
+@torch.no_grad()
+def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
+                      class_targets: dict[str, torch.Tensor], batch_size: int,
+                      device: torch.device) -> dict[str, float]:
+    """`eval_<adapter>_mse|cosine|top1`, means over the samples of `data`.
+
+    Top-1: the class whose target is nearest to the prediction by cosine, among all classes.
+    """
+    sums: dict[str, float] = {}
+    for name, adapter in adapters.items():
+        adapter.to(device).eval()
+        targets = class_targets[name].to(device)
+        flat_targets = F.normalize(targets.flatten(1), dim=1)
+        mse = cos = hits = 0.0
+        for start in range(0, len(data), batch_size):
+            tokens = data.tokens[start:start + batch_size].to(device, torch.float32)
+            labels = data.labels[start:start + batch_size].to(device)
+            pred = adapter(tokens)
+            own = batch_targets(targets, labels)
+            mse += per_sample_mse(pred, own).sum().item()
+            cos += F.cosine_similarity(pred.flatten(1), own.flatten(1), dim=1).sum().item()
+            nearest = (F.normalize(pred.flatten(1), dim=1) @ flat_targets.T).argmax(dim=1)
+            hits += (nearest == labels).sum().item()
+        n = max(len(data), 1)
+        sums |= {f"eval_{name}_mse": mse / n, f"eval_{name}_cosine": cos / n,
+                 f"eval_{name}_top1": hits / n}
+    return sums

@@ -1,0 +1,112 @@
+"""The server's side: resolve the config, make targets, run the strategy, record the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid
+
+from .adapters import ADAPTERS, adapters_state, build_adapters
+from .config import Config, load_config
+from .data import open_corpus
+from .encoders import AudioEncoder, class_prompt, clip_targets, t5_targets
+from .run_dir import RunRecorder, new_run_dir
+from .schedule import round_lr
+from .strategy import FedA2VStrategy
+
+log = logging.getLogger(__name__)
+
+
+def resolve_path(value: str, app_dir: Path) -> Path:
+    """Absolute as given; relative: against the working directory, else the app directory."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists() or not (app_dir / path).exists():
+        return path.resolve()
+    return (app_dir / path).resolve()
+
+
+def config_for_run(run_config: dict[str, Any], app_dir: Path) -> Config:
+    """The experiment JSON named by the run config, with its overrides and absolute paths."""
+    config = load_config(resolve_path(str(run_config.get("config", "configs/quickstart.json")),
+                                      app_dir))
+    if int(run_config.get("rounds", 0) or 0) > 0:
+        config.federation.global_rounds = int(run_config["rounds"])
+    if run_config.get("output-dir"):
+        config.experiment.output_dir = str(run_config["output-dir"])
+    config.experiment.output_dir = str(Path(config.experiment.output_dir).resolve())
+    config.dataset.path = str(Path(config.dataset.path).resolve())
+    return config
+
+
+def make_targets(config: Config, classes: list[str]) -> dict[str, torch.Tensor]:
+    prompts = [class_prompt(c) for c in classes]
+    fa = config.feda2v
+    return {"clip": clip_targets(fa.clip_model_name, prompts, config.experiment.device),
+            "t5": t5_targets(fa.t5_model_name, prompts, fa.t5_max_length,
+                             config.experiment.device)}
+
+
+def lr_plan(config: Config):
+    rounds = config.federation.global_rounds
+
+    def lr_for_round(server_round: int) -> dict[str, float]:
+        return {name: round_lr(config.adapter_lr(name), config.adapter_schedule(name),
+                               server_round, rounds, config.feda2v.lr_warmup_rounds,
+                               config.feda2v.lr_min_ratio)
+                for name in ADAPTERS}
+
+    return lr_for_round
+
+
+def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any]:
+    """Run every round of the experiment; returns the summary written to `summary.json`."""
+    config = config_for_run(dict(context.run_config), app_dir)
+    run_dir_value = str(context.run_config.get("run-dir") or "")
+    run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
+    fed = config.federation
+    classes = open_corpus(config).classes
+    targets = make_targets(config, classes)
+    d_audio = AudioEncoder.load(config.feda2v.audio_model_name, "cpu").hidden_size
+    adapters = build_adapters(d_audio, targets["clip"].shape[-1], targets["t5"].shape[-1],
+                              config.feda2v, seed=config.experiment.seed)
+    initial = ArrayRecord(adapters_state(adapters))
+    payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
+    log.info("run directory: %s", run_dir)
+    log.info("%d classes; adapters: %.2f MB per node per round each way", len(classes),
+             payload / 2**20)
+
+    strategy = FedA2VStrategy(
+        targets=ArrayRecord(targets), lr_for_round=lr_plan(config),
+        fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
+        min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
+    )
+    recorder = RunRecorder(run_dir, config)
+
+    def end_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        record = recorder.end_round(server_round, strategy.round_metrics.get(server_round, {}),
+                                    arrays.to_torch_state_dict())
+        return MetricRecord({k: v for k, v in record.items() if v is not None})
+
+    node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
+                                "classes": json.dumps(classes)})
+    started = time.time()
+    result = strategy.start(grid, initial, fed.global_rounds, train_config=node_config,
+                            evaluate_config=ConfigRecord(dict(node_config)),
+                            evaluate_fn=end_round)
+    adapter_config = {"d_audio": d_audio, "d_clip": targets["clip"].shape[-1],
+                      "d_t5": targets["t5"].shape[-1], "classes": classes,
+                      "feda2v": config.to_dict()["feda2v"]}
+    final = result.arrays if len(result.arrays) else initial
+    summary = recorder.finish(final.to_torch_state_dict(), adapter_config, payload,
+                              fed.global_rounds, len(strategy.nodes_seen))
+    log.info("finished %d rounds in %.1fs: %s", fed.global_rounds, time.time() - started,
+             json.dumps(summary))
+    return summary

@@ -1,0 +1,32 @@
+"""Losses with per-sample pairing enforced: predictions and targets are both `(B, ...)`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`(B,)` mean squared error of each sample against its own target.
+
+    Shapes must match exactly: the upstream code's `(B, 1, 768)` targets against `(B, 768)`
+    predictions broadcast every prediction against every target of the batch.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape "
+                         f"{tuple(target.shape)}; targets must be per sample")
+    return (pred - target).pow(2).flatten(1).mean(dim=1)
+
+
+def adapter_loss(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
+                 per_class: bool) -> torch.Tensor:
+    """Batch MSE; with `per_class`, the mean over the batch's classes of each class's mean."""
+    losses = per_sample_mse(pred, target)
+    if labels.shape != losses.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} != batch {tuple(losses.shape)}")
+    if not per_class:
+        return losses.mean()
+    classes, inverse = labels.unique(return_inverse=True)
+    sums = torch.zeros(len(classes), dtype=losses.dtype, device=losses.device)
+    sums = sums.index_add(0, inverse, losses)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(losses.dtype)
+    return (sums / counts).mean()

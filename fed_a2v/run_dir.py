@@ -1,0 +1,96 @@
+"""A run's directory: resolved config, per-round metrics, TensorBoard, checkpoints, summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+ROUND_KEYS = ("train_clip_loss", "train_t5_loss", "eval_clip_mse", "eval_t5_mse",
+              "eval_clip_cosine", "eval_t5_cosine", "eval_clip_top1", "eval_t5_top1",
+              "clip_lr", "t5_lr")
+EVAL_KEYS = tuple(k for k in ROUND_KEYS if k.startswith("eval_"))
+
+
+def new_run_dir(config: Config) -> Path:
+    """`<output_dir>/<name>-<timestamp>`, unique even for runs started in the same second."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(config.experiment.output_dir) / f"{config.experiment.name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path.resolve()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_adapters(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    _atomic_write(path, lambda tmp: save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata))
+
+
+class RunRecorder:
+    """Writes everything a run leaves behind, round by round."""
+
+    def __init__(self, run_dir: Path, config: Config) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.dir = Path(run_dir)
+        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.dir / "final").mkdir(exist_ok=True)
+        self.config = config
+        self.started = time.time()
+        self.last: dict[str, Any] = {}
+        _atomic_write(self.dir / "config.json",
+                      lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2)))
+        self.tb = SummaryWriter(str(self.dir / "tb"))
+
+    def end_round(self, server_round: int, metrics: dict[str, float],
+                  state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Record one finished round: a metrics line, TensorBoard scalars and a checkpoint."""
+        record = {"round": server_round, **{k: metrics.get(k) for k in ROUND_KEYS}}
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "round" and value is not None:
+                self.tb.add_scalar(key.replace("_", "/", 1), value, server_round)
+        self.tb.flush()
+        save_adapters(state, self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors",
+                      {"round": str(server_round)})
+        self.last = record
+        log.info("round %d | %s", server_round, " ".join(
+            f"{k}={v:.4g}" for k, v in record.items() if k != "round" and v is not None))
+        return record
+
+    def finish(self, state: dict[str, torch.Tensor], adapter_config: dict[str, Any],
+               adapter_bytes_per_round: int, rounds: int, num_nodes: int) -> dict[str, Any]:
+        """Final adapters under `final/` and `summary.json`."""
+        for name in ("clip", "t5"):
+            prefix = f"{name}."
+            save_adapters({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                          self.dir / "final" / f"{name}_adapter.safetensors", {"adapter": name})
+        (self.dir / "final" / "adapter_config.json").write_text(
+            json.dumps(adapter_config, indent=2))
+        summary = {**{k: self.last.get(k) for k in EVAL_KEYS}, "rounds": rounds,
+                   "num_nodes": num_nodes, "wall_seconds": round(time.time() - self.started, 2),
+                   "adapter_bytes_per_round": adapter_bytes_per_round}
+        _atomic_write(self.dir / "summary.json",
+                      lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+        self.tb.close()
+        return summary

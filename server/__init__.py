@@ -1,0 +1,1 @@
+"""FedA2V's Flower ServerApp."""
