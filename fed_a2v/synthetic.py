@@ -18,6 +18,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from .config import ConfigError
+
 log = logging.getLogger(__name__)
 
 Synth = Callable[[np.random.Generator, int, int], np.ndarray]
@@ -203,13 +205,13 @@ def ensure_synthetic_corpus(
     if marker.exists():
         found = json.loads(marker.read_text())
         if found != settings:
-            raise ValueError(
+            raise ConfigError(
                 f"{root}: holds a synthetic corpus made with {found}, but the config asks for "
                 f"{settings}; delete the folder or set 'dataset.path' to another one"
             )
         return root
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root}: exists and is not a synthetic corpus; choose another path")
+        raise ConfigError(f"{root}: exists and is not a synthetic corpus; choose another path")
 
     # Build in a private folder, then rename: nodes starting together never see half a corpus.
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")

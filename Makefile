@@ -1,0 +1,29 @@
+# Two commands do everything: `make run` (a simulated federation on the built-in data)
+# and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/quickstart.json
+
+.PHONY: run test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, torchaudio, flwr, transformers, ray" 
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fed-a2v simulate --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/ruff check fed_a2v server client tests
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check fed_a2v server client tests
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

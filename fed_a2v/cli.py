@@ -1,0 +1,140 @@
+"""`fed-a2v`: validate configs and run a simulated federation on Flower's simulation engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config, load_node_config
+from .data import open_corpus, read_esc50, split_for_node
+from .launch import (
+    COMPLETED,
+    flower_env,
+    free_port,
+    start_superlink,
+    submit_run,
+    wait_for_run,
+    write_connection,
+)
+from .process import setup_process
+from .run_dir import new_run_dir
+
+log = logging.getLogger("fed_a2v.cli")
+
+APP_DIR = Path(__file__).resolve().parent.parent
+EXIT_CONFIG = 2
+
+
+def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = None,
+          output_dir: str | None = None) -> Config:
+    config = load_config(args_config)
+    if rounds is not None:
+        config.federation.global_rounds = rounds
+    if num_nodes is not None:
+        config.federation.num_clients = num_nodes
+        config.federation.min_clients = min(config.federation.min_clients, num_nodes)
+    if output_dir is not None:
+        config.experiment.output_dir = output_dir
+    config.experiment.output_dir = str(Path(config.experiment.output_dir).resolve())
+    config.dataset.path = str(Path(config.dataset.path).resolve())
+    return config
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the config, a node's JSON, and, where the corpus is on disk, every node's share."""
+    config = load_config(args.config)
+    nodes = {f"nodes.{k}": (v, int(k), config.federation.num_clients)
+             for k, v in config.nodes.items()}
+    if args.node:
+        node = load_node_config(args.node)
+        nodes = {args.node: (node, node.node_split_id or 0, node.num_nodes or 1)}
+    found = []
+    for where, (node, index, num_nodes) in nodes.items():
+        root = Path(node.dataset_path or config.dataset.path)
+        if (root / "meta" / "esc50.csv").exists():
+            split = split_for_node(read_esc50(root), node, index, num_nodes, config, where)
+            found.append(f"{where}: {len(split.train)} train / {len(split.test)} held-out clips")
+    fed = config.federation
+    print(f"{args.config}: ok: '{config.experiment.name}', {fed.num_clients} nodes x "
+          f"{fed.global_rounds} rounds x {fed.local_epochs} local epochs, batch "
+          f"{config.training.batch_size}, dataset {config.dataset.name} at "
+          f"{config.dataset.path}" + "".join(f"; {f}" for f in found))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
+    run_dir = new_run_dir(config)
+    run_dir.mkdir(parents=True)
+    resolved = run_dir / "config.json"
+    resolved.write_text(json.dumps(config.to_dict(), indent=2))
+    open_corpus(config)  # generate the built-in corpus once, before nodes start
+    with tempfile.TemporaryDirectory(prefix="feda2v-flwr-") as home:
+        flwr_home = Path(home)
+        env = flower_env(flwr_home)
+        port = free_port()
+        write_connection(flwr_home, "feda2v-sim", f"127.0.0.1:{port}")
+        superlink = start_superlink(env, port, run_dir / "superlink.log", simulation=True)
+        try:
+            run_id = submit_run(
+                APP_DIR, "feda2v-sim", env,
+                run_config={"config": str(resolved), "run-dir": str(run_dir)},
+                federation_config={"num-supernodes": config.federation.num_clients,
+                                   "client-resources-num-cpus": args.cpus_per_node},
+            )
+            log.info("run %d started; logs follow (also in %s)", run_id, run_dir)
+            stream = subprocess.Popen(["flwr", "log", str(run_id), "feda2v-sim", "--stream"],
+                                      env=env, stdout=sys.stderr, stderr=sys.stderr)
+            try:
+                entry = wait_for_run(run_id, "feda2v-sim", env, timeout=args.timeout)
+                try:
+                    stream.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            finally:
+                stream.terminate()
+        finally:
+            superlink.stop()
+    if entry.get("status") != COMPLETED:
+        log.error("run %d ended %s: %s", run_id, entry.get("status"), entry.get("status-details"))
+        return 1
+    print(run_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fed-a2v", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check an experiment config (and a node's JSON)")
+    p.add_argument("config")
+    p.add_argument("--node", help="a node's own JSON file")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("simulate", help="run a simulated federation (Flower simulation engine)")
+    p.add_argument("--config", default=str(APP_DIR / "configs" / "quickstart.json"))
+    p.add_argument("--num-nodes", type=int, help="simulated nodes (default: num_clients)")
+    p.add_argument("--rounds", type=int, help="federated rounds (default: global_rounds)")
+    p.add_argument("--output-dir", help="where run directories go (default: output_dir)")
+    p.add_argument("--cpus-per-node", type=int, default=1,
+                   help="CPU cores Ray reserves per simulated node (default: 1)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_process()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The CLIP/T5 adapters: output shapes, batch independence, channel GroupNorm, state round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fed_a2v.adapters import ChannelGroupNorm, adapters_state, build_adapters, load_adapters_state
+from fed_a2v.config import FedA2VConfig
+
+D_AUDIO, D_CLIP, D_T5, TOKENS = 32, 24, 16, 10
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    built = build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=0)
+    for a in built.values():
+        a.eval()
+    return built
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_output_shapes(adapters, batch):
+    tokens = torch.randn(batch, TOKENS, D_AUDIO)
+    with torch.no_grad():
+        assert adapters["clip"](tokens).shape == (batch, D_CLIP)
+        assert adapters["t5"](tokens).shape == (batch, FedA2VConfig().t5_max_length, D_T5)
+
+
+def test_t5_length_follows_config():
+    cfg = FedA2VConfig(t5_max_length=5)
+    t5 = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)["t5"].eval()
+    with torch.no_grad():
+        assert t5(torch.randn(2, TOKENS, D_AUDIO)).shape == (2, 5, D_T5)
+
+
+@pytest.mark.parametrize("name", ["clip", "t5"])
+def test_eval_output_is_batch_independent(adapters, name):
+    gen = torch.Generator().manual_seed(1)
+    sample = torch.randn(1, TOKENS, D_AUDIO, generator=gen)
+    others = torch.randn(7, TOKENS, D_AUDIO, generator=gen) * 3 + 2  # very different stats
+    batch = torch.cat([others[:4], sample, others[4:]])
+    with torch.no_grad():
+        alone = adapters[name](sample)[0]
+        inside = adapters[name](batch)[4]
+        # The same sample in another batch, to rule out position effects.
+        inside2 = adapters[name](torch.cat([sample, others[:2]]))[0]
+    assert torch.allclose(alone, inside, atol=1e-5)
+    assert torch.allclose(alone, inside2, atol=1e-5)
+
+
+def test_channel_group_norm_normalises_channels_per_token():
+    norm = ChannelGroupNorm(16, 4)
+    assert norm.num_groups == 4
+    assert torch.equal(norm.weight, torch.ones(16)) and torch.equal(norm.bias, torch.zeros(16))
+    x = torch.randn(3, 5, 16) * 4 + torch.arange(5.0).view(1, 5, 1) * 10  # per-position offset
+    with torch.no_grad():
+        y = norm(x)
+    assert y.shape == x.shape
+    groups = y.reshape(3, 5, 4, 4)  # (B, L, groups, channels per group)
+    assert torch.allclose(groups.mean(-1), torch.zeros(3, 5, 4), atol=1e-4)
+    assert torch.allclose(groups.std(-1, unbiased=False), torch.ones(3, 5, 4), atol=1e-3)
+
+
+def test_channel_group_norm_positions_are_independent():
+    norm = ChannelGroupNorm(16, 4)
+    x = torch.randn(2, 6, 16)
+    changed = x.clone()
+    changed[:, 2] = changed[:, 2] * 100 + 50
+    with torch.no_grad():
+        y, y_changed = norm(x), norm(changed)
+    others = [i for i in range(6) if i != 2]
+    assert torch.equal(y[:, others], y_changed[:, others])
+    assert not torch.allclose(y[:, 2], y_changed[:, 2])
+
+
+def test_channel_group_norm_picks_a_dividing_group_count():
+    assert ChannelGroupNorm(12, 8).num_groups == 6
+    assert ChannelGroupNorm(7, 8).num_groups == 7
+
+
+def test_state_round_trip_into_differently_seeded_adapters(adapters):
+    state = adapters_state(adapters)
+    assert state
+    assert all(k.startswith(("clip.", "t5.")) for k in state)
+    assert any(k.startswith("clip.") for k in state) and any(k.startswith("t5.") for k in state)
+    n_params = sum(len(a.state_dict()) for a in adapters.values())
+    assert len(state) == n_params
+
+    fresh = build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=1)
+    before = adapters_state(fresh)
+    assert any(not torch.equal(before[k], state[k]) for k in state)
+
+    load_adapters_state(fresh, state)
+    after = adapters_state(fresh)
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], state[k]) for k in state)
+    tokens = torch.randn(3, TOKENS, D_AUDIO)
+    with torch.no_grad():
+        for name in ("clip", "t5"):
+            fresh[name].eval()
+            assert torch.equal(fresh[name](tokens), adapters[name](tokens))
+
+
+def test_same_seed_builds_same_adapters():
+    a = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3))
+    b = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,174 @@
+"""Losses pair each prediction with its own sample's target, at any batch size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fed_a2v.train as train_mod
+from fed_a2v.adapters import build_adapters
+from fed_a2v.config import FedA2VConfig
+from fed_a2v.evaluation import evaluate_adapters
+from fed_a2v.losses import adapter_loss, per_sample_mse
+from fed_a2v.train import EncodedSet, LocalTrainConfig, batch_targets, train_local
+
+# Four samples of two dims; prediction is all ones, the targets differ by known amounts.
+PRED = torch.ones(4, 2)
+TARGET = PRED + torch.tensor([[1.0, -1.0],   # squared errors 1, 1 -> MSE 1
+                              [2.0, 2.0],    # 4, 4 -> 4
+                              [3.0, 1.0],    # 9, 1 -> 5
+                              [0.0, 2.0]])   # 0, 4 -> 2
+LABELS = torch.tensor([0, 0, 1, 2])
+
+
+def test_per_sample_mse_by_hand():
+    assert torch.allclose(per_sample_mse(PRED, TARGET), torch.tensor([1.0, 4.0, 5.0, 2.0]))
+
+
+def test_per_sample_mse_flattens_sequence_dims():
+    pred = torch.zeros(2, 3, 2)
+    target = torch.zeros(2, 3, 2)
+    target[1, 0, 0] = 6.0  # one squared error of 36 over 6 values
+    assert torch.allclose(per_sample_mse(pred, target), torch.tensor([0.0, 6.0]))
+
+
+def test_plain_mean_by_hand():
+    loss = adapter_loss(PRED, TARGET, LABELS, per_class=False)
+    assert loss.item() == pytest.approx((1 + 4 + 5 + 2) / 4)
+
+
+def test_per_class_mean_by_hand():
+    # class 0: (1 + 4) / 2 = 2.5; class 1: 5; class 2: 2 -> mean of the three
+    loss = adapter_loss(PRED, TARGET, LABELS, per_class=True)
+    assert loss.item() == pytest.approx((2.5 + 5 + 2) / 3)
+
+
+def test_per_class_mean_ignores_label_values_and_order():
+    labels = torch.tensor([7, 7, 3, 11])
+    assert adapter_loss(PRED, TARGET, labels, True).item() == pytest.approx((2.5 + 5 + 2) / 3)
+    perm = torch.tensor([2, 0, 3, 1])
+    loss = adapter_loss(PRED[perm], TARGET[perm], LABELS[perm], True)
+    assert loss.item() == pytest.approx((2.5 + 5 + 2) / 3)
+
+
+def test_per_class_loss_has_gradient():
+    pred = PRED.clone().requires_grad_()
+    adapter_loss(pred, TARGET, LABELS, per_class=True).backward()
+    # d/dpred of class-0 samples is halved relative to the single-sample classes.
+    expected = -2 * (TARGET - PRED) / 2 / torch.tensor([2.0, 2.0, 1.0, 1.0]).view(4, 1) / 3
+    assert torch.allclose(pred.grad, expected)
+
+
+def test_broadcastable_shape_mismatch_is_rejected():
+    # The upstream bug: (B, 1, D) targets against (B, D) predictions broadcast to (B, B, D).
+    pred = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="shape"):
+        per_sample_mse(pred, pred.unsqueeze(1))
+    with pytest.raises(ValueError, match="shape"):
+        adapter_loss(pred, pred.unsqueeze(1), LABELS, per_class=False)
+
+
+def test_labels_must_match_batch():
+    with pytest.raises(ValueError, match="labels"):
+        adapter_loss(PRED, TARGET, torch.tensor([0, 1, 2]), per_class=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairing at batch size > 1.
+
+CLASS_TARGETS = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+BATCH_LABELS = torch.tensor([2, 0, 1, 3, 1, 0, 2, 3])
+
+
+def test_batch_targets_gives_each_sample_its_own_class_target():
+    targets = batch_targets(CLASS_TARGETS, BATCH_LABELS)
+    assert targets.shape == (8, 6)
+    for i, label in enumerate(BATCH_LABELS.tolist()):
+        assert torch.equal(targets[i], CLASS_TARGETS[label])
+
+
+def test_batch_targets_for_sequence_targets():
+    seq_targets = torch.randn(4, 3, 5)
+    targets = batch_targets(seq_targets, BATCH_LABELS)
+    assert targets.shape == (8, 3, 5)
+    assert all(torch.equal(targets[i], seq_targets[c]) for i, c in enumerate(BATCH_LABELS))
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_perfect_predictor_has_zero_loss_and_permuted_one_does_not(per_class):
+    targets = batch_targets(CLASS_TARGETS, BATCH_LABELS)
+    own = targets.clone()  # a predictor that returns each sample's own target
+    assert adapter_loss(own, targets, BATCH_LABELS, per_class).item() == 0.0
+    shifted = own.roll(1, dims=0)  # neighbouring samples always have different labels here
+    assert (BATCH_LABELS != BATCH_LABELS.roll(1)).all()
+    assert adapter_loss(shifted, targets, BATCH_LABELS, per_class).item() > 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Training at batch size 4 learns the per-sample mapping.
+
+NUM_CLASSES, D_TOKEN, N_TOKENS, T5_LEN = 3, 16, 6, 3
+
+
+def _encoded_set(per_class: int, gen: torch.Generator, offsets: torch.Tensor) -> EncodedSet:
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    tokens = torch.randn(len(labels), N_TOKENS, D_TOKEN, generator=gen)
+    tokens += offsets[labels].unsqueeze(1)  # the class is an offset shared by all tokens
+    return EncodedSet(tokens, labels)
+
+
+def _task():
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.randn(NUM_CLASSES, D_TOKEN, generator=gen) * 3
+    train = _encoded_set(8, gen, offsets)
+    test = _encoded_set(4, gen, offsets)
+    targets = {"clip": torch.randn(NUM_CLASSES, 8, generator=gen),
+               "t5": torch.randn(NUM_CLASSES, T5_LEN, 8, generator=gen)}
+    cfg = FedA2VConfig(t5_max_length=T5_LEN, adapter_hidden_dim=32, adapter_dropout=0.0)
+    adapters = build_adapters(D_TOKEN, 8, 8, cfg, seed=0)
+    return adapters, train, test, targets
+
+
+def _train_cfg(stratified: bool, per_class: bool) -> LocalTrainConfig:
+    return LocalTrainConfig(epochs=25, batch_size=4, stratified=stratified,
+                            per_class_loss=per_class, grad_accum_steps=1,
+                            learning_rates={"clip": 1e-2, "t5": 1e-2},
+                            weight_decays={"clip": 0.0, "t5": 0.0}, seed=0)
+
+
+@pytest.mark.parametrize("stratified,per_class", [(False, False), (True, True)])
+def test_training_at_batch_size_4_learns_each_class(stratified, per_class):
+    torch.manual_seed(0)
+    adapters, train, test, targets = _task()
+    cpu = torch.device("cpu")
+    before = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
+    history = train_local(adapters, train, targets, _train_cfg(stratified, per_class), cpu)
+    after = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
+    for name in ("clip", "t5"):
+        assert len(history[name]) == 25
+        assert history[name][-1] < 0.2 * history[name][0]
+        assert after[f"eval_{name}_mse"] < 0.25 * before[f"eval_{name}_mse"]
+        assert after[f"eval_{name}_top1"] == 1.0
+        assert after[f"eval_{name}_cosine"] > 0.9
+
+
+def test_the_same_training_with_the_upstream_pairing_bug_fails(monkeypatch):
+    """Control: with the first sample's target for the whole batch, the task is not learned."""
+
+    def first_sample_target(class_targets, labels):
+        return class_targets[labels[:1]].expand(len(labels), *class_targets.shape[1:])
+
+    monkeypatch.setattr(train_mod, "batch_targets", first_sample_target)
+    torch.manual_seed(0)
+    adapters, train, test, targets = _task()
+    cpu = torch.device("cpu")
+    train_local(adapters, train, targets, _train_cfg(False, False), cpu)
+    after = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
+    assert min(after["eval_clip_top1"], after["eval_t5_top1"]) < 1.0
+
+
+def test_train_local_rejects_empty_data():
+    adapters, _, _, targets = _task()
+    empty = EncodedSet(torch.empty(0, N_TOKENS, D_TOKEN), torch.empty(0, dtype=torch.long))
+    with pytest.raises(ValueError):
+        train_local(adapters, empty, targets, _train_cfg(False, False), torch.device("cpu"))
