@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def fedavg(states: Sequence[dict[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+def fedavg(states: Sequence[dict[str, np.ndarray]],
+           weights: Sequence[float]) -> dict[str, np.ndarray]:
     """Weighted mean of same-keyed, same-shaped state dicts; weights are example counts."""
     if not states or len(states) != len(weights):
         raise ValueError("fedavg needs one weight per state and at least one state")

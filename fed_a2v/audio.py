@@ -1,4 +1,4 @@
-"""Audio in: read a file, mono, resample, pad or trim, and Kaldi fbank features as AST wants them."""
+"""Audio in: read a file, mono, resample, pad or trim; Kaldi fbank features as AST wants them."""
 
 from __future__ import annotations
 

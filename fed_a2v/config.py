@@ -192,7 +192,8 @@ def _check_rule(value: Any, rule: dict[str, Any], where: str) -> None:
     if "choices" in rule and value not in rule["choices"]:
         allowed = ", ".join(json.dumps(c) for c in rule["choices"])
         hint = suggest(str(value), [str(c) for c in rule["choices"]])
-        raise ConfigError(f"{where}: {json.dumps(value)} is not allowed; use one of {allowed}{hint}")
+        raise ConfigError(
+            f"{where}: {json.dumps(value)} is not allowed; use one of {allowed}{hint}")
     if "min" in rule and value < rule["min"]:
         raise ConfigError(f"{where}: {value} is below the minimum {rule['min']}")
     if "max" in rule and value > rule["max"]:

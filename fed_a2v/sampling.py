@@ -27,7 +27,8 @@ class EpochBatches:
     """The batches of every epoch, reseeded per epoch so epochs differ but runs repeat."""
 
     def __init__(self, labels: Sequence[int], batch_size: int, stratified: bool, seed: int):
-        self.labels, self.batch_size, self.stratified, self.seed = labels, batch_size, stratified, seed
+        self.labels, self.batch_size = labels, batch_size
+        self.stratified, self.seed = stratified, seed
 
     def epoch(self, epoch: int) -> Iterator[list[int]]:
         seed = self.seed * 1_000_003 + epoch

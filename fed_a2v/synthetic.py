@@ -240,7 +240,7 @@ def ensure_synthetic_corpus(
         if root.exists():
             root.rmdir()  # an empty folder left for us
         tmp.rename(root)
-        log.info("wrote synthetic corpus: %d clips of %d classes to %s", len(rows), len(names), root)
+        log.info("wrote synthetic corpus: %d clips, %d classes, in %s", len(rows), len(names), root)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
         if not marker.exists():

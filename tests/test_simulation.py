@@ -1,0 +1,106 @@
+"""A real federation on Flower's simulation engine (flower-superlink --simulation, Ray, flwr run),
+started by the test through `fed-a2v simulate`, then its run directory checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fed_a2v.adapters import build_adapters, load_adapters_state
+from fed_a2v.config import config_from_dict
+from fed_a2v.run_dir import EVAL_KEYS, ROUND_KEYS
+
+ROUNDS = 4
+
+
+def small_experiment(tmp_path: Path) -> dict:
+    return {
+        "experiment": {"name": "sim-test", "seed": 3, "output_dir": str(tmp_path / "runs")},
+        "federation": {"global_rounds": ROUNDS, "num_clients": 2, "local_epochs": 3,
+                       "min_clients": 2},
+        "training": {"batch_size": 8, "learning_rate": 0.003},
+        "dataset": {"name": "synthetic", "path": str(tmp_path / "data"), "clip_seconds": 1.0,
+                    "num_classes": 4, "clips_per_class": 40, "sample_rate": 16000},
+        "feda2v": {"clip_adapter_learning_rate_schedule": "constant",
+                   "t5_adapter_learning_rate_schedule": "constant"},
+        "nodes": {"0": {"selected_classes": ["dog", "rooster", "siren"]},
+                  "1": {"excluded_classes": ["dog"]}},
+    }
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("sim")
+    config_path = tmp_path / "experiment.json"
+    config_path.write_text(json.dumps(small_experiment(tmp_path)))
+    done = subprocess.run(
+        [sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert run_dir.is_dir() and run_dir.parent == tmp_path / "runs"
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_round_is_recorded(sim_run: Path) -> None:
+    metrics = read_metrics(sim_run)
+    assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
+    for m in metrics:
+        assert set(m) == {"round", *ROUND_KEYS}
+        assert all(isinstance(m[k], float) for k in ROUND_KEYS), m
+    assert {m["clip_lr"] for m in metrics} == {0.003}  # constant schedule, training LR
+    checkpoints = sorted(p.name for p in (sim_run / "checkpoints").iterdir())
+    assert checkpoints == [f"round-{r:04d}.safetensors" for r in range(1, ROUNDS + 1)]
+    assert list((sim_run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_eval_accuracy_rises(sim_run: Path) -> None:
+    metrics = read_metrics(sim_run)
+    first, last = metrics[0], metrics[-1]
+    assert last["eval_clip_top1"] + last["eval_t5_top1"] > first["eval_clip_top1"] + first["eval_t5_top1"]
+    assert last["eval_clip_mse"] < first["eval_clip_mse"]
+    assert last["eval_t5_mse"] < first["eval_t5_mse"]
+
+
+def test_summary_and_final_adapters(sim_run: Path) -> None:
+    summary = json.loads((sim_run / "summary.json").read_text())
+    last = read_metrics(sim_run)[-1]
+    assert {k: summary[k] for k in EVAL_KEYS} == {k: last[k] for k in EVAL_KEYS}
+    assert summary["rounds"] == ROUNDS and summary["num_nodes"] == 2
+    assert summary["wall_seconds"] > 0
+
+    config = config_from_dict(json.loads((sim_run / "config.json").read_text()))
+    assert config.experiment.name == "sim-test"
+    meta = json.loads((sim_run / "final" / "adapter_config.json").read_text())
+    adapters = build_adapters(meta["d_audio"], meta["d_clip"], meta["d_t5"], config.feda2v)
+    final = {f"{name}.{k}": v for name in ("clip", "t5")
+             for k, v in load_file(sim_run / "final" / f"{name}_adapter.safetensors").items()}
+    load_adapters_state(adapters, final)  # strict: every key and shape must fit
+    payload = sum(t.numel() * t.element_size() for t in final.values())
+    assert summary["adapter_bytes_per_round"] == payload
+    # The final adapters are the last round's global checkpoint.
+    last_ckpt = load_file(sim_run / "checkpoints" / f"round-{ROUNDS:04d}.safetensors")
+    assert all(torch.equal(last_ckpt[k], v) for k, v in final.items())
+
+
+def test_simulate_rejects_a_bad_config(tmp_path: Path) -> None:
+    bad = small_experiment(tmp_path)
+    bad["training"]["batchsize"] = 8
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "training.batchsize" in done.stderr and "batch_size" in done.stderr
+    assert not (tmp_path / "runs").exists()
