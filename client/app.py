@@ -3,8 +3,8 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fed_a2v.process import setup_process
 from fed_a2v.node import evaluate_reply, train_reply
+from fed_a2v.process import setup_process
 
 app = ClientApp()
 
