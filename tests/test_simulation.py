@@ -68,7 +68,10 @@ def test_every_round_is_recorded(sim_run: Path) -> None:
 def test_eval_accuracy_rises(sim_run: Path) -> None:
     metrics = read_metrics(sim_run)
     first, last = metrics[0], metrics[-1]
-    assert last["eval_clip_top1"] + last["eval_t5_top1"] > first["eval_clip_top1"] + first["eval_t5_top1"]
+    def accuracy(m: dict) -> float:
+        return m["eval_clip_top1"] + m["eval_t5_top1"]
+
+    assert accuracy(last) > accuracy(first)
     assert last["eval_clip_mse"] < first["eval_clip_mse"]
     assert last["eval_t5_mse"] < first["eval_t5_mse"]
 

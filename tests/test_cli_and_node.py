@@ -1,0 +1,88 @@
+"""`fed-a2v validate`, and how a node finds its own settings in simulation and deployment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from fed_a2v.cli import main
+from fed_a2v.config import Config, ConfigError, NodeConfig
+from fed_a2v.federation import resolve_path
+from fed_a2v.node import identify
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def context(node_config: dict) -> Context:
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
+                   run_config={})
+
+
+def test_validate_ok_prints_one_line(capsys) -> None:
+    assert main(["validate", str(APP_DIR / "configs" / "quickstart.json")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "ok" in out[0] and "quickstart" in out[0]
+
+
+def test_validate_error_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"federation": {"global_round": 3}}))
+    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "validate", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "federation.global_round" in done.stderr
+    assert "global_rounds" in done.stderr
+
+
+def test_validate_checks_node_json_against_the_corpus(tmp_path: Path, capsys) -> None:
+    from fed_a2v.synthetic import ensure_synthetic_corpus
+
+    data = ensure_synthetic_corpus(tmp_path / "data", 0, 3, 10, 0.3, 16000)
+    experiment = tmp_path / "exp.json"
+    experiment.write_text(json.dumps({"dataset": {"path": str(data)}}))
+    good = tmp_path / "node.json"
+    good.write_text(json.dumps({"selected_classes": ["dog", "siren"], "num_nodes": 1}))
+    assert main(["validate", str(experiment), "--node", str(good)]) == 0
+    assert "train" in capsys.readouterr().out
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"selected_classes": ["dgo"]}))
+    assert main(["validate", str(experiment), "--node", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert str(wrong) in err and "'dgo'" in err and "did you mean 'dog'" in err
+
+
+def test_simulated_node_takes_the_entry_of_its_partition() -> None:
+    config = Config(nodes={"1": NodeConfig(selected_classes=["dog"])})
+    ident = identify(context({"partition-id": 1, "num-partitions": 3}), config)
+    assert ident.settings.selected_classes == ["dog"]
+    assert (ident.index, ident.num_nodes) == (1, 3)
+    # A partition without an entry holds all classes of its shard.
+    other = identify(context({"partition-id": 2, "num-partitions": 3}), config)
+    assert other.settings == NodeConfig() and other.index == 2
+
+
+def test_deployed_node_reads_its_own_json(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps({"excluded_classes": ["rain"], "node_split_id": 1,
+                                "num_nodes": 2, "batch_size": 4}))
+    ident = identify(context({"node-config": str(path)}), Config())
+    assert ident.settings.excluded_classes == ["rain"] and ident.settings.batch_size == 4
+    assert (ident.index, ident.num_nodes) == (1, 2)
+    assert ident.name == str(path)
+    path.write_text(json.dumps({"batchsize": 4}))
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        identify(context({"node-config": str(path)}), Config())
+
+
+def test_relative_config_path_falls_back_to_the_app_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = "configs/quickstart.json"
+    assert resolve_path(relative, APP_DIR) == APP_DIR / relative
+    (tmp_path / "configs").mkdir()
+    (tmp_path / relative).write_text("{}")
+    assert resolve_path(relative, APP_DIR) == tmp_path / relative
