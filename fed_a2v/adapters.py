@@ -54,7 +54,9 @@ class MAPBlock(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = self.norm_in(tokens)
         queries = self.latents.expand(tokens.shape[0], -1, -1)
-        x = self.attn(queries, tokens, tokens, need_weights=False)[0]
+        # The queries stay in the residual path, so latents differ even where attention
+        # weights coincide (the T5 adapter's 17 positions must not collapse to one).
+        x = queries + self.attn(queries, tokens, tokens, need_weights=False)[0]
         return x + self.mlp(self.norm_out(x))
 
 

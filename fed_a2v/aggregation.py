@@ -12,10 +12,18 @@ def fedavg(states: Sequence[dict[str, np.ndarray]],
     """Weighted mean of same-keyed, same-shaped state dicts; weights are example counts."""
     if not states or len(states) != len(weights):
         raise ValueError("fedavg needs one weight per state and at least one state")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"fedavg weights must be >= 0 and sum to > 0, got {list(weights)}")
     total = float(sum(weights))
-    if total <= 0:
-        raise ValueError(f"fedavg weights must sum to > 0, got {list(weights)}")
     keys = states[0].keys()
+    for i, state in enumerate(states[1:], start=1):
+        if state.keys() != keys:
+            raise ValueError(f"state {i} has keys {sorted(set(state) ^ set(keys))} that "
+                             "state 0 has not, or lacks them")
+        for key in keys:
+            if state[key].shape != states[0][key].shape:
+                raise ValueError(f"state {i}: '{key}' has shape {state[key].shape}, "
+                                 f"state 0 has {states[0][key].shape}")
     out = {}
     for key in keys:
         acc = np.zeros_like(states[0][key], dtype=np.float64)

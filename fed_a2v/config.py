@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,6 +191,8 @@ def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
 def _check_rule(value: Any, rule: dict[str, Any], where: str) -> None:
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value} is not a finite number")
     if "choices" in rule and value not in rule["choices"]:
         allowed = ", ".join(json.dumps(c) for c in rule["choices"])
         hint = suggest(str(value), [str(c) for c in rule["choices"]])
@@ -245,7 +249,7 @@ def _build_nodes(data: Any, path: str, source: str) -> dict[str, NodeConfig]:
         raise ConfigError(f"{source}: '{path}' must be a JSON object keyed by node id")
     nodes = {}
     for node_id, entry in data.items():
-        if not str(node_id).isdigit():
+        if not re.fullmatch(r"[0-9]+", str(node_id)):
             raise ConfigError(
                 f"{source}: '{path}.{node_id}': node ids are partition numbers such as \"0\""
             )

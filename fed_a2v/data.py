@@ -86,8 +86,8 @@ def split_for_node(corpus: Corpus, node: NodeConfig, node_index: int, num_nodes:
     if node.excluded_classes is not None:
         _check_names(node.excluded_classes, corpus.classes, "excluded_classes", where)
         classes = [c for c in classes if c not in node.excluded_classes]
-    train_folds = node.train_folds or config.dataset.train_folds
-    test_folds = node.test_folds or config.dataset.test_folds
+    train_folds = config.dataset.train_folds if node.train_folds is None else node.train_folds
+    test_folds = config.dataset.test_folds if node.test_folds is None else node.test_folds
     folds = {c.fold for c in corpus.clips}
     for fold in (*train_folds, *test_folds):
         if fold not in folds:

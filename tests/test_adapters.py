@@ -106,3 +106,12 @@ def test_same_seed_builds_same_adapters():
     a = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3))
     b = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_t5_positions_differ_even_for_uniform_tokens():
+    """The queries stay in the residual path: identical tokens must not collapse all latents."""
+    adapters = build_adapters(32, 16, 8, FedA2VConfig(t5_max_length=5), seed=0)
+    tokens = torch.ones(2, 7, 32)
+    out = adapters["t5"].eval()(tokens)
+    assert out.shape == (2, 5, 8)
+    assert (out[:, 1:] - out[:, :1]).abs().amax() > 1e-3

@@ -110,18 +110,21 @@ def test_perfect_predictor_has_zero_loss_and_permuted_one_does_not(per_class):
 NUM_CLASSES, D_TOKEN, N_TOKENS, T5_LEN = 3, 16, 6, 3
 
 
-def _encoded_set(per_class: int, gen: torch.Generator, offsets: torch.Tensor) -> EncodedSet:
+def _encoded_set(per_class: int, gen: torch.Generator, offsets: torch.Tensor,
+                 positions: torch.Tensor) -> EncodedSet:
+    """Noise tokens plus a fixed position embedding (as AST's) plus the class's offset."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
-    tokens = torch.randn(len(labels), N_TOKENS, D_TOKEN, generator=gen)
-    tokens += offsets[labels].unsqueeze(1)  # the class is an offset shared by all tokens
+    tokens = torch.randn(len(labels), N_TOKENS, D_TOKEN, generator=gen) * 0.5
+    tokens += positions + offsets[labels].unsqueeze(1)
     return EncodedSet(tokens, labels)
 
 
 def _task():
     gen = torch.Generator().manual_seed(0)
     offsets = torch.randn(NUM_CLASSES, D_TOKEN, generator=gen) * 3
-    train = _encoded_set(8, gen, offsets)
-    test = _encoded_set(4, gen, offsets)
+    positions = torch.randn(N_TOKENS, D_TOKEN, generator=gen) * 3
+    train = _encoded_set(8, gen, offsets, positions)
+    test = _encoded_set(4, gen, offsets, positions)
     targets = {"clip": torch.randn(NUM_CLASSES, 8, generator=gen),
                "t5": torch.randn(NUM_CLASSES, T5_LEN, 8, generator=gen)}
     cfg = FedA2VConfig(t5_max_length=T5_LEN, adapter_hidden_dim=32, adapter_dropout=0.0)
@@ -130,9 +133,9 @@ def _task():
 
 
 def _train_cfg(stratified: bool, per_class: bool) -> LocalTrainConfig:
-    return LocalTrainConfig(epochs=25, batch_size=4, stratified=stratified,
+    return LocalTrainConfig(epochs=20, batch_size=4, stratified=stratified,
                             per_class_loss=per_class, grad_accum_steps=1,
-                            learning_rates={"clip": 1e-2, "t5": 1e-2},
+                            learning_rates={"clip": 3e-3, "t5": 3e-3},
                             weight_decays={"clip": 0.0, "t5": 0.0}, seed=0)
 
 
@@ -145,11 +148,11 @@ def test_training_at_batch_size_4_learns_each_class(stratified, per_class):
     history = train_local(adapters, train, targets, _train_cfg(stratified, per_class), cpu)
     after = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
     for name in ("clip", "t5"):
-        assert len(history[name]) == 25
-        assert history[name][-1] < 0.2 * history[name][0]
-        assert after[f"eval_{name}_mse"] < 0.25 * before[f"eval_{name}_mse"]
+        assert len(history[name]) == 20
+        assert history[name][-1] < 0.1 * history[name][0]
+        assert after[f"eval_{name}_mse"] < 0.1 * before[f"eval_{name}_mse"]
         assert after[f"eval_{name}_top1"] == 1.0
-        assert after[f"eval_{name}_cosine"] > 0.9
+    assert before["eval_clip_top1"] < 1.0 and before["eval_t5_top1"] < 1.0
 
 
 def test_the_same_training_with_the_upstream_pairing_bug_fails(monkeypatch):
@@ -164,7 +167,7 @@ def test_the_same_training_with_the_upstream_pairing_bug_fails(monkeypatch):
     cpu = torch.device("cpu")
     train_local(adapters, train, targets, _train_cfg(False, False), cpu)
     after = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
-    assert min(after["eval_clip_top1"], after["eval_t5_top1"]) < 1.0
+    assert max(after["eval_clip_top1"], after["eval_t5_top1"]) < 1.0
 
 
 def test_train_local_rejects_empty_data():
