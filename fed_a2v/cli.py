@@ -23,6 +23,7 @@ from .launch import (
 )
 from .process import setup_process
 from .run_dir import new_run_dir
+from .targets import compute_targets, target_prompts
 
 log = logging.getLogger("fed_a2v.cli")
 
@@ -107,6 +108,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    """Compute the text targets of a config's corpus into a file, for `feda2v.targets_file`."""
+    config = _load(args.config)
+    targets = compute_targets(config, *target_prompts(open_corpus(config), config))
+    out = Path(args.out).resolve()
+    targets.save(out)
+    print(f"{out}: {len(targets.names)} targets, "
+          + ", ".join(f"{k} {tuple(v.shape)}" for k, v in targets.tensors.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fed-a2v", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU cores Ray reserves per simulated node (default: 1)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("targets", help="compute text targets once, for offline use")
+    p.add_argument("config")
+    p.add_argument("--out", required=True, help="a .safetensors file to write")
+    p.set_defaults(func=cmd_targets)
     return parser
 
 

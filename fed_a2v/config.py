@@ -34,6 +34,10 @@ class ExperimentConfig:
     seed: int = 0
     output_dir: str = "runs"
     device: str = field(default="cpu", metadata=_rule(choices=("cpu", "cuda", "auto")))
+    # Precision of the frozen encoders (the adapters always train in fp32).
+    dtype: str = field(default="fp32", metadata=_rule(choices=("fp32", "fp16", "bf16")))
+    # Encoded audio tokens and text targets; "" means $FEDA2V_CACHE_DIR or ~/.cache/fed_a2v.
+    cache_dir: str = ""
 
 
 @dataclass
@@ -57,9 +61,15 @@ class TrainingConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = field(default="synthetic", metadata=_rule(choices=("synthetic", "esc50")))
+    name: str = field(default="synthetic", metadata=_rule(choices=("synthetic", "esc50", "csv")))
+    # synthetic/esc50: a folder with meta/esc50.csv and audio/; csv: a manifest file, or a
+    # folder holding manifest.csv (columns path,label and optional caption, split, fold).
     path: str = "data/synthetic"
-    partition: str = field(default="nodes", metadata=_rule(choices=("nodes",)))
+    # nodes: each node's classes come from its `nodes` entry, its clips from a stratified shard;
+    # dirichlet: shards draw each class's clips in Dirichlet(dirichlet_alpha) proportions.
+    partition: str = field(default="nodes", metadata=_rule(choices=("nodes", "dirichlet")))
+    dirichlet_alpha: float = field(default=0.5, metadata=_rule(min_exclusive=0.0))
+    prompt_template: str = "{label}"
     train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     test_folds: list[int] = field(default_factory=lambda: [5])
     clip_seconds: float = field(default=5.0, metadata=_rule(min_exclusive=0.0))
@@ -74,6 +84,14 @@ class FedA2VConfig:
     audio_model_name: str = "builtin:tiny-ast"
     clip_model_name: str = "builtin:tiny-clip"
     t5_model_name: str = "builtin:tiny-t5"
+    # FLUX-style repositories keep text encoders in subfolders (text_encoder, text_encoder_2);
+    # a tokenizer subfolder defaults to the FLUX convention (tokenizer, tokenizer_2).
+    clip_model_subfolder: str | None = None
+    t5_model_subfolder: str | None = None
+    clip_tokenizer_subfolder: str | None = None
+    t5_tokenizer_subfolder: str | None = None
+    # A file written by `fed-a2v targets`: the server then loads no text encoder.
+    targets_file: str | None = None
     t5_max_length: int = field(default=17, metadata=_rule(min=1))
     clip_adapter_learning_rate: float | None = field(
         default=None, metadata=_rule(min_exclusive=0.0)
@@ -104,11 +122,13 @@ class NodeConfig:
 
     selected_classes: list[str] | None = None
     excluded_classes: list[str] | None = None
+    use_folds: list[int] | None = None  # the only folds this node may use at all
     train_folds: list[int] | None = None
     test_folds: list[int] | None = None
     node_split_id: int | None = field(default=None, metadata=_rule(min=0))
     num_nodes: int | None = field(default=None, metadata=_rule(min=1))
     dataset_path: str | None = None
+    cache_dir: str | None = None
     device: str | None = field(default=None, metadata=_rule(choices=("cpu", "cuda", "auto")))
     batch_size: int | None = field(default=None, metadata=_rule(min=1))
 
@@ -288,6 +308,11 @@ def load_node_config(path: str | Path) -> NodeConfig:
 
 def check_consistency(config: Config, source: str) -> None:
     """Rules that span several keys."""
+    try:
+        config.dataset.prompt_template.format(label="dog")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"{source}: 'dataset.prompt_template' may use only {{label}}: "
+                          f"{config.dataset.prompt_template!r} ({err!r})") from err
     fed = config.federation
     if fed.min_clients > fed.num_clients:
         raise ConfigError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import string
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from .audio import FeatureSettings, fbank_features
+from .cache import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,53 @@ def save_builtin(name: str, directory: str | Path) -> Path:
     return Path(directory)
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+def _weights_stamp(name: str) -> list:
+    """Sizes and mtimes of a local model's weight files: retrained weights change the key."""
+    root = Path(name)
+    if not root.is_dir():
+        return []
+    return sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
+                  for p in root.rglob("*") if p.suffix in (".safetensors", ".bin"))
+
+
+def _settings(extractor: ASTFeatureExtractor) -> FeatureSettings:
+    return FeatureSettings(
+        sampling_rate=extractor.sampling_rate, num_mel_bins=extractor.num_mel_bins,
+        max_length=extractor.max_length, mean=float(extractor.mean), std=float(extractor.std),
+        do_normalize=bool(extractor.do_normalize))
+
+
+def describe_audio_encoder(name: str) -> tuple[ASTConfig, FeatureSettings]:
+    """The AST's config and feature settings, without loading its weights. A model's own
+    `preprocessor_config.json` wins; without one, its config's mel bins and length are used."""
+    if name.startswith(BUILTIN):
+        model, extractor = _builtin(name)
+        return model.config, _settings(extractor)
+    config = ASTConfig.from_pretrained(name)
+    try:
+        extractor = ASTFeatureExtractor.from_pretrained(name)
+    except OSError:
+        extractor = ASTFeatureExtractor(num_mel_bins=config.num_mel_bins,
+                                        max_length=config.max_length)
+    return config, _settings(extractor)
+
+
+def audio_encoder_key(name: str, dtype: str) -> str:
+    """What decides the tokens, besides the audio: model, weights, features, precision."""
+    config, settings = describe_audio_encoder(name)
+    return fingerprint(name, config.to_dict(), getattr(config, "_commit_hash", None),
+                       _weights_stamp(name), asdict(settings), dtype)
 
 
 @dataclass
@@ -120,21 +162,18 @@ class AudioEncoder:
     model: ASTModel
     settings: FeatureSettings
     device: torch.device
+    dtype: str = "fp32"
 
     @classmethod
-    def load(cls, name: str, device: str = "cpu") -> AudioEncoder:
+    def load(cls, name: str, device: str = "cpu", dtype: str = "fp32") -> AudioEncoder:
+        """A built-in, or `from_pretrained` (hub id or local directory)."""
+        _, settings = describe_audio_encoder(name)
         if name.startswith(BUILTIN):
-            model, extractor = _builtin(name)
+            model, _ = _builtin(name)
         else:
-            model = ASTModel.from_pretrained(name)
-            extractor = ASTFeatureExtractor.from_pretrained(name)
-        settings = FeatureSettings(
-            sampling_rate=extractor.sampling_rate, num_mel_bins=extractor.num_mel_bins,
-            max_length=extractor.max_length, mean=float(extractor.mean),
-            std=float(extractor.std), do_normalize=bool(extractor.do_normalize),
-        )
+            model = ASTModel.from_pretrained(name, dtype=DTYPES[dtype])
         dev = resolve_device(device)
-        return cls(name, model.to(dev).eval(), settings, dev)
+        return cls(name, model.to(dev, DTYPES[dtype]).eval(), settings, dev, dtype)
 
     @property
     def hidden_size(self) -> int:
@@ -148,20 +187,36 @@ class AudioEncoder:
                           disable=None, leave=False):
             feats = torch.stack([fbank_features(w, self.settings)
                                  for w in waveforms[start:start + batch_size]])
-            out.append(self.model(input_values=feats.to(self.device)).last_hidden_state.cpu())
+            feats = feats.to(self.device, DTYPES[self.dtype])
+            out.append(self.model(input_values=feats).last_hidden_state.float().cpu())
         return torch.cat(out)
 
 
-def _load_text(name: str, model_cls: type[PreTrainedModel]):
+def flux_tokenizer_subfolder(model_subfolder: str | None) -> str | None:
+    """FLUX keeps `text_encoder` + `tokenizer` and `text_encoder_2` + `tokenizer_2`."""
+    if model_subfolder and "text_encoder" in model_subfolder:
+        return model_subfolder.replace("text_encoder", "tokenizer")
+    return model_subfolder
+
+
+def load_text_encoder(name: str, model_cls: type[PreTrainedModel], subfolder: str | None = None,
+                      tokenizer_subfolder: str | None = None, dtype: str = "fp32"):
+    """`(model, tokenizer)`: a built-in, or both `from_pretrained` (hub id or local directory)."""
     if name.startswith(BUILTIN):
         return _builtin(name)
-    return model_cls.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+    model = model_cls.from_pretrained(name, dtype=DTYPES[dtype],
+                                      **({"subfolder": subfolder} if subfolder else {}))
+    tok_sub = tokenizer_subfolder or flux_tokenizer_subfolder(subfolder)
+    tokenizer = AutoTokenizer.from_pretrained(name, **({"subfolder": tok_sub} if tok_sub else {}))
+    return model.eval(), tokenizer
 
 
 @torch.no_grad()
-def clip_targets(name: str, prompts: list[str], device: str = "cpu") -> torch.Tensor:
+def clip_targets(name: str, prompts: list[str], device: str = "cpu", subfolder: str | None = None,
+                 tokenizer_subfolder: str | None = None, dtype: str = "fp32") -> torch.Tensor:
     """CLIP text pooled output per prompt, `(len(prompts), hidden)`: FLUX's pooled embeds."""
-    model, tokenizer = _load_text(name, CLIPTextModel)
+    model, tokenizer = load_text_encoder(name, CLIPTextModel, subfolder, tokenizer_subfolder,
+                                         dtype)
     dev = resolve_device(device)
     batch = tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH,
                       truncation=True, return_tensors="pt")
@@ -170,10 +225,12 @@ def clip_targets(name: str, prompts: list[str], device: str = "cpu") -> torch.Te
 
 
 @torch.no_grad()
-def t5_targets(name: str, prompts: list[str], max_length: int,
-               device: str = "cpu") -> torch.Tensor:
+def t5_targets(name: str, prompts: list[str], max_length: int, device: str = "cpu",
+               subfolder: str | None = None, tokenizer_subfolder: str | None = None,
+               dtype: str = "fp32") -> torch.Tensor:
     """T5 encoder hidden states per prompt padded to `max_length`: FLUX's prompt embeds."""
-    model, tokenizer = _load_text(name, T5EncoderModel)
+    model, tokenizer = load_text_encoder(name, T5EncoderModel, subfolder, tokenizer_subfolder,
+                                         dtype)
     dev = resolve_device(device)
     batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                       return_tensors="pt")
@@ -182,5 +239,5 @@ def t5_targets(name: str, prompts: list[str], max_length: int,
     return out.last_hidden_state.float().cpu()
 
 
-def class_prompt(label: str) -> str:
-    return label.replace("_", " ")
+def class_prompt(label: str, template: str = "{label}") -> str:
+    return template.format(label=label.replace("_", " "))

@@ -16,7 +16,8 @@ def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
                       device: torch.device) -> dict[str, float]:
     """`eval_<adapter>_mse|cosine|top1`, means over the samples of `data`.
 
-    Top-1: the class whose target is nearest to the prediction by cosine, among all classes.
+    Top-1: whether the target nearest to the prediction by cosine, among all targets (every
+    class, or every caption), is the sample's own.
     """
     sums: dict[str, float] = {}
     for name, adapter in adapters.items():
@@ -25,14 +26,15 @@ def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
         flat_targets = F.normalize(targets.flatten(1), dim=1)
         mse = cos = hits = 0.0
         for start in range(0, len(data), batch_size):
-            tokens = data.tokens[start:start + batch_size].to(device, torch.float32)
-            labels = data.labels[start:start + batch_size].to(device)
+            idx = list(range(start, min(start + batch_size, len(data))))
+            tokens = data.tokens.batch(idx).to(device)
+            rows = data.target_ids[idx].to(device)
             pred = adapter(tokens)
-            own = batch_targets(targets, labels)
+            own = batch_targets(targets, rows)
             mse += per_sample_mse(pred, own).sum().item()
             cos += F.cosine_similarity(pred.flatten(1), own.flatten(1), dim=1).sum().item()
             nearest = (F.normalize(pred.flatten(1), dim=1) @ flat_targets.T).argmax(dim=1)
-            hits += (nearest == labels).sum().item()
+            hits += (nearest == rows).sum().item()
         n = max(len(data), 1)
         sums |= {f"eval_{name}_mse": mse / n, f"eval_{name}_cosine": cos / n,
                  f"eval_{name}_top1": hits / n}

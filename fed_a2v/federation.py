@@ -8,17 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
 from .adapters import ADAPTERS, adapters_state, build_adapters
 from .config import Config, load_config
 from .data import open_corpus
-from .encoders import AudioEncoder, class_prompt, clip_targets, t5_targets
+from .encoders import describe_audio_encoder
 from .run_dir import RunRecorder, new_run_dir
 from .schedule import round_lr
 from .strategy import FedA2VStrategy
+from .targets import targets_for
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ def config_for_run(run_config: dict[str, Any], app_dir: Path) -> Config:
     return config
 
 
-def make_targets(config: Config, classes: list[str]) -> dict[str, torch.Tensor]:
-    prompts = [class_prompt(c) for c in classes]
-    fa = config.feda2v
-    return {"clip": clip_targets(fa.clip_model_name, prompts, config.experiment.device),
-            "t5": t5_targets(fa.t5_model_name, prompts, fa.t5_max_length,
-                             config.experiment.device)}
-
-
 def lr_plan(config: Config):
     rounds = config.federation.global_rounds
 
@@ -70,19 +62,19 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     run_dir_value = str(context.run_config.get("run-dir") or "")
     run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
     fed = config.federation
-    classes = open_corpus(config).classes
-    targets = make_targets(config, classes)
-    d_audio = AudioEncoder.load(config.feda2v.audio_model_name, "cpu").hidden_size
-    adapters = build_adapters(d_audio, targets["clip"].shape[-1], targets["t5"].shape[-1],
-                              config.feda2v, seed=config.experiment.seed)
+    corpus = open_corpus(config)
+    targets = targets_for(config, corpus)
+    d_clip, d_t5 = targets.tensors["clip"].shape[-1], targets.tensors["t5"].shape[-1]
+    d_audio = describe_audio_encoder(config.feda2v.audio_model_name)[0].hidden_size
+    adapters = build_adapters(d_audio, d_clip, d_t5, config.feda2v, seed=config.experiment.seed)
     initial = ArrayRecord(adapters_state(adapters))
     payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
     log.info("run directory: %s", run_dir)
-    log.info("%d classes; adapters: %.2f MB per node per round each way", len(classes),
-             payload / 2**20)
+    log.info("%d targets (%s); adapters: %.2f MB per node per round each way",
+             len(targets.names), targets.source, payload / 2**20)
 
     strategy = FedA2VStrategy(
-        targets=ArrayRecord(targets), lr_for_round=lr_plan(config),
+        targets=targets, lr_for_round=lr_plan(config),
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -96,17 +88,25 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         return MetricRecord({k: v for k, v in record.items() if v is not None})
 
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
-                                "classes": json.dumps(classes)})
+                                "targets-key": targets.key})
     started = time.time()
     result = strategy.start(grid, initial, fed.global_rounds, train_config=node_config,
                             evaluate_config=ConfigRecord(dict(node_config)),
                             evaluate_fn=end_round)
-    adapter_config = {"d_audio": d_audio, "d_clip": targets["clip"].shape[-1],
-                      "d_t5": targets["t5"].shape[-1], "classes": classes,
+    adapter_config = {"d_audio": d_audio, "d_clip": d_clip, "d_t5": d_t5,
+                      "targets": targets.names, "prompts": targets.prompts,
                       "feda2v": config.to_dict()["feda2v"]}
     final = result.arrays if len(result.arrays) else initial
+    extra = {
+        "encoded_clips": strategy.totals["encoded-clips"],
+        "cached_clips": strategy.totals["cached-clips"],
+        "skipped_clips": strategy.totals["skipped-clips"],
+        "targets_source": targets.source,
+        "targets_bytes": strategy.targets_bytes,
+        "control_bytes_per_round": max(strategy.control_bytes.values(), default=0),
+    }
     summary = recorder.finish(final.to_torch_state_dict(), adapter_config, payload,
-                              fed.global_rounds, len(strategy.nodes_seen))
+                              fed.global_rounds, len(strategy.nodes_seen), extra)
     log.info("finished %d rounds in %.1fs: %s", fed.global_rounds, time.time() - started,
              json.dumps(summary))
     return summary

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from .adapters import adapters_state, build_adapters, load_adapters_state
 from .audio import load_audio
+from .cache import TokenCache, TokenStore, cache_root, fingerprint
 from .config import Config, NodeConfig, config_from_dict, load_node_config
-from .data import Clip, open_corpus, split_for_node
-from .encoders import AudioEncoder, resolve_device
+from .data import Clip, Corpus, open_corpus, split_for_node
+from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
-from .strategy import TARGETS_KEY
+from .targets import Targets
 from .train import EncodedSet, LocalTrainConfig, train_local
 
 log = logging.getLogger(__name__)
+
+TARGETS = "targets"  # ArrayRecord with the target tensors, sent until a node has them
+TARGET_NAMES = "target-names"  # ConfigRecord with their names, sent along
+COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")
 
 
 @dataclass(frozen=True)
@@ -45,75 +51,152 @@ class NodeData:
     train: EncodedSet
     test: EncodedSet
     hidden_size: int
-    skipped: list[str]
+    counts: dict[str, int] = field(default_factory=dict)  # encoded / cached / skipped clips
 
 
-_CACHE: dict[str, NodeData] = {}
+class Encoding:
+    """Turns clips into cached token arrays; the AST is loaded only if some clip needs it."""
+
+    def __init__(self, config: Config, ident: NodeIdentity) -> None:
+        self.config, self.ident = config, ident
+        name, dtype = config.feda2v.audio_model_name, config.experiment.dtype
+        root = cache_root(ident.settings.cache_dir or config.experiment.cache_dir)
+        self.cache = TokenCache(root, fingerprint(audio_encoder_key(name, dtype),
+                                                  config.dataset.clip_seconds))
+        self._encoder: AudioEncoder | None = None
+        self.counts = dict.fromkeys(COUNT_KEYS, 0)
+        self.skipped: list[str] = []
+
+    @property
+    def encoder(self) -> AudioEncoder:
+        if self._encoder is None:
+            self._encoder = AudioEncoder.load(self.config.feda2v.audio_model_name,
+                                              _device(self.config, self.ident),
+                                              self.config.experiment.dtype)
+        return self._encoder
+
+    def encode(self, clips: list[Clip]) -> tuple[list[Clip], list]:
+        """The clips that could be used and their token arrays (cached or freshly encoded)."""
+        arrays: dict[int, object] = {}
+        pending: list[tuple[int, Path, torch.Tensor]] = []
+        for i, clip in enumerate(clips):
+            try:
+                entry = self.cache.path(clip.path)
+                cached = self.cache.get(entry)
+                if cached is not None:
+                    arrays[i] = cached
+                    self.counts["cached-clips"] += 1
+                    continue
+                wave = load_audio(clip.path, self.encoder.settings.sampling_rate,
+                                  self.config.dataset.clip_seconds)
+            except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, not fatal
+                self.skipped.append(f"{clip.path}: {err}")
+                continue
+            pending.append((i, entry, wave))
+        if pending:
+            tokens = self.encoder.encode([w for _, _, w in pending],
+                                         desc=f"{self.ident.name}: encoding")
+            for (i, entry, _), t in zip(pending, tokens, strict=True):
+                arrays[i] = self.cache.put(entry, t)
+            self.counts["encoded-clips"] += len(pending)
+        kept = sorted(arrays)
+        return [clips[i] for i in kept], [arrays[i] for i in kept]
 
 
-def encode_clips(encoder: AudioEncoder, clips: list[Clip], classes: list[str],
-                 clip_seconds: float, skipped: list[str]) -> EncodedSet:
-    waves, labels = [], []
-    for clip in clips:
-        try:
-            waves.append(load_audio(clip.path, encoder.settings.sampling_rate, clip_seconds))
-        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, not fatal
-            skipped.append(f"{clip.path}: {err}")
-            continue
-        labels.append(classes.index(clip.label))
-    if not waves:
-        return EncodedSet(torch.empty(0, 0, encoder.hidden_size), torch.empty(0, dtype=torch.long))
-    return EncodedSet(encoder.encode(waves), torch.tensor(labels, dtype=torch.long))
+def _encoded_set(clips: list[Clip], arrays: list, corpus: Corpus, rows: dict[str, int],
+                 hidden: int) -> EncodedSet:
+    if not clips:
+        return EncodedSet(torch.empty(0, 0, hidden), torch.empty(0, dtype=torch.long))
+    labels = torch.tensor([corpus.classes.index(c.label) for c in clips])
+    keys = [c.caption if corpus.has_captions else c.label for c in clips]
+    return EncodedSet(TokenStore(arrays), labels, torch.tensor([rows[k] for k in keys]))
 
 
-def node_data(config: Config, ident: NodeIdentity, classes: list[str]) -> NodeData:
-    """This node's clips, encoded once by the frozen AST and kept for later rounds."""
-    key = json.dumps([asdict(config.dataset), config.feda2v.audio_model_name,
-                      config.experiment.seed, asdict(ident.settings), ident.index,
-                      ident.num_nodes, classes])
-    if key in _CACHE:
-        return _CACHE[key]
+_DATA: dict[str, NodeData] = {}
+
+
+def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[NodeData, bool]:
+    """This node's clips, encoded (or read from the token cache) once per process.
+
+    Returns the data and whether it was loaded by this call (False: kept from an earlier one).
+    """
+    key = json.dumps([asdict(config.dataset), asdict(config.experiment),
+                      config.feda2v.audio_model_name, asdict(ident.settings), ident.index,
+                      ident.num_nodes, targets.key])
+    if key in _DATA:
+        return _DATA[key], False
     corpus = open_corpus(config, ident.settings.dataset_path)
     split = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config,
                            where=ident.name)
+    rows = {name: i for i, name in enumerate(targets.names)}
     for clip in split.train + split.test:
-        if clip.label not in classes:
-            raise ValueError(f"{ident.name}: class '{clip.label}' has no target on the server")
-    encoder = AudioEncoder.load(config.feda2v.audio_model_name, _device(config, ident))
-    skipped: list[str] = []
-    train = encode_clips(encoder, split.train, classes, config.dataset.clip_seconds, skipped)
-    test = encode_clips(encoder, split.test, classes, config.dataset.clip_seconds, skipped)
-    if skipped:
-        log.warning("%s: skipped %d unreadable clips:\n  %s", ident.name, len(skipped),
-                    "\n  ".join(skipped))
-    if len(train) == 0:
+        needed = clip.caption if corpus.has_captions else clip.label
+        if needed not in rows:
+            raise ValueError(f"{ident.name}: '{needed}' ({clip.path.name}) has no target on "
+                             "the server")
+    encoding = Encoding(config, ident)
+    train_clips, train_arrays = encoding.encode(split.train)
+    test_clips, test_arrays = encoding.encode(split.test)
+    encoding.counts["skipped-clips"] = len(encoding.skipped)
+    if encoding.skipped:
+        log.warning("%s: skipped %d unreadable clips:\n  %s", ident.name, len(encoding.skipped),
+                    "\n  ".join(encoding.skipped))
+    if not train_clips:
         raise ValueError(f"{ident.name}: no usable training clip (classes {split.classes})")
-    log.info("%s: %d train / %d held-out clips of %d classes", ident.name, len(train),
-             len(test), len(split.classes))
-    data = NodeData(train, test, encoder.hidden_size, skipped)
-    _CACHE[key] = data
-    return data
+    hidden = int(train_arrays[0].shape[-1])
+    data = NodeData(_encoded_set(train_clips, train_arrays, corpus, rows, hidden),
+                    _encoded_set(test_clips, test_arrays, corpus, rows, hidden), hidden,
+                    encoding.counts)
+    log.info("%s: %d train / %d held-out clips of %d classes (%s)", ident.name,
+             len(data.train), len(data.test), len(split.classes),
+             ", ".join(f"{k} {v}" for k, v in encoding.counts.items()))
+    _DATA[key] = data
+    return data, True
 
 
 def _device(config: Config, ident: NodeIdentity) -> str:
     return ident.settings.device or config.experiment.device
 
 
+_TARGETS: dict[str, Targets] = {}
+
+
+def receive_targets(msg: Message, key: str, cache_dir: Path, name: str) -> Targets:
+    """The targets with `key`: from this message, this process, or this node's disk."""
+    path = cache_dir / "targets" / f"delivered-{key}.safetensors"
+    if TARGETS in msg.content:
+        names = json.loads(str(msg.content[TARGET_NAMES]["names"]))
+        targets = Targets(names, names, msg.content[TARGETS].to_torch_state_dict(), "delivered")
+        if targets.key != key:
+            raise ValueError(f"{name}: the targets received do not match their key {key}")
+        targets.save(path)
+        _TARGETS[key] = targets
+    if key not in _TARGETS:
+        if not path.exists():
+            raise RuntimeError(f"{name}: targets {key} are not on this node; the server sends "
+                               "them again with its next message")
+        _TARGETS[key] = Targets.load(path, "delivered")
+    return _TARGETS[key]
+
+
 class NodeRound:
-    """What one instruction message tells a node: config, classes, targets, global adapters."""
+    """What one instruction message tells a node: config, targets, global adapters."""
 
     def __init__(self, msg: Message, context: Context) -> None:
         cfg_record = msg.content["config"]
         self.config = config_from_dict(json.loads(str(cfg_record["experiment"])), "server config")
-        self.classes: list[str] = json.loads(str(cfg_record["classes"]))
         self.server_round = int(cfg_record["server-round"])
         self.record = cfg_record
         self.ident = identify(context, self.config)
         self.device = resolve_device(_device(self.config, self.ident))
-        self.targets = msg.content[TARGETS_KEY].to_torch_state_dict()
-        self.data = node_data(self.config, self.ident, self.classes)
-        self.adapters = build_adapters(self.data.hidden_size, self.targets["clip"].shape[-1],
-                                       self.targets["t5"].shape[-1], self.config.feda2v)
+        cache_dir = cache_root(self.ident.settings.cache_dir or self.config.experiment.cache_dir)
+        self.targets = receive_targets(msg, str(cfg_record["targets-key"]), cache_dir,
+                                       self.ident.name)
+        self.data, fresh = node_data(self.config, self.ident, self.targets)
+        self.counts = self.data.counts if fresh else dict.fromkeys(COUNT_KEYS, 0)
+        tensors = self.targets.tensors
+        self.adapters = build_adapters(self.data.hidden_size, tensors["clip"].shape[-1],
+                                       tensors["t5"].shape[-1], self.config.feda2v)
         load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
 
 
@@ -130,17 +213,16 @@ def train_reply(msg: Message, context: Context) -> Message:
         weight_decays={name: cfg.adapter_weight_decay(name) for name in rnd.adapters},
         seed=cfg.experiment.seed * 10_007 + rnd.server_round * 101 + rnd.ident.index,
     )
-    history = train_local(rnd.adapters, rnd.data.train, rnd.targets, local, rnd.device)
+    history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
     state = {k: v.detach().cpu() for k, v in adapters_state(rnd.adapters).items()}
-    metrics = MetricRecord({"num-examples": len(rnd.data.train),
+    metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context) -> Message:
     rnd = NodeRound(msg, context)
-    metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets,
+    metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors,
                                 rnd.config.training.eval_batch_size, rnd.device)
-    record = MetricRecord({"num-examples": len(rnd.data.test), **metrics})
+    record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
     return Message(RecordDict({"metrics": record}), reply_to=msg)
-

@@ -79,7 +79,8 @@ class RunRecorder:
         return record
 
     def finish(self, state: dict[str, torch.Tensor], adapter_config: dict[str, Any],
-               adapter_bytes_per_round: int, rounds: int, num_nodes: int) -> dict[str, Any]:
+               adapter_bytes_per_round: int, rounds: int, num_nodes: int,
+               extra: dict[str, Any]) -> dict[str, Any]:
         """Final adapters under `final/` and `summary.json`."""
         for name in ("clip", "t5"):
             prefix = f"{name}."
@@ -89,7 +90,7 @@ class RunRecorder:
             json.dumps(adapter_config, indent=2))
         summary = {**{k: self.last.get(k) for k in EVAL_KEYS}, "rounds": rounds,
                    "num_nodes": num_nodes, "wall_seconds": round(time.time() - self.started, 2),
-                   "adapter_bytes_per_round": adapter_bytes_per_round}
+                   "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
         _atomic_write(self.dir / "summary.json",
                       lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         self.tb.close()

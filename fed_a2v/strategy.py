@@ -1,56 +1,99 @@
-"""The server's Flower strategy: FedAvg per adapter, a learning rate per adapter each round,
-and the class targets delivered with every instruction."""
+"""The server's Flower strategy: FedAvg per adapter, a learning rate per adapter each round, and
+the text targets delivered once to each node."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .aggregation import fedavg_per_adapter
+from .node import COUNT_KEYS, TARGET_NAMES, TARGETS
+from .targets import Targets
 
 log = logging.getLogger(__name__)
 
-TARGETS_KEY = "targets"
+
+def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted means, except clip counts, which add up over nodes."""
+    metrics = aggregate_metricrecords(records, weight_key)
+    for key in COUNT_KEYS:
+        if key in metrics:
+            metrics[key] = sum(int(next(iter(r.metric_records.values()))[key]) for r in records)
+    return metrics
 
 
 class FedA2VStrategy(FedAvg):
-    """FedAvg whose instructions carry per-round adapter LRs and the targets.
+    """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
+    node has answered once, the targets. Each round's aggregated train and evaluate metrics are
+    kept in `round_metrics`; clip counts summed over the run in `totals`."""
 
-    `lr_for_round(round) -> {"clip": lr, "t5": lr}` is sent as `clip-lr` / `t5-lr`. The
-    aggregated train and evaluate metrics of each round are kept in `round_metrics`.
-    """
-
-    def __init__(self, targets: ArrayRecord, lr_for_round: Callable[[int], dict[str, float]],
+    def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
                  **fedavg_kwargs) -> None:
-        super().__init__(**fedavg_kwargs)
+        super().__init__(train_metrics_aggr_fn=aggregate_metrics,
+                         evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets = targets
+        self.targets_records = {
+            TARGETS: ArrayRecord(targets.tensors),
+            TARGET_NAMES: ConfigRecord({"names": json.dumps(targets.names)}),
+        }
         self.lr_for_round = lr_for_round
         self.round_metrics: dict[int, dict[str, float]] = {}
+        self.totals = dict.fromkeys(COUNT_KEYS, 0)
         self.nodes_seen: set[int] = set()
+        self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
+        # (round, node) -> bytes sent besides the adapters and the one-time targets
+        self.control_bytes: dict[tuple[int, int], int] = {}
 
-    def _with_targets(self, messages: Iterable[Message]) -> list[Message]:
-        messages = list(messages)
+    @property
+    def targets_bytes(self) -> int:
+        return sum(r.count_bytes() for r in self.targets_records.values())
+
+    def _finish_messages(self, server_round: int, messages: Iterable[Message]) -> list[Message]:
+        """Add the targets for nodes that lack them; count what is sent besides the adapters."""
+        out = []
         for message in messages:
-            message.content[TARGETS_KEY] = self.targets
-        return messages
+            node = message.metadata.dst_node_id
+            if node not in self.has_targets:
+                content = RecordDict({**dict(message.content.items()), **self.targets_records})
+                message = Message(content, dst_node_id=node,
+                                  message_type=message.metadata.message_type)
+            out.append(message)
+            key = (server_round, node)
+            self.control_bytes[key] = (self.control_bytes.get(key, 0)
+                                       + message.content["config"].count_bytes())
+        return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
         config = ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
-        return self._with_targets(super().configure_train(server_round, arrays, config, grid))
+        return self._finish_messages(
+            server_round, super().configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self._with_targets(super().configure_evaluate(server_round, arrays, config, grid))
+        return self._finish_messages(
+            server_round, super().configure_evaluate(server_round, arrays, config, grid))
+
+    def _note_replies(self, replies: list[Message]) -> None:
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.has_targets.discard(node)  # it may have lost them: send again
+            else:
+                self.has_targets.add(node)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._note_replies(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
             return None, None
@@ -63,13 +106,22 @@ class FedA2VStrategy(FedAvg):
         averaged = fedavg_per_adapter(states, weights)
         arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        self.round_metrics.setdefault(server_round, {}).update(metrics)
+        self._add_counts(metrics)
+        self.round_metrics.setdefault(server_round, {}).update(
+            {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
+        replies = list(replies)
+        self._note_replies(replies)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
-            self.round_metrics.setdefault(server_round, {}).update(metrics)
+            self._add_counts(metrics)
+            self.round_metrics.setdefault(server_round, {}).update(
+                {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
         return metrics
 
+    def _add_counts(self, metrics: MetricRecord) -> None:
+        for key in COUNT_KEYS:
+            self.totals[key] += int(metrics.get(key, 0))

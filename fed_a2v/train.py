@@ -8,16 +8,29 @@ import torch
 from tqdm import tqdm
 
 from .adapters import Adapter
+from .cache import TokenStore
 from .losses import adapter_loss, per_sample_mse
 from .sampling import EpochBatches
 
 
 @dataclass
 class EncodedSet:
-    """Frozen-encoder tokens `(N, T, D)` and class ids `(N,)` indexing the class targets."""
+    """Frozen-encoder tokens of N clips, their class ids `(N,)` (for batching and the
+    per-class loss) and target ids `(N,)` (rows of the target table: the class's prompt, or
+    the clip's own caption). Without `target_ids` the class id is the target row."""
 
-    tokens: torch.Tensor
+    tokens: TokenStore | torch.Tensor
     labels: torch.Tensor
+    target_ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, torch.Tensor):
+            self.tokens = TokenStore.from_tensor(self.tokens)
+        if self.target_ids is None:
+            self.target_ids = self.labels
+        if not len(self.tokens) == len(self.labels) == len(self.target_ids):
+            raise ValueError(f"{len(self.tokens)} token sets, {len(self.labels)} labels and "
+                             f"{len(self.target_ids)} target ids differ")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,11 +75,12 @@ def train_local(adapters: dict[str, Adapter], data: EncodedSet,
         epoch_batches = list(batches.epoch(epoch))
         for step, idx in enumerate(epoch_batches, start=1):
             index = torch.tensor(idx)
-            tokens = data.tokens.index_select(0, index).to(device, torch.float32)
+            tokens = data.tokens.batch(idx).to(device)
             labels = data.labels.index_select(0, index).to(device)
+            rows = data.target_ids.index_select(0, index).to(device)
             for name, adapter in adapters.items():
                 pred = adapter(tokens)
-                target = batch_targets(targets[name], labels)
+                target = batch_targets(targets[name], rows)
                 loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
                 (loss / cfg.grad_accum_steps).backward()
                 sums[name] += per_sample_mse(pred.detach(), target).sum().item()

@@ -202,7 +202,7 @@ def test_unknown_excluded_class(corpus_root):
 
 @pytest.mark.parametrize("node", [NodeConfig(train_folds=[1, 6]), NodeConfig(test_folds=[9])])
 def test_fold_not_in_corpus(corpus_root, node):
-    with pytest.raises(ConfigError, match="not in the corpus"):
+    with pytest.raises(ConfigError, match="corpus does not have"):
         split_for_node(read_esc50(corpus_root), node, 0, 3, _config())
 
 

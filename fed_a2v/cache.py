@@ -1,0 +1,81 @@
+"""On-disk caches: frozen-encoder tokens per clip, and text targets per prompt set.
+
+Token entries are keyed by the audio file's content, the encoder's identity and the feature
+settings, stored as fp16 `.npy` and memory-mapped when read, so a clip is encoded once and
+later epochs, rounds and runs only read it. A changed file, encoder or setting is a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_CACHE = Path("~/.cache/fed_a2v")
+
+
+def cache_root(configured: str | None) -> Path:
+    """The configured folder, else $FEDA2V_CACHE_DIR, else ~/.cache/fed_a2v."""
+    value = configured or os.environ.get("FEDA2V_CACHE_DIR") or str(DEFAULT_CACHE)
+    return Path(value).expanduser().resolve()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+class TokenCache:
+    """`root/tokens/<encoder key>/<file digest>.npy`, one fp16 `(tokens, hidden)` array each."""
+
+    def __init__(self, root: Path, encoder_key: str) -> None:
+        self.dir = root / "tokens" / encoder_key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, audio_path: Path) -> Path:
+        return self.dir / f"{file_digest(audio_path)}.npy"
+
+    def get(self, entry: Path) -> np.ndarray | None:
+        try:
+            return np.load(entry, mmap_mode="r")
+        except (OSError, ValueError):
+            return None  # absent, or left half-written by a crash: encode again
+
+    def put(self, entry: Path, tokens: torch.Tensor) -> np.ndarray:
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, tokens.to(torch.float16).numpy())
+        os.replace(tmp, entry)
+        return np.load(entry, mmap_mode="r")
+
+
+class TokenStore:
+    """A node's encoded clips: memory-mapped arrays, gathered into float32 batches on demand."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def batch(self, indices: list[int] | torch.Tensor) -> torch.Tensor:
+        idx = indices.tolist() if isinstance(indices, torch.Tensor) else indices
+        return torch.from_numpy(np.stack([self.arrays[i] for i in idx])).float()
+
+    @classmethod
+    def from_tensor(cls, tokens: torch.Tensor) -> TokenStore:
+        return cls([t.numpy() for t in tokens])

@@ -1,0 +1,99 @@
+"""Text targets: one CLIP and one T5 embedding per prompt, made once where the text encoders are.
+
+A prompt is a class name through `dataset.prompt_template`, or a clip's own caption when the
+corpus has captions. Targets are cached on disk by models and prompts, or read from a file that
+`fed-a2v targets` wrote, in which case no text encoder is loaded at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .cache import cache_root, fingerprint
+from .config import Config, ConfigError
+from .data import Corpus
+from .encoders import class_prompt, clip_targets, t5_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Targets:
+    names: list[str]  # what a clip looks its row up by: its class, or its caption
+    prompts: list[str]
+    tensors: dict[str, torch.Tensor]  # "clip": (N, d_clip), "t5": (N, t5_max_length, d_t5)
+    source: str = "computed"
+
+    @property
+    def key(self) -> str:
+        return fingerprint(self.names, self.prompts, {k: list(v.shape) for k, v in
+                                                       self.tensors.items()})
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
+                  metadata={"names": json.dumps(self.names), "prompts": json.dumps(self.prompts)})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, source: str) -> Targets:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "names" not in meta:
+            raise ConfigError(f"{path}: not a targets file (written by `fed-a2v targets`)")
+        return cls(json.loads(meta["names"]), json.loads(meta["prompts"]), load_file(str(path)),
+                   source)
+
+
+def target_prompts(corpus: Corpus, config: Config) -> tuple[list[str], list[str]]:
+    """(names, prompts): the corpus's captions if it has any, else its classes."""
+    if corpus.has_captions:
+        missing = [str(c.path) for c in corpus.clips if not c.caption]
+        if missing:
+            raise ConfigError(f"{corpus.root}: the manifest has captions, but not for "
+                              f"{len(missing)} clips, e.g. {missing[0]}")
+        names = sorted({c.caption for c in corpus.clips})
+        return names, names
+    template = config.dataset.prompt_template
+    return list(corpus.classes), [class_prompt(c, template) for c in corpus.classes]
+
+
+def compute_targets(config: Config, names: list[str], prompts: list[str]) -> Targets:
+    fa, ex = config.feda2v, config.experiment
+    log.info("computing text targets for %d prompts", len(prompts))
+    clip = clip_targets(fa.clip_model_name, prompts, ex.device, fa.clip_model_subfolder,
+                        fa.clip_tokenizer_subfolder, ex.dtype)
+    t5 = t5_targets(fa.t5_model_name, prompts, fa.t5_max_length, ex.device,
+                    fa.t5_model_subfolder, fa.t5_tokenizer_subfolder, ex.dtype)
+    return Targets(names, prompts, {"clip": clip, "t5": t5})
+
+
+def targets_for(config: Config, corpus: Corpus) -> Targets:
+    """From `feda2v.targets_file`, else the cache, else computed (and cached)."""
+    names, prompts = target_prompts(corpus, config)
+    fa = config.feda2v
+    if fa.targets_file:
+        targets = Targets.load(Path(fa.targets_file), f"file:{fa.targets_file}")
+        unknown = sorted(set(names) - set(targets.names))
+        if unknown:
+            raise ConfigError(f"{fa.targets_file}: has no target for {len(unknown)} of the "
+                              f"corpus's prompts, e.g. '{unknown[0]}'; make it again")
+        return targets
+    key = fingerprint(fa.clip_model_name, fa.clip_model_subfolder, fa.clip_tokenizer_subfolder,
+                      fa.t5_model_name, fa.t5_model_subfolder, fa.t5_tokenizer_subfolder,
+                      fa.t5_max_length, config.experiment.dtype, names, prompts)
+    path = cache_root(config.experiment.cache_dir) / "targets" / f"{key}.safetensors"
+    if path.exists():
+        return Targets.load(path, "cache")
+    targets = compute_targets(config, names, prompts)
+    targets.save(path)
+    return targets
