@@ -96,7 +96,9 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     adapter_config = {"d_audio": d_audio, "d_clip": d_clip, "d_t5": d_t5,
                       "targets": targets.names, "prompts": targets.prompts,
                       "feda2v": config.to_dict()["feda2v"]}
-    final = result.arrays if len(result.arrays) else initial
+    if not strategy.nodes_seen:
+        raise RuntimeError("no node completed a training round; their errors are logged above")
+    final = result.arrays
     extra = {
         "encoded_clips": strategy.totals["encoded-clips"],
         "cached_clips": strategy.totals["cached-clips"],

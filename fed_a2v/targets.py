@@ -7,12 +7,15 @@ corpus has captions. Targets are cached on disk by models and prompts, or read f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .cache import cache_root, fingerprint
@@ -30,10 +33,14 @@ class Targets:
     tensors: dict[str, torch.Tensor]  # "clip": (N, d_clip), "t5": (N, t5_max_length, d_t5)
     source: str = "computed"
 
-    @property
+    @cached_property
     def key(self) -> str:
-        return fingerprint(self.names, self.prompts, {k: list(v.shape) for k, v in
-                                                       self.tensors.items()})
+        """A digest of the names and the values: equal keys mean equal targets."""
+        h = hashlib.sha256(json.dumps(self.names).encode())
+        for name in sorted(self.tensors):
+            h.update(name.encode())
+            h.update(self.tensors[name].float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:24]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +51,6 @@ class Targets:
 
     @classmethod
     def load(cls, path: Path, source: str) -> Targets:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if "names" not in meta:

@@ -107,3 +107,20 @@ def test_simulate_rejects_a_bad_config(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "training.batchsize" in done.stderr and "batch_size" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_in_which_every_node_fails_exits_nonzero(tmp_path: Path) -> None:
+    from fed_a2v.synthetic import ensure_synthetic_corpus
+
+    experiment = small_experiment(tmp_path)
+    experiment["federation"]["global_rounds"] = 1
+    data = ensure_synthetic_corpus(tmp_path / "data", 3, 4, 40, 1.0, 16000)
+    for wav in (data / "audio").glob("*.wav"):
+        wav.write_bytes(b"broken")
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(experiment))
+    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "no usable training clip" in done.stderr
+    assert "finished:failed" in done.stderr
