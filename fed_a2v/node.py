@@ -103,7 +103,7 @@ class Encoding:
         return [clips[i] for i in kept], [arrays[i] for i in kept]
 
 
-def _encoded_set(clips: list[Clip], arrays: list, corpus: Corpus, rows: dict[str, int],
+def encoded_set(clips: list[Clip], arrays: list, corpus: Corpus, rows: dict[str, int],
                  hidden: int) -> EncodedSet:
     if not clips:
         return EncodedSet(torch.empty(0, 0, hidden), torch.empty(0, dtype=torch.long))
@@ -144,8 +144,8 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
     if not train_clips:
         raise ValueError(f"{ident.name}: no usable training clip (classes {split.classes})")
     hidden = int(train_arrays[0].shape[-1])
-    data = NodeData(_encoded_set(train_clips, train_arrays, corpus, rows, hidden),
-                    _encoded_set(test_clips, test_arrays, corpus, rows, hidden), hidden,
+    data = NodeData(encoded_set(train_clips, train_arrays, corpus, rows, hidden),
+                    encoded_set(test_clips, test_arrays, corpus, rows, hidden), hidden,
                     encoding.counts)
     log.info("%s: %d train / %d held-out clips of %d classes (%s)", ident.name,
              len(data.train), len(data.test), len(split.classes),

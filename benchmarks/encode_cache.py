@@ -1,0 +1,97 @@
+"""Local training with the token cache versus re-encoding every epoch.
+
+The same node, data, targets and 10 epochs of local training, two ways:
+  cached     - the frozen AST encodes each clip once (into the on-disk cache), epochs read it;
+  re-encode  - every epoch loads the audio and runs the AST again, as without a cache.
+Prints a table of encoder forwards and seconds, and the ratio.
+
+    .venv/bin/python benchmarks/encode_cache.py [--config configs/quickstart.json] [--epochs 10]
+        [--audio-model DIR] [--max-clips N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+
+from fed_a2v.adapters import build_adapters
+from fed_a2v.audio import load_audio
+from fed_a2v.config import load_config
+from fed_a2v.data import open_corpus, split_for_node
+from fed_a2v.encoders import AudioEncoder
+from fed_a2v.node import Encoding, NodeIdentity, encoded_set
+from fed_a2v.targets import targets_for
+from fed_a2v.train import LocalTrainConfig, train_local
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.json")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--node", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--audio-model", help="override feda2v.audio_model_name (a local dir)")
+    parser.add_argument("--max-clips", type=int, help="use only the first N training clips")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    config = load_config(args.config)
+    cfg = config.feda2v
+    if args.audio_model:
+        cfg.audio_model_name = args.audio_model
+    with tempfile.TemporaryDirectory() as cache:
+        config.experiment.cache_dir = cache
+        corpus = open_corpus(config)
+        targets = targets_for(config, corpus)
+        ident = NodeIdentity(config.node(args.node), args.node, config.federation.num_clients,
+                             f"node {args.node}")
+        clips = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config).train
+        clips = clips[:args.max_clips] if args.max_clips else clips
+        rows = {name: i for i, name in enumerate(targets.names)}
+        d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ("clip", "t5"))
+        local = LocalTrainConfig(
+            epochs=args.epochs, batch_size=config.training.batch_size,
+            stratified=cfg.use_stratified_batching, per_class_loss=cfg.use_per_class_loss,
+            grad_accum_steps=config.training.gradient_accumulation_steps,
+            learning_rates={a: config.adapter_lr(a) for a in ("clip", "t5")},
+            weight_decays={a: config.adapter_weight_decay(a) for a in ("clip", "t5")}, seed=0)
+        cpu = torch.device("cpu")
+
+        start = time.perf_counter()
+        encoding = Encoding(config, ident)
+        kept, arrays = encoding.encode(clips)
+        data = encoded_set(kept, arrays, corpus, rows, int(arrays[0].shape[-1]))
+        adapters = build_adapters(data.tokens.arrays[0].shape[-1], d_clip, d_t5, cfg)
+        train_local(adapters, data, targets.tensors, local, cpu)
+        cached_s = time.perf_counter() - start
+        cached_forwards = encoding.counts["encoded-clips"]
+
+        start = time.perf_counter()
+        encoder = AudioEncoder.load(cfg.audio_model_name, "cpu", config.experiment.dtype)
+        adapters = build_adapters(encoder.hidden_size, d_clip, d_t5, cfg)
+        forwards = 0
+        for epoch in range(args.epochs):
+            waves = [load_audio(c.path, encoder.settings.sampling_rate,
+                                config.dataset.clip_seconds) for c in kept]
+            tokens = encoder.encode(waves)
+            forwards += len(waves)
+            fresh = encoded_set(kept, list(tokens.numpy()), corpus, rows, encoder.hidden_size)
+            train_local(adapters, fresh, targets.tensors,
+                        replace(local, epochs=1, seed=epoch), cpu)
+        reencode_s = time.perf_counter() - start
+
+    print(f"{len(kept)} training clips of node {args.node}, {args.epochs} epochs, "
+          f"audio model {cfg.audio_model_name}, {args.threads} thread(s)")
+    print(f"| {'mode':<10} | {'encoder forwards':>16} | {'seconds':>8} |")
+    print(f"|{'-' * 12}|{'-' * 18}|{'-' * 10}|")
+    print(f"| {'cached':<10} | {cached_forwards:>16} | {cached_s:>8.2f} |")
+    print(f"| {'re-encode':<10} | {forwards:>16} | {reencode_s:>8.2f} |")
+    print(f"re-encode / cached = {reencode_s / cached_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Sizes and speeds at the real models' shapes, without their weights.
+
+Builds a full-size AST (MIT/ast-finetuned-audioset-10-10-0.4593's config: 12 layers, width 768,
+128 mel bins x 1024 frames) with random weights, which costs exactly what the real one costs,
+and the adapters at CLIP ViT-L/14 (768) and T5-XXL (17 x 4096) widths. Prints a table.
+
+    .venv/bin/python benchmarks/real_sizes.py [--clips 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import ASTConfig, ASTModel
+
+from fed_a2v.adapters import adapters_state, build_adapters
+from fed_a2v.audio import FeatureSettings, fbank_features
+from fed_a2v.config import FedA2VConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    settings = FeatureSettings()  # AudioSet AST: 16 kHz, 128 mel bins, 1024 frames
+    ast = ASTModel(ASTConfig()).eval()
+    waves = [torch.randn(5 * settings.sampling_rate) * 0.1 for _ in range(args.clips)]
+    with torch.no_grad():
+        start = time.perf_counter()
+        feats = torch.stack([fbank_features(w, settings) for w in waves])
+        fbank_s = (time.perf_counter() - start) / args.clips
+        start = time.perf_counter()
+        tokens = ast(input_values=feats).last_hidden_state
+        ast_s = (time.perf_counter() - start) / args.clips
+    params = sum(p.numel() for p in ast.parameters())
+
+    adapters = build_adapters(768, 768, 4096, FedA2VConfig())
+    rows = [
+        ("AST parameters", f"{params / 1e6:.1f} M ({params * 4 / 2**20:.0f} MiB fp32)"),
+        ("AST tokens per clip", f"{tuple(tokens.shape[1:])}"),
+        ("fbank per clip", f"{fbank_s * 1000:.0f} ms"),
+        (f"AST forward per clip ({args.threads} threads)", f"{ast_s:.2f} s"),
+        ("token cache per clip (fp16)", f"{tokens[0].numel() * 2 / 2**20:.2f} MiB"),
+    ]
+    for name, adapter in adapters.items():
+        n = sum(p.numel() for p in adapter.parameters())
+        rows.append((f"{name} adapter parameters", f"{n / 1e6:.2f} M"))
+    payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
+    rows.append(("adapter payload per node per round, each way", f"{payload / 2**20:.1f} MiB"))
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'what':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
