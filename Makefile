@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.json
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/fed-a2v simulate --config $(CONFIG)
 
-test: $(STAMP)
-	$(BIN)/ruff check fed_a2v server client tests
+test: lint
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check fed_a2v server client tests
+	$(BIN)/ruff check fed_a2v server client tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/encode_cache.py
+	$(BIN)/python benchmarks/real_sizes.py
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

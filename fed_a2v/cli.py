@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config, load_node_config
-from .data import open_corpus, read_esc50, split_for_node
+from .data import corpus_index, open_corpus, read_esc50, split_for_node
 from .launch import (
     COMPLETED,
     flower_env,
@@ -111,7 +111,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_targets(args: argparse.Namespace) -> int:
     """Compute the text targets of a config's corpus into a file, for `feda2v.targets_file`."""
     config = _load(args.config)
-    targets = compute_targets(config, *target_prompts(open_corpus(config), config))
+    targets = compute_targets(config, *target_prompts(corpus_index(config), config))
     out = Path(args.out).resolve()
     targets.save(out)
     print(f"{out}: {len(targets.names)} targets, "

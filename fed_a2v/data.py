@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, ConfigError, NodeConfig, suggest
-from .synthetic import ensure_synthetic_corpus
+from .synthetic import SOUNDS, ensure_synthetic_corpus
 
 SPLITS = ("train", "test")
 
@@ -124,6 +124,16 @@ def open_corpus(config: Config, path: str | Path | None = None) -> Corpus:
         ensure_synthetic_corpus(root, config.experiment.seed, ds.num_classes,
                                 ds.clips_per_class, ds.clip_seconds, ds.sample_rate)
     return read_esc50(root)
+
+
+def corpus_index(config: Config) -> Corpus:
+    """What the server needs of the corpus: its classes and captions, not its audio. It reads
+    the metadata file only (`meta/esc50.csv` or the manifest); the built-in corpus's classes
+    are known without generating it."""
+    ds = config.dataset
+    if ds.name == "synthetic":
+        return Corpus(Path(ds.path), list(SOUNDS)[:ds.num_classes], [])
+    return open_corpus(config)
 
 
 def _check_names(asked: list[str], known: list[str], what: str, where: str) -> None:

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 
 from .adapters import ADAPTERS, adapters_state, build_adapters
 from .config import Config, load_config
-from .data import open_corpus
+from .data import corpus_index
 from .encoders import describe_audio_encoder
 from .run_dir import RunRecorder, new_run_dir
 from .schedule import round_lr
@@ -62,7 +62,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     run_dir_value = str(context.run_config.get("run-dir") or "")
     run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
     fed = config.federation
-    corpus = open_corpus(config)
+    corpus = corpus_index(config)
     targets = targets_for(config, corpus)
     d_clip, d_t5 = targets.tensors["clip"].shape[-1], targets.tensors["t5"].shape[-1]
     d_audio = describe_audio_encoder(config.feda2v.audio_model_name)[0].hidden_size
