@@ -110,6 +110,18 @@ def start_superlink(env: dict[str, str], port: int, log_path: Path, simulation: 
     return process
 
 
+def start_supernode(env: dict[str, str], superlink: str, port: int, node_config: Path,
+                    log_path: Path, extra: Sequence[str] = ()) -> Process:
+    """A SuperNode reading its own JSON (`node-config`), serving its Runtime API on `port`."""
+    args = ["flower-supernode", "--superlink", superlink, "--host", "127.0.0.1",
+            "--port", str(port), "--node-config", f"node-config='{node_config}'", *extra]
+    if "--root-certificates" not in extra:
+        args.append("--insecure")
+    process = Process(args, env, log_path)
+    wait_for_port(port, process)
+    return process
+
+
 def _config_args(flag: str, values: dict[str, Any]) -> list[str]:
     out = []
     for key, value in values.items():

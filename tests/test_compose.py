@@ -1,0 +1,137 @@
+"""No Docker engine runs here, so the compose files are checked for consistency: services,
+commands, ports, mounts and node configs agree with each other, with the recipes and with the
+pinned flwr version."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import flwr
+import pytest
+import yaml
+
+from fed_a2v.config import load_node_config
+
+ROOT = Path(__file__).resolve().parent.parent
+FLWR_VERSION = flwr.__version__
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())["services"]
+
+
+def arg(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    return load("docker-compose.yml")
+
+
+def supernodes(services: dict) -> dict:
+    return {k: v for k, v in services.items() if re.fullmatch(r"supernode-\d+", k)}
+
+
+def test_images_and_recipes_pin_the_installed_flwr(services: dict) -> None:
+    assert services["superlink"]["image"] == f"flwr/superlink:{FLWR_VERSION}"
+    for name in supernodes(services):
+        assert services[name]["image"] == f"flwr/supernode:{FLWR_VERSION}"
+    for recipe in ("server/Dockerfile", "client/Dockerfile"):
+        text = (ROOT / recipe).read_text()
+        assert f"ARG FLWR_VERSION={FLWR_VERSION}" in text
+        assert "FROM flwr/superexec:${FLWR_VERSION}" in text
+        assert 'ENTRYPOINT ["flower-superexec"]' in text
+    for name, service in services.items():
+        if "build" in service:
+            assert service["build"]["args"]["FLWR_VERSION"] == FLWR_VERSION, name
+            assert (ROOT / service["build"]["dockerfile"]).exists(), name
+    pins = (ROOT / "pyproject.toml").read_text()
+    major_minor = ".".join(FLWR_VERSION.split(".")[:2])
+    assert f"flwr[simulation]>={major_minor}" in pins
+
+
+def test_every_process_listens_on_all_interfaces(services: dict) -> None:
+    for name in ["superlink", *supernodes(services)]:
+        assert arg(services[name]["command"], "--host") == "0.0.0.0", name
+
+
+def test_ports_and_addresses_agree(services: dict) -> None:
+    link_port = arg(services["superlink"]["command"], "--port")
+    assert f"{link_port}:{link_port}" in services["superlink"]["ports"]
+    assert arg(services["superexec-serverapp"]["command"],
+               "--runtime-api-address") == f"superlink:{link_port}"
+    assert services["run"]["environment"]["SUPERLINK"] == f"superlink:{link_port}"
+    node_ports = set()
+    for name, node in supernodes(services).items():
+        assert arg(node["command"], "--superlink") == f"superlink:{link_port}"
+        port = arg(node["command"], "--port")
+        node_ports.add(port)
+        assert arg(node["command"], "--isolation") == "process"
+        executor = services[f"superexec-clientapp-{name.split('-')[1]}"]
+        assert arg(executor["command"], "--runtime-api-address") == f"{name}:{port}"
+        assert name in executor["depends_on"]
+    assert len(node_ports) == len(supernodes(services))
+    assert arg(services["superlink"]["command"], "--isolation") == "process"
+
+
+def test_three_nodes_each_with_its_own_json_data_and_cache(services: dict) -> None:
+    nodes = supernodes(services)
+    assert len(nodes) >= 3
+    split_ids, volumes = set(), set()
+    for name, node in nodes.items():
+        index = name.split("-")[1]
+        inside = re.fullmatch(r"node-config='(.+)'", arg(node["command"], "--node-config"))[1]
+        executor = services[f"superexec-clientapp-{index}"]
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in executor["volumes"]}
+        host_file = ROOT / mounts[inside]  # the ClientApp reads the file: it is mounted there
+        settings = load_node_config(host_file)
+        assert settings.num_nodes == len(nodes)
+        split_ids.add(settings.node_split_id)
+        assert mounts[str(Path(settings.dataset_path).parent)] == f"node-{index}-data"
+        assert mounts[settings.cache_dir] == f"node-{index}-cache"
+        volumes.update(v for k, v in mounts.items() if k != inside)
+    assert split_ids == set(range(len(nodes)))  # disjoint shards
+    assert len(volumes) == 2 * len(nodes)  # nobody shares data or cache
+    declared = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["volumes"])
+    assert volumes <= declared
+
+
+def test_outputs_land_on_a_volume(services: dict) -> None:
+    mounts = dict(m.split(":")[::-1] for m in services["superexec-serverapp"]["volumes"])
+    assert mounts["/app/runs"] == "runs"
+    assert "WORKDIR /app\n" in (ROOT / "server/Dockerfile").read_text()  # runs/ is /app/runs
+
+
+def test_the_run_service_submits_the_app(services: dict) -> None:
+    script = services["run"]["command"][0]
+    assert "flwr run /app/fed-a2v compose --stream" in script
+    assert "COPY --chown=app:app configs configs" in (ROOT / "server/Dockerfile").read_text()
+    assert set(services["run"]["depends_on"]) >= {"superexec-serverapp",
+                                                  *(f"superexec-clientapp-{n.split('-')[1]}"
+                                                    for n in supernodes(services))}
+
+
+def test_tls_override_uses_what_the_credentials_script_makes(services: dict) -> None:
+    tls = load("docker-compose.tls.yml")
+    script = (ROOT / "scripts" / "make_credentials.sh").read_text()
+    link = tls["superlink"]["command"]
+    assert "--insecure" not in link and "--enable-supernode-auth" in link
+    mounts = dict(m.split(":")[:2][::-1] for m in tls["superlink"]["volumes"])
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
+        inside = Path(arg(link, flag))
+        host = Path(mounts[str(inside.parent)]) / inside.name
+        assert host.parts[:2] == ("credentials", "certificates")
+        assert f'"$certs/{inside.name}"' in script
+    assert "--insecure" not in tls["superexec-serverapp"]["command"]
+    for name in supernodes(services):
+        command = tls[name]["command"]
+        assert "--insecure" not in command
+        assert arg(command, "--port") == arg(services[name]["command"], "--port")
+        assert arg(command, "--node-config") == arg(services[name]["command"], "--node-config")
+        key = arg(command, "--auth-supernode-private-key")
+        assert any(m.endswith(f":{key}:ro") for m in tls[name]["volumes"])
+        assert f"{key}.pub" in tls["run"]["command"][0]
+    assert "DNS:superlink" in script  # the certificate is valid for the compose service name

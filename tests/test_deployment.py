@@ -1,0 +1,154 @@
+"""Flower's deployment engine on loopback: flower-superlink, three flower-supernode processes each
+reading its own node JSON, `flwr run`; then the same with TLS and SuperNode authentication."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fed_a2v.launch import (
+    COMPLETED,
+    Process,
+    flower_env,
+    free_port,
+    start_superlink,
+    start_supernode,
+    submit_run,
+    wait_for_run,
+    write_connection,
+)
+
+APP_DIR = Path(__file__).resolve().parent.parent
+NODES = 3
+ROUNDS = 2
+
+
+def write_federation(root: Path) -> tuple[Path, list[Path]]:
+    """The server's experiment file and one JSON per node: its own data copy, cache and shard."""
+    experiment = {
+        "experiment": {"name": "deployed", "seed": 1},
+        "federation": {"global_rounds": ROUNDS, "num_clients": NODES, "local_epochs": 1,
+                       "min_clients": NODES},
+        "training": {"batch_size": 8, "learning_rate": 0.003},
+        "dataset": {"name": "synthetic", "path": str(root / "server-data"),
+                    "clip_seconds": 0.5, "num_classes": 3, "clips_per_class": 15,
+                    "sample_rate": 16000},
+    }
+    (root / "experiment.json").write_text(json.dumps(experiment))
+    nodes = []
+    for i in range(NODES):
+        node = {"node_split_id": i, "num_nodes": NODES, "batch_size": 4 + i,
+                "dataset_path": str(root / f"node-{i}" / "data"),
+                "cache_dir": str(root / f"node-{i}" / "cache")}
+        if i == 0:
+            node["excluded_classes"] = ["siren"]
+        path = root / f"node-{i}.json"
+        path.write_text(json.dumps(node))
+        nodes.append(path)
+    return root / "experiment.json", nodes
+
+
+def run_federation(tmp_path: Path, superlink_args: list[str], node_args: list[list[str]],
+                   connection_root_cert: Path | None = None, before_run=None) -> tuple[dict, Path]:
+    experiment, node_files = write_federation(tmp_path)
+    port = free_port()
+    user_env = flower_env(tmp_path / "user-flwr")
+    write_connection(tmp_path / "user-flwr", "fed", f"127.0.0.1:{port}", connection_root_cert)
+    processes: list[Process] = []
+    try:
+        processes.append(start_superlink(flower_env(tmp_path / "superlink-flwr"), port,
+                                         tmp_path / "superlink.log", extra=superlink_args,
+                                         cwd=tmp_path))
+        if before_run:
+            before_run(user_env, processes)
+        for i, (node_file, extra) in enumerate(zip(node_files, node_args, strict=True)):
+            processes.append(start_supernode(flower_env(tmp_path / f"node-{i}" / "flwr"),
+                                             f"127.0.0.1:{port}", free_port(), node_file,
+                                             tmp_path / f"node-{i}.log", extra))
+        run_id = submit_run(APP_DIR, "fed", user_env,
+                            run_config={"config": str(experiment),
+                                        "output-dir": str(tmp_path / "outputs")})
+        entry = wait_for_run(run_id, "fed", user_env, timeout=170)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    return entry, tmp_path
+
+
+def check_outputs(entry: dict, root: Path) -> dict:
+    assert entry["status"] == COMPLETED, entry.get("status-details")
+    (run_dir,) = (root / "outputs").glob("deployed-*")
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
+    assert len(list((run_dir / "checkpoints").glob("round-*.safetensors"))) == ROUNDS
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_nodes"] == NODES
+    # Every node generated and encoded its own data, under its own folders.
+    for i in range(NODES):
+        assert (root / f"node-{i}" / "data" / "meta" / "esc50.csv").exists()
+        assert list((root / f"node-{i}" / "cache" / "tokens").rglob("*.npy"))
+    assert not (root / "server-data").exists()  # the server needs the class names only
+    return summary
+
+
+def test_superlink_and_three_supernodes_with_their_own_json(tmp_path: Path) -> None:
+    entry, root = run_federation(tmp_path, [], [[]] * NODES)
+    check_outputs(entry, root)
+
+
+def make_credentials(root: Path) -> tuple[Path, Path]:
+    subprocess.run(["bash", str(APP_DIR / "scripts" / "make_credentials.sh"), str(root),
+                    str(NODES + 1)], check=True, capture_output=True, timeout=120)
+    return root / "certificates", root / "keys"
+
+
+def test_tls_and_supernode_auth_refuse_an_unregistered_node(tmp_path: Path) -> None:
+    certs, keys = make_credentials(tmp_path / "credentials")
+    tls = ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
+           str(certs / "superlink.crt"), "--ssl-keyfile", str(certs / "superlink.key")]
+    node_tls = ["--root-certificates", str(certs / "ca.crt")]
+    intruder: list[Process] = []
+
+    def register_and_start_intruder(user_env: dict, processes: list[Process]) -> None:
+        for i in range(1, NODES + 1):
+            public_key = str(keys / f"supernode-{i}.pub")
+            done = subprocess.run(["flwr", "supernode", "register", public_key, "fed"],
+                                  env=user_env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+        # Key NODES+1 is never registered: this SuperNode must not get in.
+        node_json = tmp_path / "intruder.json"
+        node_json.write_text(json.dumps({"dataset_path": str(tmp_path / "intruder-data")}))
+        port = int(processes[0].args[processes[0].args.index("--port") + 1])
+        intruder.append(Process(
+            ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
+             "--node-config", f"node-config='{node_json}'", *node_tls,
+             "--auth-supernode-private-key", str(keys / f"supernode-{NODES + 1}"),
+             "--max-retries", "3", "--max-wait-time", "20"],
+            flower_env(tmp_path / "intruder-flwr"), tmp_path / "intruder.log"))
+        processes.append(intruder[0])
+
+    node_args = [[*node_tls, "--auth-supernode-private-key", str(keys / f"supernode-{i}")]
+                 for i in range(1, NODES + 1)]
+    entry, root = run_federation(tmp_path, [*tls, "--enable-supernode-auth"], node_args,
+                                 connection_root_cert=certs / "ca.crt",
+                                 before_run=register_and_start_intruder)
+    check_outputs(entry, root)  # exactly the three registered nodes took part
+    assert not (tmp_path / "intruder-data").exists()  # never given any work
+    assert "Failed to activate SuperNode" in (tmp_path / "intruder.log").read_text()
+    superlink_log = (tmp_path / "superlink.log").read_text(errors="replace")
+    assert "No SuperNode found with the given public key" in superlink_log
+
+
+@pytest.mark.parametrize("certificate", ["ca.crt", "superlink.crt"])
+def test_credentials_script_makes_a_valid_chain(tmp_path: Path, certificate: str) -> None:
+    certs, keys = make_credentials(tmp_path)
+    done = subprocess.run(["openssl", "verify", "-CAfile", str(certs / "ca.crt"),
+                           str(certs / certificate)], capture_output=True, text=True)
+    assert done.returncode == 0 and "OK" in done.stdout
+    assert (keys / "supernode-1.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    before = (certs / "superlink.crt").read_bytes()
+    make_credentials(tmp_path)  # idempotent: a second call keeps the files
+    assert (certs / "superlink.crt").read_bytes() == before
