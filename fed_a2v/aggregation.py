@@ -49,3 +49,30 @@ def fedavg_per_adapter(states: Sequence[dict[str, np.ndarray]],
     for adapter in per_node[0]:
         out |= fedavg([groups[adapter] for groups in per_node], weights)
     return out
+
+
+def update_problem(update: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                   max_norm: float | None) -> str | None:
+    """Why a node's adapters cannot be averaged into the global ones, or None if they can.
+
+    Checks keys, shapes and dtypes against the global adapters, that every value is finite, and,
+    with `max_norm`, that each adapter moved at most that far (L2 over its parameters).
+    """
+    missing, extra = sorted(reference.keys() - update.keys()), sorted(update.keys() - reference)
+    if missing or extra:
+        return f"keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key, ref in reference.items():
+        value = update[key]
+        if value.shape != ref.shape:
+            return f"'{key}' has shape {value.shape}, expected {ref.shape}"
+        if value.dtype != ref.dtype:
+            return f"'{key}' has dtype {value.dtype}, expected {ref.dtype}"
+        if not np.isfinite(value).all():
+            return f"'{key}' holds non-finite values"
+    if max_norm is not None:
+        for adapter, keys in split_by_adapter(reference).items():
+            norm = float(np.sqrt(sum(np.sum((update[k].astype(np.float64) - ref) ** 2)
+                                     for k, ref in keys.items())))
+            if norm > max_norm:
+                return f"the {adapter} adapter moved {norm:.3g}, above max_update_norm {max_norm}"
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile
 import torch
 import torchaudio.compliance.kaldi as kaldi
@@ -23,9 +24,27 @@ class FeatureSettings:
     do_normalize: bool = True
 
 
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message says why."""
+
+
 def load_audio(path: str | Path, sampling_rate: int, clip_seconds: float) -> torch.Tensor:
-    """A mono float32 waveform of exactly `clip_seconds` at `sampling_rate` (zero padded)."""
-    data, source_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    """A mono float32 waveform of exactly `clip_seconds` at `sampling_rate` (zero padded).
+
+    Anything libsndfile decodes is accepted, whatever its extension, bit depth, channel count or
+    rate; files it cannot decode, with no samples, non-finite samples or only zeros (nothing
+    to learn from) raise AudioError.
+    """
+    try:
+        data, source_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"cannot decode ({err})") from err
+    if data.size == 0:
+        raise AudioError("no samples")
+    if not np.isfinite(data).all():
+        raise AudioError("non-finite samples")
+    if not np.abs(data).max() > 0:
+        raise AudioError("silent (every sample is zero)")
     waveform = torch.from_numpy(data.T.copy()).mean(dim=0)
     if source_rate != sampling_rate:
         waveform = AF.resample(waveform, source_rate, sampling_rate)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config, load_node_config
-from .data import corpus_index, open_corpus, read_esc50, split_for_node
+from .data import check_node_shares, corpus_index, open_corpus
 from .launch import (
     COMPLETED,
     flower_env,
@@ -54,12 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.node:
         node = load_node_config(args.node)
         nodes = {args.node: (node, node.node_split_id or 0, node.num_nodes or 1)}
-    found = []
-    for where, (node, index, num_nodes) in nodes.items():
-        root = Path(node.dataset_path or config.dataset.path)
-        if (root / "meta" / "esc50.csv").exists():
-            split = split_for_node(read_esc50(root), node, index, num_nodes, config, where)
-            found.append(f"{where}: {len(split.train)} train / {len(split.test)} held-out clips")
+    found = check_node_shares(config, nodes)
     fed = config.federation
     print(f"{args.config}: ok: '{config.experiment.name}', {fed.num_clients} nodes x "
           f"{fed.global_rounds} rounds x {fed.local_epochs} local epochs, batch "
@@ -70,11 +65,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
+    open_corpus(config)  # generate the built-in corpus once, before nodes start
+    num = config.federation.num_clients
+    check_node_shares(config, {f"nodes.{i}": (config.node(i), i, num) for i in range(num)})
     run_dir = new_run_dir(config)
     run_dir.mkdir(parents=True)
     resolved = run_dir / "config.json"
     resolved.write_text(json.dumps(config.to_dict(), indent=2))
-    open_corpus(config)  # generate the built-in corpus once, before nodes start
     with tempfile.TemporaryDirectory(prefix="feda2v-flwr-") as home:
         flwr_home = Path(home)
         env = flower_env(flwr_home)

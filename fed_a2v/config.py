@@ -47,6 +47,10 @@ class FederationConfig:
     local_epochs: int = field(default=2, metadata=_rule(min=1))
     join_ratio: float = field(default=1.0, metadata=_rule(min_exclusive=0.0, max=1.0))
     min_clients: int = field(default=2, metadata=_rule(min=1))
+    # A node's update is dropped for the round if an adapter moved further than this (L2).
+    max_update_norm: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
+    # Seconds a round waits for replies; the replies in by then are aggregated.
+    round_timeout: float = field(default=3600.0, metadata=_rule(min_exclusive=0.0))
 
 
 @dataclass

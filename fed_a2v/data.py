@@ -136,6 +136,31 @@ def corpus_index(config: Config) -> Corpus:
     return open_corpus(config)
 
 
+def corpus_on_disk(config: Config, path: str | Path | None = None) -> Corpus | None:
+    """The corpus's metadata if it is already on disk (never generates), else None."""
+    root = Path(path or config.dataset.path)
+    if config.dataset.name == "csv":
+        manifest = root / "manifest.csv" if root.is_dir() else root
+        return read_manifest(manifest, config.experiment.seed) if manifest.exists() else None
+    return read_esc50(root) if (root / "meta" / "esc50.csv").exists() else None
+
+
+def check_node_shares(config: Config,
+                      nodes: dict[str, tuple[NodeConfig, int, int]]) -> list[str]:
+    """Each node's share where its corpus is on disk: `where: N train / M held-out clips`.
+    Raises ConfigError for classes or folds the corpus lacks, or a node left with nothing."""
+    found = []
+    for where, (node, index, num_nodes) in nodes.items():
+        corpus = corpus_on_disk(config, node.dataset_path)
+        if corpus is None:
+            continue
+        split = split_for_node(corpus, node, index, num_nodes, config, where)
+        if not split.train:
+            raise ConfigError(f"{where}: no training clip in its classes, folds and shard")
+        found.append(f"{where}: {len(split.train)} train / {len(split.test)} held-out clips")
+    return found
+
+
 def _check_names(asked: list[str], known: list[str], what: str, where: str) -> None:
     for name in asked:
         if name not in known:

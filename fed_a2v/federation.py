@@ -74,7 +74,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
              len(targets.names), targets.source, payload / 2**20)
 
     strategy = FedA2VStrategy(
-        targets=targets, lr_for_round=lr_plan(config),
+        targets=targets, lr_for_round=lr_plan(config), max_update_norm=fed.max_update_norm,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -90,7 +90,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
                                 "targets-key": targets.key})
     started = time.time()
-    result = strategy.start(grid, initial, fed.global_rounds, train_config=node_config,
+    result = strategy.start(grid, initial, fed.global_rounds, timeout=fed.round_timeout,
+                            train_config=node_config,
                             evaluate_config=ConfigRecord(dict(node_config)),
                             evaluate_fn=end_round)
     adapter_config = {"d_audio": d_audio, "d_clip": d_clip, "d_t5": d_t5,
@@ -103,6 +104,9 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "encoded_clips": strategy.totals["encoded-clips"],
         "cached_clips": strategy.totals["cached-clips"],
         "skipped_clips": strategy.totals["skipped-clips"],
+        "skipped_files": sorted(strategy.skipped_files),
+        "rejected_updates": [{"round": r, "node": n, "why": why}
+                             for r, n, why in strategy.rejected],
         "targets_source": targets.source,
         "targets_bytes": strategy.targets_bytes,
         "control_bytes_per_round": max(strategy.control_bytes.values(), default=0),

@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from .adapters import adapters_state, build_adapters, load_adapters_state
-from .audio import load_audio
+from .audio import AudioError, load_audio
 from .cache import TokenCache, TokenStore, cache_root, fingerprint
 from .config import Config, NodeConfig, config_from_dict, load_node_config
 from .data import Clip, Corpus, open_corpus, split_for_node
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TARGETS = "targets"  # ArrayRecord with the target tensors, sent until a node has them
 TARGET_NAMES = "target-names"  # ConfigRecord with their names, sent along
 COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")
+SKIPPED = "skipped"  # ConfigRecord in replies: the unusable files, as "path: why"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class NodeData:
     test: EncodedSet
     hidden_size: int
     counts: dict[str, int] = field(default_factory=dict)  # encoded / cached / skipped clips
+    skipped: list[str] = field(default_factory=list)  # "path: why" of every unusable clip
 
 
 class Encoding:
@@ -89,7 +91,7 @@ class Encoding:
                     continue
                 wave = load_audio(clip.path, self.encoder.settings.sampling_rate,
                                   self.config.dataset.clip_seconds)
-            except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, not fatal
+            except (OSError, AudioError) as err:  # reported and skipped, never fatal
                 self.skipped.append(f"{clip.path}: {err}")
                 continue
             pending.append((i, entry, wave))
@@ -146,7 +148,7 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
     hidden = int(train_arrays[0].shape[-1])
     data = NodeData(encoded_set(train_clips, train_arrays, corpus, rows, hidden),
                     encoded_set(test_clips, test_arrays, corpus, rows, hidden), hidden,
-                    encoding.counts)
+                    encoding.counts, encoding.skipped)
     log.info("%s: %d train / %d held-out clips of %d classes (%s)", ident.name,
              len(data.train), len(data.test), len(split.classes),
              ", ".join(f"{k} {v}" for k, v in encoding.counts.items()))
@@ -194,10 +196,15 @@ class NodeRound:
                                        self.ident.name)
         self.data, fresh = node_data(self.config, self.ident, self.targets)
         self.counts = self.data.counts if fresh else dict.fromkeys(COUNT_KEYS, 0)
+        self.skipped = self.data.skipped if fresh else []
         tensors = self.targets.tensors
         self.adapters = build_adapters(self.data.hidden_size, tensors["clip"].shape[-1],
                                        tensors["t5"].shape[-1], self.config.feda2v)
         load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
+
+    def skipped_record(self) -> ConfigRecord:
+        """The clips this node could not use, reported once (when its data was loaded)."""
+        return ConfigRecord({"files": json.dumps(self.skipped)})
 
 
 def train_reply(msg: Message, context: Context) -> Message:
@@ -217,7 +224,8 @@ def train_reply(msg: Message, context: Context) -> Message:
     state = {k: v.detach().cpu() for k, v in adapters_state(rnd.adapters).items()}
     metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics,
+                               SKIPPED: rnd.skipped_record()}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context) -> Message:
@@ -225,4 +233,5 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
     metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors,
                                 rnd.config.training.eval_batch_size, rnd.device)
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
-    return Message(RecordDict({"metrics": record}), reply_to=msg)
+    return Message(RecordDict({"metrics": record, SKIPPED: rnd.skipped_record()}),
+                   reply_to=msg)

@@ -7,13 +7,14 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from .aggregation import fedavg_per_adapter
-from .node import COUNT_KEYS, TARGET_NAMES, TARGETS
+from .aggregation import fedavg_per_adapter, update_problem
+from .node import COUNT_KEYS, SKIPPED, TARGET_NAMES, TARGETS
 from .targets import Targets
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class FedA2VStrategy(FedAvg):
     kept in `round_metrics`; clip counts summed over the run in `totals`."""
 
     def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
-                 **fedavg_kwargs) -> None:
+                 max_update_norm: float | None = None, **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets = targets
@@ -43,9 +44,13 @@ class FedA2VStrategy(FedAvg):
             TARGET_NAMES: ConfigRecord({"names": json.dumps(targets.names)}),
         }
         self.lr_for_round = lr_for_round
+        self.max_update_norm = max_update_norm
+        self.global_state: dict[str, np.ndarray] = {}
+        self.rejected: list[tuple[int, int, str]] = []  # (round, node, why)
         self.round_metrics: dict[int, dict[str, float]] = {}
         self.totals = dict.fromkeys(COUNT_KEYS, 0)
         self.nodes_seen: set[int] = set()
+        self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
@@ -71,6 +76,7 @@ class FedA2VStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self.global_state = {k: v.numpy() for k, v in arrays.items()}
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
         config = ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
@@ -89,18 +95,31 @@ class FedA2VStrategy(FedAvg):
                 self.has_targets.discard(node)  # it may have lost them: send again
             else:
                 self.has_targets.add(node)
+                if SKIPPED in msg.content:
+                    self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self._note_replies(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
+        accepted, states = [], []
+        for msg in valid:
+            record = next(iter(msg.content.array_records.values()))
+            state = {k: v.numpy() for k, v in record.items()}
+            problem = update_problem(state, self.global_state, self.max_update_norm)
+            if problem:
+                node = msg.metadata.src_node_id
+                log.warning("round %d: dropped the update of node %d: %s", server_round, node,
+                            problem)
+                self.rejected.append((server_round, node, problem))
+                continue
+            accepted.append(msg)
+            states.append(state)
+        if not accepted:
             return None, None
-        self.nodes_seen.update(m.metadata.src_node_id for m in valid)
-        contents = [m.content for m in valid]
-        states = [{k: v.numpy() for k, v in next(iter(c.array_records.values())).items()}
-                  for c in contents]
+        self.nodes_seen.update(m.metadata.src_node_id for m in accepted)
+        contents = [m.content for m in accepted]
         weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
                    for c in contents]
         averaged = fedavg_per_adapter(states, weights)

@@ -1,0 +1,142 @@
+"""Bad input is reported and skipped, never silently used: broken audio, bad node updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fed_a2v.aggregation import update_problem
+from fed_a2v.audio import AudioError, load_audio
+from fed_a2v.strategy import FedA2VStrategy
+from fed_a2v.targets import Targets
+
+SR = 22050
+TONE = (0.5 * np.sin(np.arange(SR) * 2 * np.pi * 440 / SR)).astype(np.float32)
+
+
+def write_cases(root: Path) -> dict[str, Path]:
+    """One file per kind of input a real corpus holds."""
+    root.mkdir(parents=True, exist_ok=True)
+    cases = {
+        "8-bit 8 kHz": ("u8.wav", TONE[::3], 8000, {"subtype": "PCM_U8"}),
+        "24-bit 96 kHz": ("s24.wav", np.repeat(TONE, 4), 96000, {"subtype": "PCM_24"}),
+        "stereo 44.1 kHz flac": ("stereo.flac", np.stack([TONE, 0.5 * TONE], 1), 44100, {}),
+        "mp3 named .wav": ("mp3.wav", TONE, SR, {"format": "MP3"}),
+        "float with NaN": ("nan.wav", np.where(np.arange(SR) == 9, np.nan, TONE), SR,
+                           {"subtype": "FLOAT"}),
+        "digital silence": ("silent.wav", np.zeros(SR, np.float32), SR, {}),
+        "no samples": ("zero.wav", np.zeros(0, np.float32), SR, {}),
+    }
+    paths = {}
+    for name, (filename, data, rate, kw) in cases.items():
+        soundfile.write(root / filename, data, rate, **kw)
+        paths[name] = root / filename
+    full = (root / "s24.wav").read_bytes()
+    (root / "truncated.wav").write_bytes(full[: len(full) // 3])
+    paths["truncated"] = root / "truncated.wav"
+    (root / "header-only.wav").write_bytes(full[:30])
+    paths["header only"] = root / "header-only.wav"
+    (root / "empty.wav").write_bytes(b"")
+    paths["empty file"] = root / "empty.wav"
+    (root / "text.wav").write_text("this is not audio")
+    paths["text named .wav"] = root / "text.wav"
+    return paths
+
+
+DECODABLE = ["8-bit 8 kHz", "24-bit 96 kHz", "stereo 44.1 kHz flac", "mp3 named .wav",
+             "truncated"]
+UNUSABLE = {"float with NaN": "non-finite", "digital silence": "silent",
+            "no samples": "no samples", "header only": "cannot decode",
+            "empty file": "cannot decode", "text named .wav": "cannot decode"}
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, Path]:
+    return write_cases(tmp_path_factory.mktemp("audio"))
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_decodable_files_become_16k_mono_clips(cases, name: str) -> None:
+    wave = load_audio(cases[name], 16000, 1.0)
+    assert wave.shape == (16000,) and bool(wave.isfinite().all())
+    assert float(wave.abs().max()) > 0.05
+
+
+@pytest.mark.parametrize("name", sorted(UNUSABLE))
+def test_unusable_files_raise_with_the_reason(cases, name: str) -> None:
+    with pytest.raises(AudioError, match=UNUSABLE[name]):
+        load_audio(cases[name], 16000, 1.0)
+
+
+# --- updates -----------------------------------------------------------------------------------
+
+REFERENCE = {"clip.w": np.zeros((2, 3), np.float32), "t5.w": np.zeros(4, np.float32)}
+
+
+@pytest.mark.parametrize("update,why", [
+    ({"clip.w": np.zeros((2, 3), np.float32)}, "keys differ"),
+    ({**REFERENCE, "t5.extra": np.zeros(1, np.float32)}, "keys differ"),
+    ({**REFERENCE, "t5.w": np.zeros(5, np.float32)}, "shape"),
+    ({**REFERENCE, "t5.w": np.zeros(4, np.float64)}, "dtype"),
+    ({**REFERENCE, "clip.w": np.full((2, 3), np.inf, np.float32)}, "non-finite"),
+    ({**REFERENCE, "t5.w": np.array([0, np.nan, 0, 0], np.float32)}, "non-finite"),
+    ({**REFERENCE, "t5.w": np.full(4, 10.0, np.float32)}, "t5 adapter moved 20"),
+])
+def test_update_problems_are_named(update: dict, why: str) -> None:
+    problem = update_problem(update, REFERENCE, max_norm=5.0)
+    assert problem is not None and why in problem
+
+
+def test_a_good_update_passes_and_the_bound_is_optional() -> None:
+    update = {"clip.w": np.ones((2, 3), np.float32), "t5.w": np.full(4, 2.0, np.float32)}
+    assert update_problem(update, REFERENCE, max_norm=5.0) is None  # moved 2.45 and 4.0
+    assert update_problem({**update, "t5.w": np.full(4, 1e6, np.float32)}, REFERENCE,
+                          None) is None
+
+
+@pytest.fixture
+def task_identity():
+    """Flower Messages need a run identity, as inside a ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def reply(node: int, state: dict[str, np.ndarray], examples: int) -> Message:
+    message = Message(RecordDict({
+        "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
+        "metrics": MetricRecord({"num-examples": examples, "train_clip_loss": 1.0}),
+        "skipped": ConfigRecord({"files": "[]"}),
+    }), dst_node_id=0, message_type="train")
+    message.metadata.__dict__["_src_node_id"] = node  # as a reply from that node carries
+    return message
+
+
+def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None:
+    import torch
+
+    targets = Targets(["a"], ["a"], {"clip": torch.zeros(1, 2), "t5": torch.zeros(1, 1, 2)})
+    strategy = FedA2VStrategy(targets, lambda r: {"clip": 1e-3, "t5": 1e-3},
+                              max_update_norm=100.0)
+    strategy.global_state = REFERENCE
+    good_a = {"clip.w": np.ones((2, 3), np.float32), "t5.w": np.ones(4, np.float32)}
+    good_b = {"clip.w": np.full((2, 3), 3.0, np.float32), "t5.w": np.full(4, 3.0, np.float32)}
+    poisoned = {**good_a, "t5.w": np.array([np.nan, 0, 0, 0], np.float32)}
+    huge = {k: v * 1e6 for k, v in good_a.items()}
+    arrays, metrics = strategy.aggregate_train(3, [reply(11, good_a, 1), reply(12, poisoned, 50),
+                                                   reply(13, good_b, 3), reply(14, huge, 50)])
+    averaged = {k: v.numpy() for k, v in arrays.items()}
+    np.testing.assert_allclose(averaged["clip.w"], 2.5)  # (1*1 + 3*3) / 4
+    assert all(np.isfinite(v).all() for v in averaged.values())
+    assert [(r, n) for r, n, _ in strategy.rejected] == [(3, 12), (3, 14)]
+    assert "non-finite" in strategy.rejected[0][2] and "max_update_norm" in strategy.rejected[1][2]
+    assert strategy.nodes_seen == {11, 13}
+    # A round where every update is bad leaves the global adapters as they were.
+    assert strategy.aggregate_train(4, [reply(12, poisoned, 5)]) == (None, None)
