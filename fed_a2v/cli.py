@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,24 +65,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
+    # SIGTERM unwinds like Ctrl-C, so the SuperLink and its simulation are stopped with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+        resolved = run_dir / "config.json"
+        config = _load(str(resolved))
+    else:
+        config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
     open_corpus(config)  # generate the built-in corpus once, before nodes start
     num = config.federation.num_clients
     check_node_shares(config, {f"nodes.{i}": (config.node(i), i, num) for i in range(num)})
-    run_dir = new_run_dir(config)
-    run_dir.mkdir(parents=True)
-    resolved = run_dir / "config.json"
-    resolved.write_text(json.dumps(config.to_dict(), indent=2))
+    if not args.resume:
+        run_dir = new_run_dir(config)
+        run_dir.mkdir(parents=True)
+        resolved = run_dir / "config.json"
+        resolved.write_text(json.dumps(config.to_dict(), indent=2))
     with tempfile.TemporaryDirectory(prefix="feda2v-flwr-") as home:
         flwr_home = Path(home)
         env = flower_env(flwr_home)
         port = free_port()
         write_connection(flwr_home, "feda2v-sim", f"127.0.0.1:{port}")
         superlink = start_superlink(env, port, run_dir / "superlink.log", simulation=True)
+        entry: dict = {}
         try:
             run_id = submit_run(
                 APP_DIR, "feda2v-sim", env,
-                run_config={"config": str(resolved), "run-dir": str(run_dir)},
+                run_config={"config": str(resolved), "run-dir": str(run_dir),
+                            "resume": bool(args.resume)},
                 federation_config={"num-supernodes": config.federation.num_clients,
                                    "client-resources-num-cpus": args.cpus_per_node},
             )
@@ -97,7 +108,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             finally:
                 stream.terminate()
         finally:
-            superlink.stop()
+            # Interrupted: stop the simulation now, not after the round in progress.
+            superlink.stop(timeout=15 if entry else 1)
     if entry.get("status") != COMPLETED:
         log.error("run %d ended %s: %s", run_id, entry.get("status"), entry.get("status-details"))
         return 1
@@ -131,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-node", type=int, default=1,
                    help="CPU cores Ray reserves per simulated node (default: 1)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run after its last finished round (its config)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("targets", help="compute text targets once, for offline use")
     p.add_argument("config")

@@ -79,10 +79,18 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
     recorder = RunRecorder(run_dir, config)
+    if context.run_config.get("resume"):
+        point = recorder.resume_point()
+        if point is not None:
+            strategy.round_offset, state = point
+            initial = ArrayRecord(state)
+        log.info("resuming %s after round %d of %d", run_dir, strategy.round_offset,
+                 fed.global_rounds)
 
     def end_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
+        server_round += strategy.round_offset
         record = recorder.end_round(server_round, strategy.round_metrics.get(server_round, {}),
                                     arrays.to_torch_state_dict())
         return MetricRecord({k: v for k, v in record.items() if v is not None})
@@ -90,16 +98,18 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
                                 "targets-key": targets.key})
     started = time.time()
-    result = strategy.start(grid, initial, fed.global_rounds, timeout=fed.round_timeout,
-                            train_config=node_config,
-                            evaluate_config=ConfigRecord(dict(node_config)),
-                            evaluate_fn=end_round)
+    final = initial  # a resumed run with no round left only writes its final files
+    if fed.global_rounds > strategy.round_offset:
+        result = strategy.start(grid, initial, fed.global_rounds - strategy.round_offset,
+                                timeout=fed.round_timeout, train_config=node_config,
+                                evaluate_config=ConfigRecord(dict(node_config)),
+                                evaluate_fn=end_round)
+        if not strategy.nodes_seen:
+            raise RuntimeError("no node completed a training round; see the errors above")
+        final = result.arrays
     adapter_config = {"d_audio": d_audio, "d_clip": d_clip, "d_t5": d_t5,
                       "targets": targets.names, "prompts": targets.prompts,
                       "feda2v": config.to_dict()["feda2v"]}
-    if not strategy.nodes_seen:
-        raise RuntimeError("no node completed a training round; their errors are logged above")
-    final = result.arrays
     extra = {
         "encoded_clips": strategy.totals["encoded-clips"],
         "cached_clips": strategy.totals["cached-clips"],

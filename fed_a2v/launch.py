@@ -49,6 +49,21 @@ def write_connection(flwr_home: Path, name: str, address: str,
     (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first), from `ps`."""
+    listing = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True)
+    children: dict[int, list[int]] = {}
+    for line in listing.stdout.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 class Process:
     """A long-running Flower process in its own process group, its output in a log file."""
 
@@ -65,17 +80,21 @@ class Process:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the whole group (the SuperLink's app processes and Ray too), then SIGKILL."""
+        """SIGTERM the process and every descendant, give it `timeout` seconds, then SIGKILL
+        all that is left. A SuperLink starts its app processes in sessions of their own, so
+        its process group alone would leave them running."""
+        family = [self.proc.pid, *descendants(self.proc.pid)]
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
+            for pid in family:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
             try:
                 self.proc.wait(timeout=timeout)
-                break
             except subprocess.TimeoutExpired:
-                continue
+                pass
+        self.proc.wait()
         self._log.close()
 
     def tail(self, lines: int = 40) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .config import Config
 
@@ -65,18 +65,47 @@ class RunRecorder:
                   state: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Record one finished round: a metrics line, TensorBoard scalars and a checkpoint."""
         record = {"round": server_round, **{k: metrics.get(k) for k in ROUND_KEYS}}
+        # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
+        save_adapters(state, self.checkpoint(server_round), {"round": str(server_round)})
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "round" and value is not None:
                 self.tb.add_scalar(key.replace("_", "/", 1), value, server_round)
         self.tb.flush()
-        save_adapters(state, self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors",
-                      {"round": str(server_round)})
         self.last = record
         log.info("round %d | %s", server_round, " ".join(
             f"{k}={v:.4g}" for k, v in record.items() if k != "round" and v is not None))
         return record
+
+    def checkpoint(self, server_round: int) -> Path:
+        return self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
+
+    def resume_point(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The last finished round and its global adapters, or None if no round finished.
+
+        A round is finished when its metrics line is complete; anything after it (a torn
+        line, a later checkpoint written just before a crash) is dropped.
+        """
+        path = self.dir / "metrics.jsonl"
+        records = []
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if record.get("round") != len(records) + 1:
+                break
+            if not self.checkpoint(record["round"]).exists():
+                break
+            records.append(record)
+        _atomic_write(path, lambda tmp: tmp.write_text(
+            "".join(json.dumps(r) + "\n" for r in records)))
+        if not records:
+            return None
+        self.last = records[-1]
+        last = records[-1]["round"]
+        return last, load_file(str(self.checkpoint(last)))
 
     def finish(self, state: dict[str, torch.Tensor], adapter_config: dict[str, Any],
                adapter_bytes_per_round: int, rounds: int, num_nodes: int,

@@ -46,6 +46,7 @@ class FedA2VStrategy(FedAvg):
         self.lr_for_round = lr_for_round
         self.max_update_norm = max_update_norm
         self.global_state: dict[str, np.ndarray] = {}
+        self.round_offset = 0  # rounds finished before a resume: Flower counts from 1 again
         self.rejected: list[tuple[int, int, str]] = []  # (round, node, why)
         self.round_metrics: dict[int, dict[str, float]] = {}
         self.totals = dict.fromkeys(COUNT_KEYS, 0)
@@ -76,6 +77,7 @@ class FedA2VStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
@@ -85,6 +87,7 @@ class FedA2VStrategy(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         return self._finish_messages(
             server_round, super().configure_evaluate(server_round, arrays, config, grid))
 
@@ -100,6 +103,7 @@ class FedA2VStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         replies = list(replies)
         self._note_replies(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
@@ -132,6 +136,7 @@ class FedA2VStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
+        server_round += self.round_offset
         replies = list(replies)
         self._note_replies(replies)
         metrics = super().aggregate_evaluate(server_round, replies)
