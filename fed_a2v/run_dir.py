@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 ROUND_KEYS = ("train_clip_loss", "train_t5_loss", "eval_clip_mse", "eval_t5_mse",
               "eval_clip_cosine", "eval_t5_cosine", "eval_clip_top1", "eval_t5_top1",
-              "clip_lr", "t5_lr")
+              "clip_lr", "t5_lr", "train_nodes")
 EVAL_KEYS = tuple(k for k in ROUND_KEYS if k.startswith("eval_"))
 
 

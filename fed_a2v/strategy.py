@@ -120,7 +120,11 @@ class FedA2VStrategy(FedAvg):
                 continue
             accepted.append(msg)
             states.append(state)
-        if not accepted:
+        self.round_metrics.setdefault(server_round, {})["train_nodes"] = len(accepted)
+        if len(accepted) < max(self.min_train_nodes, 1):
+            log.warning("round %d: %d usable updates, fewer than min_clients (%d): the global "
+                        "adapters stay as they were", server_round, len(accepted),
+                        self.min_train_nodes)
             return None, None
         self.nodes_seen.update(m.metadata.src_node_id for m in accepted)
         contents = [m.content for m in accepted]

@@ -58,7 +58,8 @@ def test_every_round_is_recorded(sim_run: Path) -> None:
     assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
     for m in metrics:
         assert set(m) == {"round", *ROUND_KEYS}
-        assert all(isinstance(m[k], float) for k in ROUND_KEYS), m
+        assert all(isinstance(m[k], float) for k in ROUND_KEYS if k != "train_nodes"), m
+        assert m["train_nodes"] == 2
     assert {m["clip_lr"] for m in metrics} == {0.003}  # constant schedule, training LR
     checkpoints = sorted(p.name for p in (sim_run / "checkpoints").iterdir())
     assert checkpoints == [f"round-{r:04d}.safetensors" for r in range(1, ROUNDS + 1)]
