@@ -6,46 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fed_a2v.aggregation import update_problem
 from fed_a2v.audio import AudioError, load_audio
+from fed_a2v.drills import write_audio_cases
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
-
-SR = 22050
-TONE = (0.5 * np.sin(np.arange(SR) * 2 * np.pi * 440 / SR)).astype(np.float32)
-
-
-def write_cases(root: Path) -> dict[str, Path]:
-    """One file per kind of input a real corpus holds."""
-    root.mkdir(parents=True, exist_ok=True)
-    cases = {
-        "8-bit 8 kHz": ("u8.wav", TONE[::3], 8000, {"subtype": "PCM_U8"}),
-        "24-bit 96 kHz": ("s24.wav", np.repeat(TONE, 4), 96000, {"subtype": "PCM_24"}),
-        "stereo 44.1 kHz flac": ("stereo.flac", np.stack([TONE, 0.5 * TONE], 1), 44100, {}),
-        "mp3 named .wav": ("mp3.wav", TONE, SR, {"format": "MP3"}),
-        "float with NaN": ("nan.wav", np.where(np.arange(SR) == 9, np.nan, TONE), SR,
-                           {"subtype": "FLOAT"}),
-        "digital silence": ("silent.wav", np.zeros(SR, np.float32), SR, {}),
-        "no samples": ("zero.wav", np.zeros(0, np.float32), SR, {}),
-    }
-    paths = {}
-    for name, (filename, data, rate, kw) in cases.items():
-        soundfile.write(root / filename, data, rate, **kw)
-        paths[name] = root / filename
-    full = (root / "s24.wav").read_bytes()
-    (root / "truncated.wav").write_bytes(full[: len(full) // 3])
-    paths["truncated"] = root / "truncated.wav"
-    (root / "header-only.wav").write_bytes(full[:30])
-    paths["header only"] = root / "header-only.wav"
-    (root / "empty.wav").write_bytes(b"")
-    paths["empty file"] = root / "empty.wav"
-    (root / "text.wav").write_text("this is not audio")
-    paths["text named .wav"] = root / "text.wav"
-    return paths
-
 
 DECODABLE = ["8-bit 8 kHz", "24-bit 96 kHz", "stereo 44.1 kHz flac", "mp3 named .wav",
              "truncated"]
@@ -56,7 +23,7 @@ UNUSABLE = {"float with NaN": "non-finite", "digital silence": "silent",
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict[str, Path]:
-    return write_cases(tmp_path_factory.mktemp("audio"))
+    return write_audio_cases(tmp_path_factory.mktemp("audio"))
 
 
 @pytest.mark.parametrize("name", DECODABLE)

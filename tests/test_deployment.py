@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from fed_a2v.drills import node_files, small_experiment, supernode_killed_mid_round
 from fed_a2v.launch import (
     COMPLETED,
     Process,
@@ -27,34 +27,10 @@ NODES = 3
 ROUNDS = 2
 
 
-def write_federation(root: Path, **federation) -> tuple[Path, list[Path]]:
-    """The server's experiment file and one JSON per node: its own data copy, cache and shard."""
-    experiment = {
-        "experiment": {"name": "deployed", "seed": 1},
-        "federation": {"global_rounds": ROUNDS, "num_clients": NODES, "local_epochs": 1,
-                       "min_clients": NODES, **federation},
-        "training": {"batch_size": 8, "learning_rate": 0.003},
-        "dataset": {"name": "synthetic", "path": str(root / "server-data"),
-                    "clip_seconds": 0.5, "num_classes": 3, "clips_per_class": 15,
-                    "sample_rate": 16000},
-    }
-    (root / "experiment.json").write_text(json.dumps(experiment))
-    nodes = []
-    for i in range(NODES):
-        node = {"node_split_id": i, "num_nodes": NODES, "batch_size": 4 + i,
-                "dataset_path": str(root / f"node-{i}" / "data"),
-                "cache_dir": str(root / f"node-{i}" / "cache")}
-        if i == 0:
-            node["excluded_classes"] = ["siren"]
-        path = root / f"node-{i}.json"
-        path.write_text(json.dumps(node))
-        nodes.append(path)
-    return root / "experiment.json", nodes
-
-
 def run_federation(tmp_path: Path, superlink_args: list[str], node_args: list[list[str]],
                    connection_root_cert: Path | None = None, before_run=None) -> tuple[dict, Path]:
-    experiment, node_files = write_federation(tmp_path)
+    experiment = small_experiment(tmp_path, "deployed", global_rounds=ROUNDS)
+    files = node_files(tmp_path, NODES)
     port = free_port()
     user_env = flower_env(tmp_path / "user-flwr")
     write_connection(tmp_path / "user-flwr", "fed", f"127.0.0.1:{port}", connection_root_cert)
@@ -65,13 +41,13 @@ def run_federation(tmp_path: Path, superlink_args: list[str], node_args: list[li
                                          cwd=tmp_path))
         if before_run:
             before_run(user_env, processes)
-        for i, (node_file, extra) in enumerate(zip(node_files, node_args, strict=True)):
+        for i, (node_file, extra) in enumerate(zip(files, node_args, strict=True)):
             processes.append(start_supernode(flower_env(tmp_path / f"node-{i}" / "flwr"),
                                              f"127.0.0.1:{port}", free_port(), node_file,
                                              tmp_path / f"node-{i}.log", extra))
         run_id = submit_run(APP_DIR, "fed", user_env,
                             run_config={"config": str(experiment),
-                                        "output-dir": str(tmp_path / "outputs")})
+                                        "output-dir": str(tmp_path / "told")})
         entry = wait_for_run(run_id, "fed", user_env, timeout=170)
     finally:
         for process in reversed(processes):
@@ -81,7 +57,7 @@ def run_federation(tmp_path: Path, superlink_args: list[str], node_args: list[li
 
 def check_outputs(entry: dict, root: Path) -> dict:
     assert entry["status"] == COMPLETED, entry.get("status-details")
-    (run_dir,) = (root / "outputs").glob("deployed-*")
+    (run_dir,) = (root / "told").glob("deployed-*")  # where the run config told the server
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
     assert len(list((run_dir / "checkpoints").glob("round-*.safetensors"))) == ROUNDS
@@ -158,49 +134,10 @@ def test_credentials_script_makes_a_valid_chain(tmp_path: Path, certificate: str
 def test_a_killed_supernode_does_not_stop_the_federation(tmp_path: Path) -> None:
     """Node 3 dies in round 2: the round aggregates the two replies it got; node 3, started
     again, takes part in the rounds after."""
-    rounds = 4
-    experiment, node_files = write_federation(tmp_path, global_rounds=rounds, min_clients=2,
-                                              round_timeout=20.0, local_epochs=3)
-    port = free_port()
-    user_env = flower_env(tmp_path / "user-flwr")
-    write_connection(tmp_path / "user-flwr", "fed", f"127.0.0.1:{port}")
-
-    def supernode(i: int, tag: str) -> Process:
-        return start_supernode(flower_env(tmp_path / f"node-{i}" / f"flwr-{tag}"),
-                               f"127.0.0.1:{port}", free_port(), node_files[i],
-                               tmp_path / f"node-{i}-{tag}.log")
-
-    processes = [start_superlink(flower_env(tmp_path / "superlink-flwr"), port,
-                                 tmp_path / "superlink.log", cwd=tmp_path)]
-    try:
-        processes += [supernode(i, "first") for i in range(NODES)]
-        run_id = submit_run(APP_DIR, "fed", user_env,
-                            run_config={"config": str(experiment),
-                                        "output-dir": str(tmp_path / "outputs")})
-        metrics = tmp_path / "outputs"
-        wait_for_lines(metrics, 1)
-        processes[3].stop(timeout=0)  # killed while round 2 is under way
-        wait_for_lines(metrics, 2)
-        processes.append(supernode(2, "again"))
-        entry = wait_for_run(run_id, "fed", user_env, timeout=170)
-    finally:
-        for process in reversed(processes):
-            process.stop()
-    assert entry["status"] == COMPLETED, entry.get("status-details")
-    (run_dir,) = (tmp_path / "outputs").glob("deployed-*")
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == list(range(1, rounds + 1))
+    seen = supernode_killed_mid_round(tmp_path, rounds=4, nodes=NODES)
+    assert seen["entry"]["status"] == COMPLETED, seen["entry"].get("status-details")
+    records = seen["rounds"]
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
     assert records[0]["train_nodes"] == 3 and records[1]["train_nodes"] == 2
     assert records[-1]["train_nodes"] == 3  # the restarted node is back
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["num_nodes"] == 4  # three, plus node 3 under its new node id
-
-
-def wait_for_lines(outputs: Path, count: int, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = list(outputs.glob("deployed-*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= count:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"no {count} rounds in {outputs} after {timeout:.0f}s")
+    assert seen["summary"]["num_nodes"] == 4  # three, plus node 3 under its new node id

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 from fed_a2v.config import Config
+from fed_a2v.drills import server_stopped_and_resumed
 from fed_a2v.run_dir import RunRecorder
 
 ROUNDS = 5
@@ -34,54 +31,18 @@ def test_resume_point_ignores_torn_lines_and_orphan_checkpoints(tmp_path: Path) 
     assert [json.loads(x)["round"] for x in kept] == [1, 2]
 
 
-def wait_for_rounds(path: Path, rounds: int, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= rounds:
-            return
-        assert process.poll() is None, "the run ended before it could be stopped"
-        time.sleep(0.1)
-    raise TimeoutError(f"{path} did not reach {rounds} rounds")
-
-
-def test_a_killed_server_resumes_without_repeating_or_losing_rounds(tmp_path: Path) -> None:
-    experiment = {
-        "experiment": {"name": "resume", "seed": 2, "output_dir": str(tmp_path / "runs")},
-        "federation": {"global_rounds": ROUNDS, "num_clients": 2, "local_epochs": 15,
-                       "min_clients": 2},
-        "training": {"batch_size": 4, "learning_rate": 0.003},
-        "dataset": {"name": "synthetic", "path": str(tmp_path / "data"), "clip_seconds": 0.5,
-                    "num_classes": 3, "clips_per_class": 20, "sample_rate": 16000},
-    }
-    config = tmp_path / "experiment.json"
-    config.write_text(json.dumps(experiment))
-    command = [sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(config)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list((tmp_path / "runs").glob("resume-*/metrics.jsonl")):
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
-            time.sleep(0.1)
-        (metrics,) = (tmp_path / "runs").glob("resume-*/metrics.jsonl")
-        wait_for_rounds(metrics, 2, first, timeout=300)
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=60)
-    run_dir = metrics.parent
-    stopped_after = len(metrics.read_text().splitlines())
+def test_a_stopped_server_resumes_without_repeating_or_losing_rounds(tmp_path: Path) -> None:
+    seen = server_stopped_and_resumed(tmp_path, rounds=ROUNDS)
+    stopped_after = seen["stopped_after"]
     assert 2 <= stopped_after < ROUNDS, "the server was not stopped mid-run"
-    assert not (run_dir / "summary.json").exists()
-
-    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--resume",
-                           str(run_dir)], capture_output=True, text=True, timeout=400)
+    assert not seen["stopped_with_summary"]
+    done = seen["resumed"]
     assert done.returncode == 0, done.stderr[-4000:]
-    assert Path(done.stdout.strip().splitlines()[-1]) == run_dir
+    assert Path(done.stdout.strip().splitlines()[-1]) == seen["run_dir"]
     assert f"after round {stopped_after} of {ROUNDS}" in done.stderr
-    rounds = [json.loads(x)["round"] for x in metrics.read_text().splitlines()]
-    assert rounds == list(range(1, ROUNDS + 1))
-    assert len(list((run_dir / "checkpoints").glob("round-*.safetensors"))) == ROUNDS
-    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in seen["rounds"]] == list(range(1, ROUNDS + 1))
+    assert seen["checkpoints"] == ROUNDS
+    summary = json.loads((seen["run_dir"] / "summary.json").read_text())
     assert summary["rounds"] == ROUNDS
-    # The schedule and the nodes saw absolute round numbers after the resume.
-    lrs = [json.loads(x)["clip_lr"] for x in metrics.read_text().splitlines()]
-    assert len(set(lrs)) == 1  # constant schedule: same LR, no restart of a warmup
+    # The nodes and the schedule saw absolute round numbers after the resume.
+    assert len({r["clip_lr"] for r in seen["rounds"]}) == 1  # constant: no warmup restart

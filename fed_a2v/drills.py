@@ -1,0 +1,164 @@
+"""Fault scenarios on real parts, shared by the tests and `scripts/fault_drill.py`.
+
+Each scenario sets the fault up, lets FedA2V meet it and returns what happened; callers decide
+what they expected.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from .launch import (
+    Process,
+    flower_env,
+    free_port,
+    start_superlink,
+    start_supernode,
+    submit_run,
+    wait_for_run,
+    write_connection,
+)
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def write_audio_cases(root: Path, sr: int = 22050) -> dict[str, Path]:
+    """One file for each kind of input a real corpus holds, good and broken."""
+    root.mkdir(parents=True, exist_ok=True)
+    tone = (0.5 * np.sin(np.arange(sr) * 2 * np.pi * 440 / sr)).astype(np.float32)
+    written = {
+        "8-bit 8 kHz": ("u8.wav", tone[::3], 8000, {"subtype": "PCM_U8"}),
+        "24-bit 96 kHz": ("s24.wav", np.repeat(tone, 4), 96000, {"subtype": "PCM_24"}),
+        "stereo 44.1 kHz flac": ("stereo.flac", np.stack([tone, 0.5 * tone], 1), 44100, {}),
+        "mp3 named .wav": ("mp3.wav", tone, sr, {"format": "MP3"}),
+        "float with NaN": ("nan.wav", np.where(np.arange(sr) == 9, np.nan, tone), sr,
+                           {"subtype": "FLOAT"}),
+        "digital silence": ("silent.wav", np.zeros(sr, np.float32), sr, {}),
+        "no samples": ("zero.wav", np.zeros(0, np.float32), sr, {}),
+    }
+    paths = {}
+    for name, (filename, data, rate, kw) in written.items():
+        soundfile.write(root / filename, data, rate, **kw)
+        paths[name] = root / filename
+    full = (root / "s24.wav").read_bytes()
+    for name, filename, content in (("truncated", "truncated.wav", full[: len(full) // 3]),
+                                    ("header only", "header-only.wav", full[:30]),
+                                    ("empty file", "empty.wav", b""),
+                                    ("text named .wav", "text.wav", b"this is not audio")):
+        (root / filename).write_bytes(content)
+        paths[name] = root / filename
+    return paths
+
+
+def small_experiment(root: Path, name: str, **federation) -> Path:
+    """A quick experiment on a small built-in corpus, written to `root/<name>.json`."""
+    experiment = {
+        "experiment": {"name": name, "seed": 1, "output_dir": str(root / "outputs")},
+        "federation": {"global_rounds": 4, "num_clients": 3, "local_epochs": 1,
+                       "min_clients": 3, **federation},
+        "training": {"batch_size": 8, "learning_rate": 0.003},
+        "dataset": {"name": "synthetic", "path": str(root / "server-data"),
+                    "clip_seconds": 0.5, "num_classes": 3, "clips_per_class": 15,
+                    "sample_rate": 16000},
+    }
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(experiment))
+    return path
+
+
+def node_files(root: Path, count: int) -> list[Path]:
+    """One JSON per node: its own data copy, cache and disjoint shard."""
+    paths = []
+    for i in range(count):
+        node = {"node_split_id": i, "num_nodes": count, "batch_size": 4 + i,
+                "dataset_path": str(root / f"node-{i}" / "data"),
+                "cache_dir": str(root / f"node-{i}" / "cache")}
+        if i == 0:
+            node["excluded_classes"] = ["siren"]
+        path = root / f"node-{i}.json"
+        path.write_text(json.dumps(node))
+        paths.append(path)
+    return paths
+
+
+def read_rounds(outputs: Path) -> list[dict]:
+    found = list(outputs.glob("*/metrics.jsonl"))
+    return [json.loads(x) for x in found[0].read_text().splitlines()] if found else []
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+
+
+def supernode_killed_mid_round(root: Path, rounds: int = 4, nodes: int = 3) -> dict:
+    """A deployment of `nodes` SuperNodes; the last one is killed during round 2 and started
+    again after it. Returns the run's status entry, its per-round records and summary."""
+    experiment = small_experiment(root, "killed-node", global_rounds=rounds, num_clients=nodes,
+                                  min_clients=nodes - 1, round_timeout=20.0, local_epochs=3)
+    files = node_files(root, nodes)
+    port = free_port()
+    user_env = flower_env(root / "user-flwr")
+    write_connection(root / "user-flwr", "fed", f"127.0.0.1:{port}")
+
+    def supernode(i: int, tag: str) -> Process:
+        return start_supernode(flower_env(root / f"node-{i}" / f"flwr-{tag}"),
+                               f"127.0.0.1:{port}", free_port(), files[i],
+                               root / f"node-{i}-{tag}.log")
+
+    processes = [start_superlink(flower_env(root / "superlink-flwr"), port,
+                                 root / "superlink.log", cwd=root)]
+    outputs = root / "outputs"
+    try:
+        processes += [supernode(i, "first") for i in range(nodes)]
+        run_id = submit_run(APP_DIR, "fed", user_env, run_config={"config": str(experiment)})
+        wait_until(lambda: len(read_rounds(outputs)) >= 1, 150, "round 1")
+        processes[nodes].stop(timeout=0)  # round 2 is under way
+        wait_until(lambda: len(read_rounds(outputs)) >= 2, 150, "round 2")
+        processes.append(supernode(nodes - 1, "again"))
+        entry = wait_for_run(run_id, "fed", user_env, timeout=170)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    (run_dir,) = outputs.glob("killed-node-*")
+    summary = run_dir / "summary.json"
+    return {"entry": entry, "rounds": read_rounds(outputs),
+            "summary": json.loads(summary.read_text()) if summary.exists() else {}}
+
+
+def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
+    """`fed-a2v simulate` is stopped (SIGTERM) after round 2, then run with `--resume`."""
+    experiment = small_experiment(root, "resume", global_rounds=rounds, num_clients=2,
+                                  min_clients=2, local_epochs=15)
+    outputs = root / "outputs"
+    command = [sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(experiment)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        wait_until(lambda: len(read_rounds(outputs)) >= 2 or first.poll() is not None, 300,
+                   "round 2")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    (run_dir,) = outputs.glob("resume-*")
+    stopped_after = len(read_rounds(outputs))
+    stopped_with_summary = (run_dir / "summary.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--resume",
+                              str(run_dir)], capture_output=True, text=True, timeout=400)
+    return {"run_dir": run_dir, "stopped_after": stopped_after,
+            "stopped_with_summary": stopped_with_summary, "resumed": resumed,
+            "rounds": read_rounds(outputs),
+            "checkpoints": len(list((run_dir / "checkpoints").glob("round-*.safetensors")))}
