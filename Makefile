@@ -22,7 +22,7 @@ test: lint
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check fed_a2v server client tests benchmarks
+	$(BIN)/ruff check fed_a2v server client tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encode_cache.py

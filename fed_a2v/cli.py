@@ -50,7 +50,7 @@ def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = N
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the config, a node's JSON, and, where the corpus is on disk, every node's share."""
     config = load_config(args.config)
-    nodes = {f"nodes.{k}": (v, int(k), config.federation.num_clients)
+    nodes = {f"{args.config}: 'nodes.{k}'": (v, int(k), config.federation.num_clients)
              for k, v in config.nodes.items()}
     if args.node:
         node = load_node_config(args.node)
@@ -75,7 +75,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
     open_corpus(config)  # generate the built-in corpus once, before nodes start
     num = config.federation.num_clients
-    check_node_shares(config, {f"nodes.{i}": (config.node(i), i, num) for i in range(num)})
+    source = args.resume or args.config
+    check_node_shares(config, {f"{source}: 'nodes.{i}'": (config.node(i), i, num)
+                               for i in range(num)})
     if not args.resume:
         run_dir = new_run_dir(config)
         run_dir.mkdir(parents=True)
