@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .config import Config, ConfigError, load_config, load_node_config
 from .data import check_node_shares, corpus_index, open_corpus
 from .launch import (
@@ -130,6 +132,19 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """The batch-size study on the config's data; writes study.md, study.json and PNGs."""
+    from .study import default_arms, run_study, write_study
+
+    torch.set_num_threads(args.threads)
+    config = _load(args.config)
+    out = Path(args.out or Path(config.experiment.output_dir) / "study-batch-size").resolve()
+    study = run_study(config, default_arms(tuple(args.batch_sizes)),
+                      list(range(args.seeds)), args.epochs)
+    print(write_study(study, out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fed-a2v", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--out", required=True, help="a .safetensors file to write")
     p.set_defaults(func=cmd_targets)
+    p = sub.add_parser("study", help="experiments on FedA2V's own choices")
+    p.add_argument("kind", choices=["batch-size"])
+    p.add_argument("--config", default=str(APP_DIR / "configs" / "quickstart.json"))
+    p.add_argument("--out", help="output folder (default: <output_dir>/study-batch-size)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=3, help="repeats with seeds 0..N-1")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

@@ -70,6 +70,7 @@ def small_experiment(root: Path, name: str, **federation) -> Path:
                     "clip_seconds": 0.5, "num_classes": 3, "clips_per_class": 15,
                     "sample_rate": 16000},
     }
+    root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.json"
     path.write_text(json.dumps(experiment))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,10 @@ def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 def train_local(adapters: dict[str, Adapter], data: EncodedSet,
                 class_targets: dict[str, torch.Tensor], cfg: LocalTrainConfig,
-                device: torch.device) -> dict[str, list[float]]:
-    """Train every adapter for `cfg.epochs`; returns each adapter's mean MSE per epoch."""
+                device: torch.device,
+                on_epoch: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Train every adapter for `cfg.epochs`; returns each adapter's mean MSE per epoch.
+    `on_epoch(epoch)` runs after each epoch (the study evaluates there)."""
     if len(data) == 0:
         raise ValueError("no training clips")
     optimizers = {
@@ -90,4 +93,8 @@ def train_local(adapters: dict[str, Adapter], data: EncodedSet,
                     opt.zero_grad(set_to_none=True)
         for name in adapters:
             history[name].append(sums[name] / len(data))
+        if on_epoch is not None:
+            on_epoch(epoch)
+            for a in adapters.values():
+                a.train()
     return history

@@ -101,10 +101,12 @@ def update_rows() -> list[Row]:
 def node_kill_row(root: Path) -> Row:
     seen = supernode_killed_mid_round(root)
     nodes = [r["train_nodes"] for r in seen["rounds"]]
-    observed = (f"{seen['entry'].get('status')}, nodes per round {nodes}, "
-                f"{seen['summary'].get('num_nodes')} node ids took part")
+    observed = (f"{seen['entry'].get('status')}; round 2 averaged {nodes[1]} of 3; "
+                f"restarted node took part: {seen['summary'].get('num_nodes') == 4}; "
+                f"last round {nodes[-1]} of 3")
     return ("SuperNode killed in round 2, restarted",
-            "finished:completed, nodes per round [3, 2, 3, 3], 4 node ids took part", observed)
+            "finished:completed; round 2 averaged 2 of 3; restarted node took part: True; "
+            "last round 3 of 3", observed)
 
 
 def restart_row(root: Path) -> Row:
