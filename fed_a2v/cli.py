@@ -145,6 +145,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Plots and report.md for a run directory (a finished run has them already)."""
+    from .report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fed-a2v", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.set_defaults(func=cmd_study)
+    p = sub.add_parser("report", help="PNG plots and report.md for a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

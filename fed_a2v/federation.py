@@ -15,6 +15,7 @@ from .adapters import ADAPTERS, adapters_state, build_adapters
 from .config import Config, load_config
 from .data import corpus_index
 from .encoders import describe_audio_encoder
+from .report import write_report
 from .run_dir import RunRecorder, new_run_dir
 from .schedule import round_lr
 from .strategy import FedA2VStrategy
@@ -92,7 +93,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
             return None
         server_round += strategy.round_offset
         record = recorder.end_round(server_round, strategy.round_metrics.get(server_round, {}),
-                                    arrays.to_torch_state_dict())
+                                    arrays.to_torch_state_dict(),
+                                    strategy.node_metrics.get(server_round, {}))
         return MetricRecord({k: v for k, v in record.items() if v is not None})
 
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
@@ -125,4 +127,5 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
                               fed.global_rounds, len(strategy.nodes_seen), extra)
     log.info("finished %d rounds in %.1fs: %s", fed.global_rounds, time.time() - started,
              json.dumps(summary))
+    log.info("report: %s", write_report(run_dir))
     return summary

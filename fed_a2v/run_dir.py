@@ -62,8 +62,10 @@ class RunRecorder:
         self.tb = SummaryWriter(str(self.dir / "tb"))
 
     def end_round(self, server_round: int, metrics: dict[str, float],
-                  state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Record one finished round: a metrics line, TensorBoard scalars and a checkpoint."""
+                  state: dict[str, torch.Tensor],
+                  nodes: dict[int, dict[str, float]] | None = None) -> dict[str, Any]:
+        """Record one finished round: a checkpoint, a metrics line, each node's own metrics
+        (`nodes.jsonl`) and TensorBoard scalars, global and per node."""
         record = {"round": server_round, **{k: metrics.get(k) for k in ROUND_KEYS}}
         # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
         save_adapters(state, self.checkpoint(server_round), {"round": str(server_round)})
@@ -72,6 +74,11 @@ class RunRecorder:
         for key, value in record.items():
             if key != "round" and value is not None:
                 self.tb.add_scalar(key.replace("_", "/", 1), value, server_round)
+        with open(self.dir / "nodes.jsonl", "a") as f:
+            for node, values in sorted((nodes or {}).items()):
+                f.write(json.dumps({"round": server_round, "node": node, **values}) + "\n")
+                for key, value in values.items():
+                    self.tb.add_scalar(f"node_{node}/{key}", value, server_round)
         self.tb.flush()
         self.last = record
         log.info("round %d | %s", server_round, " ".join(

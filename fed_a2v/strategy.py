@@ -52,6 +52,7 @@ class FedA2VStrategy(FedAvg):
         self.totals = dict.fromkeys(COUNT_KEYS, 0)
         self.nodes_seen: set[int] = set()
         self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
+        self.node_metrics: dict[int, dict[int, dict[str, float]]] = {}  # round -> node -> ...
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
@@ -120,6 +121,7 @@ class FedA2VStrategy(FedAvg):
                 continue
             accepted.append(msg)
             states.append(state)
+            self._note_node(server_round, msg)
         self.round_metrics.setdefault(server_round, {})["train_nodes"] = len(accepted)
         if len(accepted) < max(self.min_train_nodes, 1):
             log.warning("round %d: %d usable updates, fewer than min_clients (%d): the global "
@@ -143,12 +145,23 @@ class FedA2VStrategy(FedAvg):
         server_round += self.round_offset
         replies = list(replies)
         self._note_replies(replies)
+        for msg in replies:
+            if not msg.has_error():
+                self._note_node(server_round, msg)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self._add_counts(metrics)
             self.round_metrics.setdefault(server_round, {}).update(
                 {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
         return metrics
+
+    def _note_node(self, server_round: int, msg: Message) -> None:
+        """Keep one node's own train or eval metrics for the round (per-node curves)."""
+        metrics = next(iter(msg.content.metric_records.values()))
+        own = {k: float(v) for k, v in metrics.items()
+               if k.startswith(("train_", "eval_")) and isinstance(v, (int, float))}
+        nodes = self.node_metrics.setdefault(server_round, {})
+        nodes.setdefault(msg.metadata.src_node_id, {}).update(own)
 
     def _add_counts(self, metrics: MetricRecord) -> None:
         for key in COUNT_KEYS:

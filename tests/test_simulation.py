@@ -16,13 +16,13 @@ from fed_a2v.adapters import build_adapters, load_adapters_state
 from fed_a2v.config import config_from_dict
 from fed_a2v.run_dir import EVAL_KEYS, ROUND_KEYS
 
-ROUNDS = 4
+ROUNDS = 5
 
 
 def small_experiment(tmp_path: Path) -> dict:
     return {
         "experiment": {"name": "sim-test", "seed": 3, "output_dir": str(tmp_path / "runs")},
-        "federation": {"global_rounds": ROUNDS, "num_clients": 2, "local_epochs": 3,
+        "federation": {"global_rounds": ROUNDS, "num_clients": 2, "local_epochs": 6,
                        "min_clients": 2},
         "training": {"batch_size": 8, "learning_rate": 0.003},
         "dataset": {"name": "synthetic", "path": str(tmp_path / "data"), "clip_seconds": 1.0,
@@ -125,3 +125,26 @@ def test_a_run_in_which_every_node_fails_exits_nonzero(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr[-3000:]
     assert "no usable training clip" in done.stderr
     assert "finished:failed" in done.stderr
+
+
+def test_run_ends_with_report_plots_and_per_node_series(sim_run: Path) -> None:
+    report = (sim_run / "report.md").read_text()
+    for name in ("losses", "mse", "cosine", "top1", "lr", "nodes"):
+        png = sim_run / f"plot_{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", name
+        assert f"({png.name})" in report
+    assert "eval_clip_top1" in report
+    nodes = [json.loads(x) for x in (sim_run / "nodes.jsonl").read_text().splitlines()]
+    assert {(n["round"]) for n in nodes} == set(range(1, ROUNDS + 1))
+    assert len({n["node"] for n in nodes}) == 2
+    assert all({"train_clip_loss", "eval_clip_top1", "eval_t5_mse"} <= set(n) for n in nodes)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (sim_run / "tb").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"clip/lr", "t5/lr", "eval/clip_top1", "train/t5_loss"} <= tags
+    assert sum(t.startswith("node_") and t.endswith("/eval_clip_top1") for t in tags) == 2

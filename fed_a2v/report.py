@@ -1,0 +1,79 @@
+"""A run as pictures: PNG plots of every per-round series, per adapter and per node, and the
+learning-rate schedules, with `report.md` holding the final numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SERIES = {
+    "losses": ("training loss (last local epoch)", ["train_clip_loss", "train_t5_loss"]),
+    "mse": ("held-out MSE", ["eval_clip_mse", "eval_t5_mse"]),
+    "cosine": ("held-out cosine to own target", ["eval_clip_cosine", "eval_t5_cosine"]),
+    "top1": ("held-out top-1", ["eval_clip_top1", "eval_t5_top1"]),
+    "lr": ("learning rate", ["clip_lr", "t5_lr"]),
+}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write `plot_*.png` and `report.md` into the run directory; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rounds = _read_jsonl(run_dir / "metrics.jsonl")
+    if not rounds:
+        raise ValueError(f"{run_dir}: no metrics.jsonl with rounds in it")
+    nodes = _read_jsonl(run_dir / "nodes.jsonl")
+    images = []
+    for name, (title, keys) in SERIES.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=key)
+        ax.set(title=title, xlabel="round")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        images.append(_save(fig, run_dir / f"plot_{name}.png", plt))
+    if nodes:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+        for ax, key in zip(axes, ("eval_clip_top1", "eval_t5_top1"), strict=True):
+            for node in sorted({n["node"] for n in nodes}):
+                points = [(n["round"], n[key]) for n in nodes
+                          if n["node"] == node and n.get(key) is not None]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker=".", label=f"node {node}")
+            ax.set(title=f"{key} per node", xlabel="round")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7)
+        images.append(_save(fig, run_dir / "plot_nodes.png", plt))
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    last = rounds[-1]
+    lines = [f"# Run {run_dir.name}", "",
+             f"{len(rounds)} rounds recorded" + (f" of {summary['rounds']}, "
+                                                 f"{summary['num_nodes']} nodes, "
+                                                 f"{summary['wall_seconds']} s"
+                                                 if summary else " (no summary: unfinished)"),
+             "", "| metric | final |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in last.items()
+              if k != "round" and isinstance(v, (int, float))]
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in images]]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
