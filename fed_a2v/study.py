@@ -145,6 +145,7 @@ def plot_study(study: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sizes = sorted({(a["arm"]["batch_size"], a["arm"]["grad_accum_steps"]) for a in study["arms"]})
     written = []
     for name, keys in (("loss", ("train_clip_loss", "train_t5_loss")),
                        ("accuracy", ("eval_clip_top1", "eval_t5_top1"))):
@@ -152,7 +153,12 @@ def plot_study(study: dict[str, Any], out: Path) -> list[Path]:
         for ax, key in zip(axes, keys, strict=True):
             for arm in study["arms"]:
                 curves = torch.tensor([r[key] for r in arm["runs"]])
-                ax.plot(range(1, study["epochs"] + 1), curves.mean(0), label=arm["name"])
+                a = arm["arm"]
+                # Colour: batch size; dashed: stratified; dots: per-class loss.
+                ax.plot(range(1, study["epochs"] + 1), curves.mean(0), label=arm["name"],
+                        color=f"C{sizes.index((a['batch_size'], a['grad_accum_steps']))}",
+                        linestyle="--" if a["stratified"] else "-",
+                        marker="." if a["per_class_loss"] else None)
             ax.set_title(key)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -181,7 +187,9 @@ def write_study(study: dict[str, Any], out: Path) -> Path:
           f"{study['train_clips']} training clips, {study['test_clips']} held-out clips, "
           f"{study['classes']} classes; every arm {study['epochs']} epochs on the same clips; "
           f"seeds {study['seeds']}; LR {study['learning_rates']}. Mean ± std over seeds.\n",
-          study_table(study), "", "## Reading", *reading, "",
+          study_table(study), "", "## Reading", *reading,
+          "- With stratified batches every batch holds one class, so there the per-class loss "
+          "equals the mean loss: those pairs differ by seed noise only.", "",
           *[f"![{p.stem}]({p.name})" for p in plots]]
     path = out / "study.md"
     path.write_text("\n".join(md) + "\n")
