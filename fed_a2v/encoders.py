@@ -217,11 +217,9 @@ def clip_targets(name: str, prompts: list[str], device: str = "cpu", subfolder: 
     """CLIP text pooled output per prompt, `(len(prompts), hidden)`: FLUX's pooled embeds."""
     model, tokenizer = load_text_encoder(name, CLIPTextModel, subfolder, tokenizer_subfolder,
                                          dtype)
-    dev = resolve_device(device)
-    batch = tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH,
-                      truncation=True, return_tensors="pt")
-    out = model.to(dev)(input_ids=batch["input_ids"].to(dev))
-    return out.pooler_output.float().cpu()
+    model = model.to(resolve_device(device))
+    return torch.cat([model(input_ids=ids).pooler_output.float().cpu() for ids in
+                      _token_batches(tokenizer, prompts, CLIP_MAX_LENGTH, model.device, "CLIP")])
 
 
 @torch.no_grad()
@@ -231,12 +229,20 @@ def t5_targets(name: str, prompts: list[str], max_length: int, device: str = "cp
     """T5 encoder hidden states per prompt padded to `max_length`: FLUX's prompt embeds."""
     model, tokenizer = load_text_encoder(name, T5EncoderModel, subfolder, tokenizer_subfolder,
                                          dtype)
-    dev = resolve_device(device)
-    batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                      return_tensors="pt")
+    model = model.to(resolve_device(device))
     # FLUX runs T5 without an attention mask, so padded positions carry real states too.
-    out = model.to(dev)(input_ids=batch["input_ids"].to(dev))
-    return out.last_hidden_state.float().cpu()
+    return torch.cat([model(input_ids=ids).last_hidden_state.float().cpu() for ids in
+                      _token_batches(tokenizer, prompts, max_length, model.device, "T5")])
+
+
+def _token_batches(tokenizer, prompts: list[str], max_length: int, device: torch.device,
+                   what: str, batch_size: int = 32):
+    """Prompts tokenized and padded to `max_length`, a batch at a time, with a progress bar."""
+    for start in tqdm(range(0, len(prompts), batch_size), desc=f"{what} targets", unit="batch",
+                      disable=None, leave=False):
+        batch = tokenizer(prompts[start:start + batch_size], padding="max_length",
+                          max_length=max_length, truncation=True, return_tensors="pt")
+        yield batch["input_ids"].to(device)
 
 
 def class_prompt(label: str, template: str = "{label}") -> str:
