@@ -44,8 +44,9 @@ def write_report(run_dir: str | Path) -> Path:
         ax.legend()
         images.append(_save(fig, run_dir / f"plot_{name}.png", plt))
     if nodes:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-        for ax, key in zip(axes, ("eval_clip_top1", "eval_t5_top1"), strict=True):
+        keys = [k for _, series in SERIES.values() for k in series if not k.endswith("_lr")]
+        fig, axes = plt.subplots(2, 4, figsize=(18, 7))
+        for ax, key in zip(axes.T.flat, keys, strict=True):
             for node in sorted({n["node"] for n in nodes}):
                 points = [(n["round"], n[key]) for n in nodes
                           if n["node"] == node and n.get(key) is not None]
@@ -53,7 +54,7 @@ def write_report(run_dir: str | Path) -> Path:
                     ax.plot(*zip(*points, strict=True), marker=".", label=f"node {node}")
             ax.set(title=f"{key} per node", xlabel="round")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7)
+        axes.flat[0].legend(fontsize=7)
         images.append(_save(fig, run_dir / "plot_nodes.png", plt))
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
