@@ -152,3 +152,12 @@ def test_dirichlet_skews_classes_across_nodes() -> None:
     _, _, even = splits_for(p)
     counts = [sum(c.label == "class0" for c in s.train) for s in even]
     assert max(counts) - min(counts) <= 1
+
+
+def test_use_folds_limits_a_node_to_its_folds() -> None:
+    corpus = synthetic_corpus(2, 10)
+    split = split_for_node(corpus, NodeConfig(use_folds=[1, 2, 5]), 0, 1, Config())
+    assert {c.fold for c in split.train} == {1, 2}
+    assert {c.fold for c in split.test} == {5}
+    with pytest.raises(ConfigError, match="use_folds"):
+        split_for_node(corpus, NodeConfig(use_folds=[9]), 0, 1, Config())

@@ -148,3 +148,25 @@ def test_run_ends_with_report_plots_and_per_node_series(sim_run: Path) -> None:
         tags |= set(accumulator.Tags()["scalars"])
     assert {"clip/lr", "t5/lr", "eval/clip_top1", "train/t5_loss"} <= tags
     assert sum(t.startswith("node_") and t.endswith("/eval_clip_top1") for t in tags) == 2
+
+
+def test_a_node_without_usable_clips_is_named_and_the_others_go_on(tmp_path: Path) -> None:
+    from fed_a2v.synthetic import ensure_synthetic_corpus
+
+    experiment = small_experiment(tmp_path)
+    experiment["federation"].update(global_rounds=2, local_epochs=1, min_clients=1)
+    broken = ensure_synthetic_corpus(tmp_path / "broken", 3, 4, 40, 1.0, 16000)
+    for wav in (broken / "audio").glob("*.wav"):
+        wav.write_bytes(b"broken")
+    experiment["nodes"]["1"]["dataset_path"] = str(broken)
+    path = tmp_path / "one-broken.json"
+    path.write_text(json.dumps(experiment))
+    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "node 1: no usable training clip" in done.stderr
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_nodes"] == 1 and summary["rounds"] == 2
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["train_nodes"] for m in metrics] == [1, 1]
