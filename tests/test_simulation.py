@@ -34,15 +34,27 @@ def small_experiment(tmp_path: Path) -> dict:
     }
 
 
+def simulate(experiment: dict, path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`fed-a2v simulate` on `experiment`, written to `path`."""
+    path.write_text(json.dumps(experiment))
+    return subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config",
+                           str(path)], capture_output=True, text=True, timeout=timeout)
+
+
+def broken_corpus(root: Path) -> Path:
+    """The small experiment's corpus with every audio file overwritten by garbage."""
+    from fed_a2v.synthetic import ensure_synthetic_corpus
+
+    data = ensure_synthetic_corpus(root, 3, 4, 40, 1.0, 16000)
+    for wav in (data / "audio").glob("*.wav"):
+        wav.write_bytes(b"broken")
+    return data
+
+
 @pytest.fixture(scope="module")
 def sim_run(tmp_path_factory) -> Path:
     tmp_path = tmp_path_factory.mktemp("sim")
-    config_path = tmp_path / "experiment.json"
-    config_path.write_text(json.dumps(small_experiment(tmp_path)))
-    done = subprocess.run(
-        [sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(config_path)],
-        capture_output=True, text=True, timeout=600,
-    )
+    done = simulate(small_experiment(tmp_path), tmp_path / "experiment.json")
     assert done.returncode == 0, done.stderr[-5000:]
     run_dir = Path(done.stdout.strip().splitlines()[-1])
     assert run_dir.is_dir() and run_dir.parent == tmp_path / "runs"
@@ -101,27 +113,17 @@ def test_summary_and_final_adapters(sim_run: Path) -> None:
 def test_simulate_rejects_a_bad_config(tmp_path: Path) -> None:
     bad = small_experiment(tmp_path)
     bad["training"]["batchsize"] = 8
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(bad))
-    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    done = simulate(bad, tmp_path / "bad.json", timeout=120)
     assert done.returncode == 2
     assert "training.batchsize" in done.stderr and "batch_size" in done.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_run_in_which_every_node_fails_exits_nonzero(tmp_path: Path) -> None:
-    from fed_a2v.synthetic import ensure_synthetic_corpus
-
     experiment = small_experiment(tmp_path)
     experiment["federation"]["global_rounds"] = 1
-    data = ensure_synthetic_corpus(tmp_path / "data", 3, 4, 40, 1.0, 16000)
-    for wav in (data / "audio").glob("*.wav"):
-        wav.write_bytes(b"broken")
-    path = tmp_path / "broken.json"
-    path.write_text(json.dumps(experiment))
-    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path)],
-                          capture_output=True, text=True, timeout=600)
+    broken_corpus(tmp_path / "data")
+    done = simulate(experiment, tmp_path / "broken.json")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "no usable training clip" in done.stderr
     assert "finished:failed" in done.stderr
@@ -151,18 +153,10 @@ def test_run_ends_with_report_plots_and_per_node_series(sim_run: Path) -> None:
 
 
 def test_a_node_without_usable_clips_is_named_and_the_others_go_on(tmp_path: Path) -> None:
-    from fed_a2v.synthetic import ensure_synthetic_corpus
-
     experiment = small_experiment(tmp_path)
     experiment["federation"].update(global_rounds=2, local_epochs=1, min_clients=1)
-    broken = ensure_synthetic_corpus(tmp_path / "broken", 3, 4, 40, 1.0, 16000)
-    for wav in (broken / "audio").glob("*.wav"):
-        wav.write_bytes(b"broken")
-    experiment["nodes"]["1"]["dataset_path"] = str(broken)
-    path = tmp_path / "one-broken.json"
-    path.write_text(json.dumps(experiment))
-    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path)],
-                          capture_output=True, text=True, timeout=600)
+    experiment["nodes"]["1"]["dataset_path"] = str(broken_corpus(tmp_path / "broken"))
+    done = simulate(experiment, tmp_path / "one-broken.json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "node 1: no usable training clip" in done.stderr
     run_dir = Path(done.stdout.strip().splitlines()[-1])
