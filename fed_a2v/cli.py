@@ -44,8 +44,7 @@ def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = N
         config.federation.min_clients = min(config.federation.min_clients, num_nodes)
     if output_dir is not None:
         config.experiment.output_dir = output_dir
-    config.experiment.output_dir = str(Path(config.experiment.output_dir).resolve())
-    config.dataset.path = str(Path(config.dataset.path).resolve())
+    config.make_paths_absolute()
     return config
 
 

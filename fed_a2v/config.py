@@ -149,6 +149,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def make_paths_absolute(self) -> None:
+        """Resolve the output and dataset paths against this process's working directory,
+        so processes started elsewhere (nodes, the ServerApp) read the same places."""
+        self.experiment.output_dir = str(Path(self.experiment.output_dir).resolve())
+        self.dataset.path = str(Path(self.dataset.path).resolve())
+
     def node(self, partition_id: int) -> NodeConfig:
         """The `nodes` entry of a simulated node, or an empty one."""
         return self.nodes.get(str(partition_id), NodeConfig())

@@ -40,8 +40,7 @@ def config_for_run(run_config: dict[str, Any], app_dir: Path) -> Config:
         config.federation.global_rounds = int(run_config["rounds"])
     if run_config.get("output-dir"):
         config.experiment.output_dir = str(run_config["output-dir"])
-    config.experiment.output_dir = str(Path(config.experiment.output_dir).resolve())
-    config.dataset.path = str(Path(config.dataset.path).resolve())
+    config.make_paths_absolute()
     return config
 
 

@@ -62,9 +62,8 @@ class Encoding:
     def __init__(self, config: Config, ident: NodeIdentity) -> None:
         self.config, self.ident = config, ident
         name, dtype = config.feda2v.audio_model_name, config.experiment.dtype
-        root = cache_root(ident.settings.cache_dir or config.experiment.cache_dir)
-        self.cache = TokenCache(root, fingerprint(audio_encoder_key(name, dtype),
-                                                  config.dataset.clip_seconds))
+        key = fingerprint(audio_encoder_key(name, dtype), config.dataset.clip_seconds)
+        self.cache = TokenCache(node_cache_root(config, ident), key)
         self._encoder: AudioEncoder | None = None
         self.counts = dict.fromkeys(COUNT_KEYS, 0)
         self.skipped: list[str] = []
@@ -160,6 +159,11 @@ def _device(config: Config, ident: NodeIdentity) -> str:
     return ident.settings.device or config.experiment.device
 
 
+def node_cache_root(config: Config, ident: NodeIdentity) -> Path:
+    """The node's own cache folder wins over the experiment's."""
+    return cache_root(ident.settings.cache_dir or config.experiment.cache_dir)
+
+
 _TARGETS: dict[str, Targets] = {}
 
 
@@ -191,9 +195,8 @@ class NodeRound:
         self.record = cfg_record
         self.ident = identify(context, self.config)
         self.device = resolve_device(_device(self.config, self.ident))
-        cache_dir = cache_root(self.ident.settings.cache_dir or self.config.experiment.cache_dir)
-        self.targets = receive_targets(msg, str(cfg_record["targets-key"]), cache_dir,
-                                       self.ident.name)
+        self.targets = receive_targets(msg, str(cfg_record["targets-key"]),
+                                       node_cache_root(self.config, self.ident), self.ident.name)
         self.data, fresh = node_data(self.config, self.ident, self.targets)
         self.counts = self.data.counts if fresh else dict.fromkeys(COUNT_KEYS, 0)
         self.skipped = self.data.skipped if fresh else []

@@ -38,7 +38,6 @@ class FedA2VStrategy(FedAvg):
                  max_update_norm: float | None = None, **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
-        self.targets = targets
         self.targets_records = {
             TARGETS: ArrayRecord(targets.tensors),
             TARGET_NAMES: ConfigRecord({"names": json.dumps(targets.names)}),
@@ -135,9 +134,7 @@ class FedA2VStrategy(FedAvg):
         averaged = fedavg_per_adapter(states, weights)
         arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        self._add_counts(metrics)
-        self.round_metrics.setdefault(server_round, {}).update(
-            {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
+        self._record(server_round, metrics)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
@@ -150,9 +147,7 @@ class FedA2VStrategy(FedAvg):
                 self._note_node(server_round, msg)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
-            self._add_counts(metrics)
-            self.round_metrics.setdefault(server_round, {}).update(
-                {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
+            self._record(server_round, metrics)
         return metrics
 
     def _note_node(self, server_round: int, msg: Message) -> None:
@@ -163,6 +158,9 @@ class FedA2VStrategy(FedAvg):
         nodes = self.node_metrics.setdefault(server_round, {})
         nodes.setdefault(msg.metadata.src_node_id, {}).update(own)
 
-    def _add_counts(self, metrics: MetricRecord) -> None:
+    def _record(self, server_round: int, metrics: MetricRecord) -> None:
+        """Clip counts add up over the run; everything else is this round's value."""
         for key in COUNT_KEYS:
             self.totals[key] += int(metrics.get(key, 0))
+        self.round_metrics.setdefault(server_round, {}).update(
+            {k: v for k, v in metrics.items() if k not in COUNT_KEYS})

@@ -21,7 +21,7 @@ from .adapters import build_adapters
 from .config import Config, NodeConfig
 from .data import open_corpus, split_for_node
 from .evaluation import evaluate_adapters
-from .node import Encoding, NodeIdentity, encoded_set
+from .node import NodeIdentity, node_data
 from .targets import targets_for
 from .train import LocalTrainConfig, train_local
 
@@ -61,16 +61,11 @@ def run_study(config: Config, arms: list[Arm], seeds: list[int], epochs: int,
     """Train every arm with every seed for `epochs`; returns everything measured."""
     corpus = open_corpus(config)
     targets = targets_for(config, corpus)
-    ident = NodeIdentity(NodeConfig(), 0, 1, "study")
+    ident = NodeIdentity(NodeConfig(), 0, 1, "study")  # one node holding every clip
+    data, _ = node_data(config, ident, targets)
+    train, test, hidden = data.train, data.test, data.hidden_size
     split = split_for_node(corpus, ident.settings, 0, 1, config, where="study")
-    encoding = Encoding(config, ident)
-    rows = {name: i for i, name in enumerate(targets.names)}
-    train_clips, train_arrays = encoding.encode(split.train)
-    test_clips, test_arrays = encoding.encode(split.test)
-    hidden = int(train_arrays[0].shape[-1])
-    train = encoded_set(train_clips, train_arrays, corpus, rows, hidden)
-    test = encoded_set(test_clips, test_arrays, corpus, rows, hidden)
-    split_id = hashlib.sha256("\n".join(str(c.path) for c in train_clips).encode()).hexdigest()
+    split_id = hashlib.sha256("\n".join(str(c.path) for c in split.train).encode()).hexdigest()
     lr = lr or {name: config.adapter_lr(name) for name in ("clip", "t5")}
     cpu = torch.device("cpu")
     d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ("clip", "t5"))
