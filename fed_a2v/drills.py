@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -105,35 +106,65 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     raise TimeoutError(f"{what}: not within {timeout:.0f}s")
 
 
+class Federation:
+    """A SuperLink on loopback and the SuperNodes added to it, each process with its own
+    FLWR_HOME and log under `root`; `with` stops them all, last started first."""
+
+    def __init__(self, root: Path, superlink_args: Sequence[str] = (),
+                 root_certificates: Path | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.superlink = f"127.0.0.1:{self.port}"
+        self.user_env = flower_env(root / "user-flwr")
+        write_connection(root / "user-flwr", "fed", self.superlink, root_certificates)
+        self.superlink_args = list(superlink_args)
+        self.processes: list[Process] = []
+
+    def __enter__(self) -> Federation:
+        self.processes.append(start_superlink(flower_env(self.root / "superlink-flwr"),
+                                              self.port, self.root / "superlink.log",
+                                              extra=self.superlink_args, cwd=self.root))
+        return self
+
+    def __exit__(self, *_) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def supernode(self, node_file: Path, tag: str = "first",
+                  extra: Sequence[str] = ()) -> Process:
+        """A SuperNode reading `node_file`; its FLWR_HOME and log are named after the file."""
+        name = node_file.stem
+        process = start_supernode(flower_env(self.root / name / f"flwr-{tag}"), self.superlink,
+                                  free_port(), node_file, self.root / f"{name}-{tag}.log", extra)
+        self.processes.append(process)
+        return process
+
+    def run(self, run_config: dict[str, Any], timeout: float = 170,
+            during: Callable[[], None] | None = None) -> dict[str, Any]:
+        """`flwr run` the app; `during()` runs while it does. Returns the run's `flwr ls` entry."""
+        run_id = submit_run(APP_DIR, "fed", self.user_env, run_config=run_config)
+        if during is not None:
+            during()
+        return wait_for_run(run_id, "fed", self.user_env, timeout=timeout)
+
+
 def supernode_killed_mid_round(root: Path, rounds: int = 4, nodes: int = 3) -> dict:
     """A deployment of `nodes` SuperNodes; the last one is killed during round 2 and started
     again after it. Returns the run's status entry, its per-round records and summary."""
     experiment = small_experiment(root, "killed-node", global_rounds=rounds, num_clients=nodes,
                                   min_clients=nodes - 1, round_timeout=20.0, local_epochs=3)
     files = node_files(root, nodes)
-    port = free_port()
-    user_env = flower_env(root / "user-flwr")
-    write_connection(root / "user-flwr", "fed", f"127.0.0.1:{port}")
-
-    def supernode(i: int, tag: str) -> Process:
-        return start_supernode(flower_env(root / f"node-{i}" / f"flwr-{tag}"),
-                               f"127.0.0.1:{port}", free_port(), files[i],
-                               root / f"node-{i}-{tag}.log")
-
-    processes = [start_superlink(flower_env(root / "superlink-flwr"), port,
-                                 root / "superlink.log", cwd=root)]
     outputs = root / "outputs"
-    try:
-        processes += [supernode(i, "first") for i in range(nodes)]
-        run_id = submit_run(APP_DIR, "fed", user_env, run_config={"config": str(experiment)})
-        wait_until(lambda: len(read_rounds(outputs)) >= 1, 150, "round 1")
-        processes[nodes].stop(timeout=0)  # round 2 is under way
-        wait_until(lambda: len(read_rounds(outputs)) >= 2, 150, "round 2")
-        processes.append(supernode(nodes - 1, "again"))
-        entry = wait_for_run(run_id, "fed", user_env, timeout=170)
-    finally:
-        for process in reversed(processes):
-            process.stop()
+    with Federation(root) as federation:
+        last = [federation.supernode(f) for f in files][-1]
+
+        def kill_and_restart() -> None:
+            wait_until(lambda: len(read_rounds(outputs)) >= 1, 150, "round 1")
+            last.stop(timeout=0)  # round 2 is under way
+            wait_until(lambda: len(read_rounds(outputs)) >= 2, 150, "round 2")
+            federation.supernode(files[-1], tag="again")
+
+        entry = federation.run({"config": str(experiment)}, during=kill_and_restart)
     (run_dir,) = outputs.glob("killed-node-*")
     summary = run_dir / "summary.json"
     return {"entry": entry, "rounds": read_rounds(outputs),

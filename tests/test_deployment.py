@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.drills import node_files, small_experiment, supernode_killed_mid_round
+from fed_a2v.drills import (
+    Federation,
+    node_files,
+    small_experiment,
+    supernode_killed_mid_round,
+)
 from fed_a2v.launch import (
     COMPLETED,
     Process,
     flower_env,
     free_port,
-    start_superlink,
-    start_supernode,
-    submit_run,
-    wait_for_run,
-    write_connection,
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -28,30 +28,16 @@ ROUNDS = 2
 
 
 def run_federation(tmp_path: Path, superlink_args: list[str], node_args: list[list[str]],
-                   connection_root_cert: Path | None = None, before_run=None) -> tuple[dict, Path]:
+                   connection_root_cert: Path | None = None,
+                   before_run=None) -> tuple[dict, Path]:
     experiment = small_experiment(tmp_path, "deployed", global_rounds=ROUNDS)
-    files = node_files(tmp_path, NODES)
-    port = free_port()
-    user_env = flower_env(tmp_path / "user-flwr")
-    write_connection(tmp_path / "user-flwr", "fed", f"127.0.0.1:{port}", connection_root_cert)
-    processes: list[Process] = []
-    try:
-        processes.append(start_superlink(flower_env(tmp_path / "superlink-flwr"), port,
-                                         tmp_path / "superlink.log", extra=superlink_args,
-                                         cwd=tmp_path))
+    with Federation(tmp_path, superlink_args, connection_root_cert) as federation:
         if before_run:
-            before_run(user_env, processes)
-        for i, (node_file, extra) in enumerate(zip(files, node_args, strict=True)):
-            processes.append(start_supernode(flower_env(tmp_path / f"node-{i}" / "flwr"),
-                                             f"127.0.0.1:{port}", free_port(), node_file,
-                                             tmp_path / f"node-{i}.log", extra))
-        run_id = submit_run(APP_DIR, "fed", user_env,
-                            run_config={"config": str(experiment),
-                                        "output-dir": str(tmp_path / "told")})
-        entry = wait_for_run(run_id, "fed", user_env, timeout=170)
-    finally:
-        for process in reversed(processes):
-            process.stop()
+            before_run(federation)
+        for node_file, extra in zip(node_files(tmp_path, NODES), node_args, strict=True):
+            federation.supernode(node_file, extra=extra)
+        entry = federation.run({"config": str(experiment),
+                                "output-dir": str(tmp_path / "told")})
     return entry, tmp_path
 
 
@@ -89,23 +75,23 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_node(tmp_path: Path) -> N
     node_tls = ["--root-certificates", str(certs / "ca.crt")]
     intruder: list[Process] = []
 
-    def register_and_start_intruder(user_env: dict, processes: list[Process]) -> None:
+    def register_and_start_intruder(federation: Federation) -> None:
         for i in range(1, NODES + 1):
             public_key = str(keys / f"supernode-{i}.pub")
             done = subprocess.run(["flwr", "supernode", "register", public_key, "fed"],
-                                  env=user_env, capture_output=True, text=True, timeout=120)
+                                  env=federation.user_env, capture_output=True, text=True,
+                                  timeout=120)
             assert done.returncode == 0, done.stdout + done.stderr
         # Key NODES+1 is never registered: this SuperNode must not get in.
         node_json = tmp_path / "intruder.json"
         node_json.write_text(json.dumps({"dataset_path": str(tmp_path / "intruder-data")}))
-        port = int(processes[0].args[processes[0].args.index("--port") + 1])
         intruder.append(Process(
-            ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
+            ["flower-supernode", "--superlink", federation.superlink, "--port", str(free_port()),
              "--node-config", f"node-config='{node_json}'", *node_tls,
              "--auth-supernode-private-key", str(keys / f"supernode-{NODES + 1}"),
              "--max-retries", "3", "--max-wait-time", "20"],
             flower_env(tmp_path / "intruder-flwr"), tmp_path / "intruder.log"))
-        processes.append(intruder[0])
+        federation.processes.append(intruder[0])
 
     node_args = [[*node_tls, "--auth-supernode-private-key", str(keys / f"supernode-{i}")]
                  for i in range(1, NODES + 1)]
