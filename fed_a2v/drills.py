@@ -111,18 +111,20 @@ class Federation:
     FLWR_HOME and log under `root`; `with` stops them all, last started first."""
 
     def __init__(self, root: Path, superlink_args: Sequence[str] = (),
-                 root_certificates: Path | None = None) -> None:
+                 root_certificates: Path | None = None, simulation: bool = False) -> None:
         self.root = root
         self.port = free_port()
         self.superlink = f"127.0.0.1:{self.port}"
         self.user_env = flower_env(root / "user-flwr")
         write_connection(root / "user-flwr", "fed", self.superlink, root_certificates)
         self.superlink_args = list(superlink_args)
+        self.simulation = simulation  # the SuperLink simulates the nodes itself (Ray)
         self.processes: list[Process] = []
 
     def __enter__(self) -> Federation:
         self.processes.append(start_superlink(flower_env(self.root / "superlink-flwr"),
                                               self.port, self.root / "superlink.log",
+                                              simulation=self.simulation,
                                               extra=self.superlink_args, cwd=self.root))
         return self
 
@@ -140,9 +142,11 @@ class Federation:
         return process
 
     def run(self, run_config: dict[str, Any], timeout: float = 170,
-            during: Callable[[], None] | None = None) -> dict[str, Any]:
+            during: Callable[[], None] | None = None,
+            federation_config: dict[str, Any] | None = None) -> dict[str, Any]:
         """`flwr run` the app; `during()` runs while it does. Returns the run's `flwr ls` entry."""
-        run_id = submit_run(APP_DIR, "fed", self.user_env, run_config=run_config)
+        run_id = submit_run(APP_DIR, "fed", self.user_env, run_config=run_config,
+                            federation_config=federation_config)
         if during is not None:
             during()
         return wait_for_run(run_id, "fed", self.user_env, timeout=timeout)
