@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import soundfile
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from transformers import ASTFeatureExtractor
 
 from fed_a2v import encoders
-from fed_a2v.audio import FeatureSettings, fbank_features, load_audio, pad_or_trim
+from fed_a2v.audio import FeatureSettings, fbank_features, load_audio, pad_or_trim, resample
 from fed_a2v.synthetic import SOUNDS
 
 PROMPTS = [encoders.class_prompt(name) for name in SOUNDS]
@@ -68,6 +70,26 @@ def test_load_audio_mono_resampled_exact_length(tmp_path, clip_seconds):
     assert torch.allclose(wave[inner].double(), expected[inner], atol=5e-3)
     if clip_seconds > 1.0:
         assert torch.count_nonzero(wave[16000:]) == 0
+
+
+@pytest.mark.parametrize("source_rate", [8000, 11025, 22050, 44100, 48000, 96000])
+def test_resample_keeps_a_tone_and_the_length(source_rate):
+    seconds = 0.25
+    n = round(seconds * source_rate) + 7  # a length that does not divide evenly
+    t = torch.arange(n, dtype=torch.float64) / source_rate
+    tone = torch.sin(2 * torch.pi * 1000 * t).float()
+    out = resample(tone, source_rate, 16000)
+    assert out.shape == (math.ceil(n * 16000 / source_rate),)
+    expected = torch.sin(2 * torch.pi * 1000 * torch.arange(len(out), dtype=torch.float64) / 16000)
+    inner = slice(100, len(out) - 100)  # away from the zero padding at both ends
+    assert torch.allclose(out[inner].double(), expected[inner], atol=2e-3)
+
+
+def test_resample_removes_what_the_target_rate_cannot_hold():
+    t = torch.arange(44100, dtype=torch.float64) / 44100
+    above_nyquist = torch.sin(2 * torch.pi * 12000 * t).float()  # 12 kHz > 8 kHz
+    out = resample(above_nyquist, 44100, 16000)
+    assert out[200:-200].abs().max() < 0.01
 
 
 def test_load_audio_odd_length_is_exact(tmp_path):
