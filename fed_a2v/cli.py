@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .app_dir import default_config, flower_app_dir
 from .config import Config, ConfigError, load_config, load_node_config
 from .data import check_node_shares, corpus_index, open_corpus
 from .launch import (
@@ -30,7 +31,6 @@ from .targets import compute_targets, target_prompts
 
 log = logging.getLogger("fed_a2v.cli")
 
-APP_DIR = Path(__file__).resolve().parent.parent
 EXIT_CONFIG = 2
 
 
@@ -84,7 +84,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True)
         resolved = run_dir / "config.json"
         resolved.write_text(json.dumps(config.to_dict(), indent=2))
-    with tempfile.TemporaryDirectory(prefix="feda2v-flwr-") as home:
+    with tempfile.TemporaryDirectory(prefix="feda2v-flwr-") as home, flower_app_dir() as app:
         flwr_home = Path(home)
         env = flower_env(flwr_home)
         port = free_port()
@@ -93,7 +93,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         entry: dict = {}
         try:
             run_id = submit_run(
-                APP_DIR, "feda2v-sim", env,
+                app, "feda2v-sim", env,
                 run_config={"config": str(resolved), "run-dir": str(run_dir),
                             "resume": bool(args.resume)},
                 federation_config={"num-supernodes": config.federation.num_clients,
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="a node's own JSON file")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("simulate", help="run a simulated federation (Flower simulation engine)")
-    p.add_argument("--config", default=str(APP_DIR / "configs" / "quickstart.json"))
+    p.add_argument("--config", default=str(default_config()))
     p.add_argument("--num-nodes", type=int, help="simulated nodes (default: num_clients)")
     p.add_argument("--rounds", type=int, help="federated rounds (default: global_rounds)")
     p.add_argument("--output-dir", help="where run directories go (default: output_dir)")
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_targets)
     p = sub.add_parser("study", help="experiments on FedA2V's own choices")
     p.add_argument("kind", choices=["batch-size"])
-    p.add_argument("--config", default=str(APP_DIR / "configs" / "quickstart.json"))
+    p.add_argument("--config", default=str(default_config()))
     p.add_argument("--out", help="output folder (default: <output_dir>/study-batch-size)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3, help="repeats with seeds 0..N-1")
