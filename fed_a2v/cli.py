@@ -15,7 +15,7 @@ import torch
 
 from .app_dir import default_config, flower_app_dir
 from .config import Config, ConfigError, load_config, load_node_config
-from .data import check_node_shares, corpus_index, open_corpus
+from .data import check_node_shares, corpus_index
 from .launch import (
     COMPLETED,
     flower_env,
@@ -55,13 +55,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
              for k, v in config.nodes.items()}
     if args.node:
         node = load_node_config(args.node)
-        nodes = {args.node: (node, node.node_split_id or 0, node.num_nodes or 1)}
-    found = check_node_shares(config, nodes)
+        nodes = {args.node: (node, *node.own_shard(args.node))}
+    found = check_node_shares(config, nodes, args.config)
     fed = config.federation
     print(f"{args.config}: ok: '{config.experiment.name}', {fed.num_clients} nodes x "
           f"{fed.global_rounds} rounds x {fed.local_epochs} local epochs, batch "
           f"{config.training.batch_size}, dataset {config.dataset.name} at "
-          f"{config.dataset.path}" + "".join(f"; {f}" for f in found))
+          f"{config.dataset_path()}" + "".join(f"; {f}" for f in found))
     return 0
 
 
@@ -74,11 +74,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config = _load(str(resolved))
     else:
         config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
-    open_corpus(config)  # generate the built-in corpus once, before nodes start
     num = config.federation.num_clients
     source = args.resume or args.config
+    # Generates the built-in corpus once, before nodes start.
     check_node_shares(config, {f"{source}: 'nodes.{i}'": (config.node(i), i, num)
-                               for i in range(num)})
+                               for i in range(num)}, source, generate=True)
     if not args.resume:
         run_dir = new_run_dir(config)
         run_dir.mkdir(parents=True)

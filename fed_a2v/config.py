@@ -51,6 +51,8 @@ class FederationConfig:
     max_update_norm: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
     # Seconds a round waits for replies; the replies in by then are aggregated.
     round_timeout: float = field(default=3600.0, metadata=_rule(min_exclusive=0.0))
+    # Nodes may share clips (train-train, or one's held-out clip in another's training set).
+    allow_overlap: bool = False
 
 
 @dataclass
@@ -68,7 +70,8 @@ class DatasetConfig:
     name: str = field(default="synthetic", metadata=_rule(choices=("synthetic", "esc50", "csv")))
     # synthetic/esc50: a folder with meta/esc50.csv and audio/; csv: a manifest file, or a
     # folder holding manifest.csv (columns path,label and optional caption, split, fold).
-    path: str = "data/synthetic"
+    # Empty: the built-in corpus goes to a folder named by its settings (`Config.dataset_path`).
+    path: str = ""
     # nodes: each node's classes come from its `nodes` entry, its clips from a stratified shard;
     # dirichlet: shards draw each class's clips in Dirichlet(dirichlet_alpha) proportions.
     partition: str = field(default="nodes", metadata=_rule(choices=("nodes", "dirichlet")))
@@ -136,6 +139,22 @@ class NodeConfig:
     device: str | None = field(default=None, metadata=_rule(choices=("cpu", "cuda", "auto")))
     batch_size: int | None = field(default=None, metadata=_rule(min=1))
 
+    def own_shard(self, source: str) -> tuple[int, int]:
+        """`(node_split_id, num_nodes)` of a node that reads its own JSON `source`. Without
+        either key the node uses its whole corpus (shard 0 of 1); a shard of several needs both."""
+        if self.node_split_id is None and (self.num_nodes or 1) > 1:
+            raise ConfigError(f"{source}: 'node_split_id' is missing: with 'num_nodes' "
+                              f"{self.num_nodes} the node must say which shard "
+                              f"(0..{self.num_nodes - 1}) is its own")
+        if self.node_split_id is not None and self.num_nodes is None:
+            raise ConfigError(f"{source}: 'num_nodes' is missing: 'node_split_id' "
+                              f"{self.node_split_id} is one shard of how many?")
+        shard, shards = self.node_split_id or 0, self.num_nodes or 1
+        if shard >= shards:
+            raise ConfigError(f"{source}: 'node_split_id' ({shard}) must be below 'num_nodes' "
+                              f"({shards})")
+        return shard, shards
+
 
 @dataclass
 class Config:
@@ -149,11 +168,21 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def dataset_path(self) -> str:
+        """`dataset.path`; unset for the built-in corpus, `data/synthetic-<its settings>`, so
+        configs with other generation settings never meet in one folder."""
+        ds = self.dataset
+        if ds.path or ds.name != "synthetic":
+            return ds.path
+        return (f"data/synthetic-seed{self.experiment.seed}-{ds.num_classes}x"
+                f"{ds.clips_per_class}-{ds.clip_seconds:g}s-{ds.sample_rate}hz")
+
     def make_paths_absolute(self) -> None:
         """Resolve the output and dataset paths against this process's working directory,
         so processes started elsewhere (nodes, the ServerApp) read the same places."""
         self.experiment.output_dir = str(Path(self.experiment.output_dir).resolve())
-        self.dataset.path = str(Path(self.dataset.path).resolve())
+        if self.dataset_path():
+            self.dataset.path = str(Path(self.dataset_path()).resolve())
 
     def node(self, partition_id: int) -> NodeConfig:
         """The `nodes` entry of a simulated node, or an empty one."""

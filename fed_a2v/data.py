@@ -114,10 +114,23 @@ def _assign_folds(clips: list[Clip], seed: int) -> list[Clip]:
     return [Clip(c.path, c.label, f, c.caption, c.split) for c, f in zip(clips, folds, strict=True)]
 
 
+EXPECTED = {"synthetic": "a folder with meta/esc50.csv (generated on first use)",
+            "esc50": "a folder with meta/esc50.csv and audio/",
+            "csv": "a CSV manifest, or a folder holding manifest.csv"}
+
+
+def _root(config: Config, path: str | Path | None) -> Path:
+    value = path or config.dataset_path()
+    if not value:
+        raise ConfigError(f"'dataset.path' is not set: dataset '{config.dataset.name}' needs "
+                          f"{EXPECTED[config.dataset.name]}")
+    return Path(value)
+
+
 def open_corpus(config: Config, path: str | Path | None = None) -> Corpus:
     """The configured corpus, generating the built-in one on first use."""
     ds = config.dataset
-    root = Path(path or ds.path)
+    root = _root(config, path)
     if ds.name == "csv":
         return read_manifest(root, config.experiment.seed)
     if ds.name == "synthetic":
@@ -132,26 +145,49 @@ def corpus_index(config: Config) -> Corpus:
     are known without generating it."""
     ds = config.dataset
     if ds.name == "synthetic":
-        return Corpus(Path(ds.path), list(SOUNDS)[:ds.num_classes], [])
+        return Corpus(_root(config, None), list(SOUNDS)[:ds.num_classes], [])
     return open_corpus(config)
 
 
 def corpus_on_disk(config: Config, path: str | Path | None = None) -> Corpus | None:
     """The corpus's metadata if it is already on disk (never generates), else None."""
-    root = Path(path or config.dataset.path)
+    root = _root(config, path)
     if config.dataset.name == "csv":
         manifest = root / "manifest.csv" if root.is_dir() else root
         return read_manifest(manifest, config.experiment.seed) if manifest.exists() else None
     return read_esc50(root) if (root / "meta" / "esc50.csv").exists() else None
 
 
-def check_node_shares(config: Config,
-                      nodes: dict[str, tuple[NodeConfig, int, int]]) -> list[str]:
+def require_corpus(config: Config, path: str | Path | None, where: str,
+                   generate: bool = False) -> Corpus | None:
+    """The metadata of the corpus at `path` (default: the experiment's). An esc50 or csv corpus
+    must be there; the built-in one is generated if `generate`, else None until it is.
+    `where` names the file and key in errors, e.g. "exp.json: 'dataset.path'"."""
+    name = config.dataset.name
+    if not (path or config.dataset_path()):
+        raise ConfigError(f"{where} is not set: dataset '{name}' needs {EXPECTED[name]}")
+    if name == "synthetic" and generate:
+        return open_corpus(config, path)
+    corpus = corpus_on_disk(config, path)
+    if corpus is None and name != "synthetic":
+        raise ConfigError(f"{where}: {_root(config, path)}: no {name} corpus there "
+                          f"(expected {EXPECTED[name]})")
+    return corpus
+
+
+def check_node_shares(config: Config, nodes: dict[str, tuple[NodeConfig, int, int]],
+                      source: str, generate: bool = False) -> list[str]:
     """Each node's share where its corpus is on disk: `where: N train / M held-out clips`.
-    Raises ConfigError for classes or folds the corpus lacks, or a node left with nothing."""
+
+    The experiment's own corpus (read by the server) and each node's `dataset_path` must exist
+    unless built-in (generated here if `generate`). Raises ConfigError for a missing corpus,
+    classes or folds it lacks, or a node left with nothing.
+    """
+    shared = require_corpus(config, None, f"{source}: 'dataset.path'", generate)
     found = []
     for where, (node, index, num_nodes) in nodes.items():
-        corpus = corpus_on_disk(config, node.dataset_path)
+        corpus = (require_corpus(config, node.dataset_path, f"{where}: 'dataset_path'", generate)
+                  if node.dataset_path else shared)
         if corpus is None:
             continue
         split = split_for_node(corpus, node, index, num_nodes, config, where)

@@ -207,7 +207,8 @@ def ensure_synthetic_corpus(
         if found != settings:
             raise ConfigError(
                 f"{root}: holds a synthetic corpus made with {found}, but the config asks for "
-                f"{settings}; delete the folder or set 'dataset.path' to another one"
+                f"{settings}; leave 'dataset.path' out (each setting then gets its own "
+                f"folder), set it to another folder, or delete this one"
             )
         return root
     if root.exists() and any(root.iterdir()):

@@ -56,6 +56,38 @@ def test_validate_checks_node_json_against_the_corpus(tmp_path: Path, capsys) ->
     assert str(wrong) in err and "'dgo'" in err and "did you mean 'dog'" in err
 
 
+@pytest.mark.parametrize("name", ["esc50", "csv"])
+def test_validate_fails_for_a_corpus_that_is_not_on_disk(tmp_path: Path, capsys,
+                                                         name: str) -> None:
+    missing = tmp_path / "nowhere" / "esc50"
+    experiment = tmp_path / "exp.json"
+    experiment.write_text(json.dumps({"dataset": {"name": name, "path": str(missing)}}))
+    assert main(["validate", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert str(experiment) in err and "'dataset.path'" in err and str(missing) in err
+
+
+def test_validate_fails_for_a_node_dataset_path_that_is_not_on_disk(tmp_path: Path,
+                                                                    capsys) -> None:
+    from fed_a2v.synthetic import ensure_synthetic_corpus
+
+    data = ensure_synthetic_corpus(tmp_path / "data", 0, 3, 10, 0.3, 16000)
+    experiment = tmp_path / "exp.json"
+    experiment.write_text(json.dumps({"dataset": {"name": "esc50", "path": str(data)}}))
+    node = tmp_path / "node.json"
+    node.write_text(json.dumps({"dataset_path": str(tmp_path / "elsewhere")}))
+    assert main(["validate", str(experiment), "--node", str(node)]) == 2
+    err = capsys.readouterr().err
+    assert str(node) in err and "'dataset_path'" in err and str(tmp_path / "elsewhere") in err
+
+
+def test_validate_accepts_a_builtin_corpus_not_generated_yet(tmp_path: Path, capsys) -> None:
+    experiment = tmp_path / "exp.json"
+    experiment.write_text(json.dumps({"dataset": {"path": str(tmp_path / "later")}}))
+    assert main(["validate", str(experiment)]) == 0
+    assert "ok" in capsys.readouterr().out and not (tmp_path / "later").exists()
+
+
 def test_simulated_node_takes_the_entry_of_its_partition() -> None:
     config = Config(nodes={"1": NodeConfig(selected_classes=["dog"])})
     ident = identify(context({"partition-id": 1, "num-partitions": 3}), config)

@@ -210,3 +210,22 @@ def test_overlapping_folds_rejected(corpus_root):
     node = NodeConfig(train_folds=[1, 2, 5], test_folds=[5])
     with pytest.raises(ConfigError, match="overlap"):
         split_for_node(read_esc50(corpus_root), node, 0, 3, _config())
+
+
+def test_configs_relying_on_synthetic_defaults_each_get_their_own_corpus(tmp_path,
+                                                                       monkeypatch):
+    """Two configs that leave `dataset.path` out but generate differently both work, in
+    either order, in one working directory (as after `make run`)."""
+    from fed_a2v.config import config_from_dict
+    from fed_a2v.data import check_node_shares, open_corpus
+
+    monkeypatch.chdir(tmp_path)
+    small = {"clip_seconds": 0.2, "sample_rate": 8000}
+    first = config_from_dict({"dataset": {**small, "num_classes": 2, "clips_per_class": 5}})
+    second = config_from_dict({"dataset": {**small, "num_classes": 3, "clips_per_class": 5}})
+    for config in (first, second, first):
+        config.make_paths_absolute()
+        check_node_shares(config, {}, "exp.json", generate=True)  # what `simulate` does first
+        assert len(open_corpus(config).classes) == config.dataset.num_classes
+    assert Path(first.dataset.path).parent == Path(second.dataset.path).parent == tmp_path / "data"
+    assert first.dataset.path != second.dataset.path
