@@ -1,10 +1,20 @@
-"""Keep every cache the tests make (tokens, targets) in a temporary folder, not ~/.cache."""
+"""Keep every cache the tests make (tokens, targets) in a temporary folder, not ~/.cache; mark
+the modules that start real federations as slow (`pytest -m "not slow"` runs the unit tests)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+# Every test in these modules starts Flower for real (SuperLink, SuperNodes, Ray, flwr run).
+SLOW_MODULES = {"test_deployment", "test_flwr_run", "test_simulation", "test_install"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
