@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -54,14 +55,36 @@ def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return class_targets.index_select(0, labels)
 
 
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's global RNG (dropout draws from it) seeded with `seed` inside, restored after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def accumulation_sizes(num_batches: int, steps: int) -> list[int]:
+    """For each batch, how many batches its accumulation group holds: `steps`, except the
+    epoch's last group, which holds the batches left over."""
+    return [min(steps, num_batches - i // steps * steps) for i in range(num_batches)]
+
+
 def train_local(adapters: dict[str, Adapter], data: EncodedSet,
                 class_targets: dict[str, torch.Tensor], cfg: LocalTrainConfig,
                 device: torch.device,
                 on_epoch: Callable[[int], None] | None = None) -> dict[str, list[float]]:
     """Train every adapter for `cfg.epochs`; returns each adapter's mean MSE per epoch.
-    `on_epoch(epoch)` runs after each epoch (the study evaluates there)."""
+    `on_epoch(epoch)` runs after each epoch (the study evaluates there). Every random draw
+    (batches, dropout) follows `cfg.seed`: the same seed gives the same adapters."""
     if len(data) == 0:
         raise ValueError("no training clips")
+    with seeded_rng(cfg.seed, device):
+        return _train(adapters, data, class_targets, cfg, device, on_epoch)
+
+
+def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[str, torch.Tensor],
+           cfg: LocalTrainConfig, device: torch.device,
+           on_epoch: Callable[[int], None] | None) -> dict[str, list[float]]:
     optimizers = {
         name: torch.optim.AdamW(a.parameters(), lr=cfg.learning_rates[name],
                                 weight_decay=cfg.weight_decays[name])
@@ -76,7 +99,9 @@ def train_local(adapters: dict[str, Adapter], data: EncodedSet,
                       leave=False):
         sums = dict.fromkeys(adapters, 0.0)
         epoch_batches = list(batches.epoch(epoch))
-        for step, idx in enumerate(epoch_batches, start=1):
+        group_sizes = accumulation_sizes(len(epoch_batches), cfg.grad_accum_steps)
+        for step, (idx, group_size) in enumerate(zip(epoch_batches, group_sizes, strict=True),
+                                                 start=1):
             index = torch.tensor(idx)
             tokens = data.tokens.batch(idx).to(device)
             labels = data.labels.index_select(0, index).to(device)
@@ -85,7 +110,7 @@ def train_local(adapters: dict[str, Adapter], data: EncodedSet,
                 pred = adapter(tokens)
                 target = batch_targets(targets[name], rows)
                 loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
-                (loss / cfg.grad_accum_steps).backward()
+                (loss / group_size).backward()  # the group's gradient: mean over its batches
                 sums[name] += per_sample_mse(pred.detach(), target).sum().item()
             if step % cfg.grad_accum_steps == 0 or step == len(epoch_batches):
                 for opt in optimizers.values():
