@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -34,17 +35,33 @@ class NodeIdentity:
     index: int  # which disjoint shard of the corpus is this node's
     num_nodes: int
     name: str  # for messages: "node 2" or the node's JSON file
+    key: str = ""  # stable and distinct per node: seeds its training (see `node_seed`)
 
 
 def identify(context: Context, config: Config) -> NodeIdentity:
-    """Simulation: the `nodes` entry of the partition id. Deployment: the node's own JSON file."""
+    """Simulation: the `nodes` entry of the partition id. Deployment: the node's own JSON file
+    (without split keys the node uses its whole corpus), or, with no node config at all, the
+    experiment's corpus, whole."""
     node_config = context.node_config
     if "node-config" in node_config:
         path = str(node_config["node-config"])
         settings = load_node_config(path)
-        return NodeIdentity(settings, settings.node_split_id or 0, settings.num_nodes or 1, path)
-    pid = int(node_config["partition-id"])
-    return NodeIdentity(config.node(pid), pid, int(node_config["num-partitions"]), f"node {pid}")
+        index, num_nodes = settings.own_shard(path)
+        key = (f"shard {index}/{num_nodes}" if settings.node_split_id is not None
+               else f"node-config {path}")
+        return NodeIdentity(settings, index, num_nodes, path, key)
+    if "partition-id" in node_config:
+        pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        return NodeIdentity(config.node(pid), pid, num, f"node {pid}", f"shard {pid}/{num}")
+    return NodeIdentity(NodeConfig(), 0, 1, f"node {context.node_id}",
+                        f"flower node {context.node_id}")
+
+
+def node_seed(seed: int, server_round: int, node_key: str) -> int:
+    """The training seed of one node in one round: 63 bits of SHA-256 of (experiment seed,
+    round, node key), so no two (round, node) pairs share one short of a hash collision."""
+    digest = hashlib.sha256(json.dumps([seed, server_round, node_key]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass
@@ -221,7 +238,7 @@ def train_reply(msg: Message, context: Context) -> Message:
         grad_accum_steps=cfg.training.gradient_accumulation_steps,
         learning_rates={name: float(rnd.record[f"{name}-lr"]) for name in rnd.adapters},
         weight_decays={name: cfg.adapter_weight_decay(name) for name in rnd.adapters},
-        seed=cfg.experiment.seed * 10_007 + rnd.server_round * 101 + rnd.ident.index,
+        seed=node_seed(cfg.experiment.seed, rnd.server_round, rnd.ident.key),
     )
     history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
     state = {k: v.detach().cpu() for k, v in adapters_state(rnd.adapters).items()}

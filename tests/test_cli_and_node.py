@@ -13,7 +13,7 @@ from flwr.app import Context, RecordDict
 from fed_a2v.cli import main
 from fed_a2v.config import Config, ConfigError, NodeConfig
 from fed_a2v.federation import resolve_path
-from fed_a2v.node import identify
+from fed_a2v.node import identify, node_seed
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -109,6 +109,51 @@ def test_deployed_node_reads_its_own_json(tmp_path: Path) -> None:
     path.write_text(json.dumps({"batchsize": 4}))
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         identify(context({"node-config": str(path)}), Config())
+
+
+def test_deployed_node_without_split_keys_uses_its_whole_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps({"batch_size": 4}))
+    ident = identify(context({"node-config": str(path)}), Config())
+    assert (ident.index, ident.num_nodes) == (0, 1)
+
+
+@pytest.mark.parametrize("keys,missing", [({"num_nodes": 3}, "node_split_id"),
+                                          ({"node_split_id": 1}, "num_nodes")])
+def test_deployed_node_with_half_the_split_keys_is_an_error(tmp_path: Path, keys: dict,
+                                                            missing: str, capsys) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(keys))
+    with pytest.raises(ConfigError) as info:
+        identify(context({"node-config": str(path)}), Config())
+    assert str(path) in str(info.value) and f"'{missing}' is missing" in str(info.value)
+    experiment = tmp_path / "exp.json"
+    experiment.write_text(json.dumps({"dataset": {"path": str(tmp_path / "data")}}))
+    assert main(["validate", str(experiment), "--node", str(path)]) == 2
+    assert f"'{missing}' is missing" in capsys.readouterr().err
+
+
+def test_node_seeds_never_collide() -> None:
+    keys = [f"shard {i}/1000" for i in range(1000)]
+    seeds = {node_seed(seed, rnd, key) for seed in range(3) for rnd in range(1, 51)
+             for key in keys}
+    assert len(seeds) == 3 * 50 * 1000
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert node_seed(0, 1, keys[0]) == node_seed(0, 1, keys[0])  # reproducible
+
+
+def test_every_deployed_node_has_its_own_seed(tmp_path: Path) -> None:
+    """Split ids, else the node JSON's path, else Flower's node id tell nodes apart."""
+    contexts = [context({"partition-id": 1, "num-partitions": 3})]
+    for i, keys in enumerate([{"node_split_id": 0, "num_nodes": 2},
+                              {"node_split_id": 1, "num_nodes": 2}, {}, {}]):
+        path = tmp_path / f"node-{i}.json"
+        path.write_text(json.dumps(keys))
+        contexts.append(context({"node-config": str(path)}))
+    contexts.append(context({}))  # a SuperNode without --node-config
+    idents = [identify(c, Config()) for c in contexts]
+    assert len({node_seed(0, 1, ident.key) for ident in idents}) == len(idents)
+    assert idents[-1].key == "flower node 7" and (idents[-1].index, idents[-1].num_nodes) == (0, 1)
 
 
 def test_relative_config_path_falls_back_to_the_app_dir(tmp_path: Path, monkeypatch) -> None:
