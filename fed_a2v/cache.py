@@ -32,11 +32,29 @@ def fingerprint(*parts: Any) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """SHA-256 of the whole content: what identifies an audio clip."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:32]
+
+
+STAMP_BYTES = 1 << 20
+
+
+def file_stamp(path: Path) -> list:
+    """Size, mtime_ns and a SHA-256 of the first and last MiB: cheap for multi-GB weight files,
+    and any rewrite (`save_pretrained`, a copy) changes the mtime. A change that kept the size,
+    the mtime and both ends of the file would go unseen."""
+    stat = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(STAMP_BYTES))
+        if stat.st_size > 2 * STAMP_BYTES:
+            f.seek(-STAMP_BYTES, os.SEEK_END)
+        h.update(f.read())
+    return [stat.st_size, stat.st_mtime_ns, h.hexdigest()[:24]]
 
 
 class TokenCache:

@@ -19,6 +19,7 @@ from transformers import (
     ASTConfig,
     ASTFeatureExtractor,
     ASTModel,
+    AutoConfig,
     AutoTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
@@ -29,7 +30,7 @@ from transformers import (
 )
 
 from .audio import FeatureSettings, fbank_features
-from .cache import fingerprint
+from .cache import file_stamp, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _weights_stamp(name: str) -> list:
-    """Sizes and mtimes of a local model's weight files: retrained weights change the key."""
+def model_identity(name: str, subfolders: tuple[str | None, ...] = (None,)) -> dict:
+    """What a model is, for cache keys. A built-in: its config. A local directory: a stamp of
+    every file (config, tokenizer, weights) in its folder or the given subfolders. A hub id:
+    the revision it resolves to, where the hub or its local cache can say."""
+    if name.startswith(BUILTIN):
+        return {"builtin": name, "config": _builtin(name)[0].config.to_dict()}
     root = Path(name)
-    if not root.is_dir():
-        return []
-    return sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
-                  for p in root.rglob("*") if p.suffix in (".safetensors", ".bin"))
+    if root.is_dir():
+        folders = [root / sub if sub else root for sub in dict.fromkeys(subfolders)]
+        return {"files": {str(p.relative_to(root)): file_stamp(p) for folder in folders
+                          if folder.is_dir() for p in sorted(folder.iterdir())
+                          if p.is_file() and not p.name.startswith(".")}}
+    try:
+        config = AutoConfig.from_pretrained(name, subfolder=subfolders[0] or "")
+    except (OSError, ValueError) as err:
+        log.warning("%s: revision unknown (%s); cached results are keyed by its name", name, err)
+        return {"hub": name, "revision": None}
+    return {"hub": name, "revision": config._commit_hash, "config": config.to_dict()}
 
 
 def _settings(extractor: ASTFeatureExtractor) -> FeatureSettings:
@@ -150,8 +162,7 @@ def describe_audio_encoder(name: str) -> tuple[ASTConfig, FeatureSettings]:
 def audio_encoder_key(name: str, dtype: str) -> str:
     """What decides the tokens, besides the audio: model, weights, features, precision."""
     config, settings = describe_audio_encoder(name)
-    return fingerprint(name, config.to_dict(), getattr(config, "_commit_hash", None),
-                       _weights_stamp(name), asdict(settings), dtype)
+    return fingerprint(name, config.to_dict(), model_identity(name), asdict(settings), dtype)
 
 
 @dataclass

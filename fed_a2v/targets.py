@@ -21,7 +21,13 @@ from safetensors.torch import load_file, save_file
 from .cache import cache_root, fingerprint
 from .config import Config, ConfigError
 from .data import Corpus
-from .encoders import class_prompt, clip_targets, t5_targets
+from .encoders import (
+    class_prompt,
+    clip_targets,
+    flux_tokenizer_subfolder,
+    model_identity,
+    t5_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +88,17 @@ def compute_targets(config: Config, names: list[str], prompts: list[str]) -> Tar
     return Targets(names, prompts, {"clip": clip, "t5": t5})
 
 
+def text_encoder_identity(name: str, subfolder: str | None,
+                          tokenizer_subfolder: str | None) -> list:
+    """A text encoder and its tokenizer as the targets cache knows them: by what they are
+    (`model_identity`), so changed local weights are a new key."""
+    tokenizer = tokenizer_subfolder or flux_tokenizer_subfolder(subfolder)
+    return [name, subfolder, tokenizer, model_identity(name, (subfolder, tokenizer))]
+
+
 def targets_for(config: Config, corpus: Corpus) -> Targets:
-    """From `feda2v.targets_file`, else the cache, else computed (and cached)."""
+    """From `feda2v.targets_file`, else the cache (keyed by what the models are and the
+    prompts), else computed (and cached)."""
     names, prompts = target_prompts(corpus, config)
     fa = config.feda2v
     if fa.targets_file:
@@ -93,8 +108,10 @@ def targets_for(config: Config, corpus: Corpus) -> Targets:
             raise ConfigError(f"{fa.targets_file}: has no target for {len(unknown)} of the "
                               f"corpus's prompts, e.g. '{unknown[0]}'; make it again")
         return targets
-    key = fingerprint(fa.clip_model_name, fa.clip_model_subfolder, fa.clip_tokenizer_subfolder,
-                      fa.t5_model_name, fa.t5_model_subfolder, fa.t5_tokenizer_subfolder,
+    key = fingerprint(text_encoder_identity(fa.clip_model_name, fa.clip_model_subfolder,
+                                            fa.clip_tokenizer_subfolder),
+                      text_encoder_identity(fa.t5_model_name, fa.t5_model_subfolder,
+                                            fa.t5_tokenizer_subfolder),
                       fa.t5_max_length, config.experiment.dtype, names, prompts)
     path = cache_root(config.experiment.cache_dir) / "targets" / f"{key}.safetensors"
     if path.exists():

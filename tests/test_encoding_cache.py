@@ -126,3 +126,27 @@ def test_targets_file_means_no_text_encoder_is_loaded(setup, tmp_path: Path, cap
     assert loaded.key == targets.key
     saved = Targets.load(out, "x")
     assert saved.names == ["dog", "rooster", "siren"]
+
+
+def test_targets_cache_follows_changed_local_weights(setup, tmp_path: Path) -> None:
+    """A local text encoder retrained in place (same directory, same name) makes new targets."""
+    import torch
+    from transformers import T5EncoderModel
+
+    from fed_a2v.encoders import save_builtin
+
+    config, _, _, _ = setup
+    config.feda2v.clip_model_name = str(save_builtin("builtin:tiny-clip", tmp_path / "clip"))
+    t5_dir = save_builtin("builtin:tiny-t5", tmp_path / "t5")
+    config.feda2v.t5_model_name = str(t5_dir)
+    first = targets_for(config, open_corpus(config))
+    assert first.source == "computed"
+    assert targets_for(config, open_corpus(config)).source == "cache"
+    model = T5EncoderModel.from_pretrained(t5_dir)
+    with torch.no_grad():
+        model.shared.weight.mul_(2.0)  # "retrained"
+    model.save_pretrained(t5_dir)
+    changed = targets_for(config, open_corpus(config))
+    assert changed.source == "computed" and changed.key != first.key
+    torch.testing.assert_close(changed.tensors["clip"], first.tensors["clip"])
+    assert not torch.allclose(changed.tensors["t5"], first.tensors["t5"])
