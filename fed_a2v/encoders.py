@@ -191,16 +191,17 @@ class AudioEncoder:
         return self.model.config.hidden_size
 
     @torch.no_grad()
+    def encode_batch(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
+        """One forward pass over `waveforms`."""
+        feats = torch.stack([fbank_features(w, self.settings) for w in waveforms])
+        feats = feats.to(self.device, DTYPES[self.dtype])
+        return self.model(input_values=feats).last_hidden_state.float().cpu()
+
     def encode(self, waveforms: list[torch.Tensor], batch_size: int = 16,
                desc: str = "encoding audio") -> torch.Tensor:
-        out = []
-        for start in tqdm(range(0, len(waveforms), batch_size), desc=desc, unit="batch",
-                          disable=None, leave=False):
-            feats = torch.stack([fbank_features(w, self.settings)
-                                 for w in waveforms[start:start + batch_size]])
-            feats = feats.to(self.device, DTYPES[self.dtype])
-            out.append(self.model(input_values=feats).last_hidden_state.float().cpu())
-        return torch.cat(out)
+        return torch.cat([self.encode_batch(waveforms[start:start + batch_size])
+                          for start in tqdm(range(0, len(waveforms), batch_size), desc=desc,
+                                            unit="batch", disable=None, leave=False)])
 
 
 def flux_tokenizer_subfolder(model_subfolder: str | None) -> str | None:

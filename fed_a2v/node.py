@@ -8,8 +8,10 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from tqdm import tqdm
 
 from .adapters import adapters_state, build_adapters, load_adapters_state
 from .audio import AudioError, load_audio
@@ -74,7 +76,13 @@ class NodeData:
 
 
 class Encoding:
-    """Turns clips into cached token arrays; the AST is loaded only if some clip needs it."""
+    """Turns clips into cached token arrays; the AST is loaded only if some clip needs it.
+
+    Clips are encoded `batch_size` at a time and each written to the token cache at once:
+    memory holds one batch of waveforms and tokens, and a crash keeps every batch done.
+    """
+
+    batch_size = 16
 
     def __init__(self, config: Config, ident: NodeIdentity) -> None:
         self.config, self.ident = config, ident
@@ -84,6 +92,7 @@ class Encoding:
         self._encoder: AudioEncoder | None = None
         self.counts = dict.fromkeys(COUNT_KEYS, 0)
         self.skipped: list[str] = []
+        self.digests: dict[Path, str] = {}  # clip path -> content digest (its cache entry)
 
     @property
     def encoder(self) -> AudioEncoder:
@@ -93,13 +102,15 @@ class Encoding:
                                               self.config.experiment.dtype)
         return self._encoder
 
-    def encode(self, clips: list[Clip]) -> tuple[list[Clip], list]:
+    def encode(self, clips: list[Clip]) -> tuple[list[Clip], list[np.ndarray]]:
         """The clips that could be used and their token arrays (cached or freshly encoded)."""
-        arrays: dict[int, object] = {}
+        arrays: dict[int, np.ndarray] = {}
         pending: list[tuple[int, Path, torch.Tensor]] = []
-        for i, clip in enumerate(clips):
+        for i, clip in enumerate(tqdm(clips, desc=f"{self.ident.name}: encoding", unit="clip",
+                                      disable=None, leave=False)):
             try:
                 entry = self.cache.path(clip.path)
+                self.digests[clip.path] = entry.stem
                 cached = self.cache.get(entry)
                 if cached is not None:
                     arrays[i] = cached
@@ -111,14 +122,20 @@ class Encoding:
                 self.skipped.append(f"{clip.path}: {err}")
                 continue
             pending.append((i, entry, wave))
+            if len(pending) == self.batch_size:
+                self._encode(pending, arrays)
+                pending = []
         if pending:
-            tokens = self.encoder.encode([w for _, _, w in pending],
-                                         desc=f"{self.ident.name}: encoding")
-            for (i, entry, _), t in zip(pending, tokens, strict=True):
-                arrays[i] = self.cache.put(entry, t)
-            self.counts["encoded-clips"] += len(pending)
+            self._encode(pending, arrays)
         kept = sorted(arrays)
         return [clips[i] for i in kept], [arrays[i] for i in kept]
+
+    def _encode(self, pending: list[tuple[int, Path, torch.Tensor]],
+                arrays: dict[int, np.ndarray]) -> None:
+        tokens = self.encoder.encode_batch([wave for _, _, wave in pending])
+        for (i, entry, _), t in zip(pending, tokens, strict=True):
+            arrays[i] = self.cache.put(entry, t)
+        self.counts["encoded-clips"] += len(pending)
 
 
 def encoded_set(clips: list[Clip], arrays: list, corpus: Corpus, rows: dict[str, int],

@@ -150,3 +150,60 @@ def test_targets_cache_follows_changed_local_weights(setup, tmp_path: Path) -> N
     assert changed.source == "computed" and changed.key != first.key
     torch.testing.assert_close(changed.tensors["clip"], first.tensors["clip"])
     assert not torch.allclose(changed.tensors["t5"], first.tensors["t5"])
+
+
+def _live_waveforms(num_samples: int) -> int:
+    import gc
+
+    import torch
+
+    gc.collect()  # waveforms alive in this process, counted by storage (a view shares one)
+    return len({o.untyped_storage().data_ptr() for o in gc.get_objects()
+                if isinstance(o, torch.Tensor) and tuple(o.shape) == (num_samples,)})
+
+
+def test_encoding_streams_a_batch_at_a_time(setup) -> None:
+    """Every batch's tokens are in the cache before the next batch is encoded, and only one
+    batch of waveforms is alive while the encoder runs."""
+    from fed_a2v.data import split_for_node
+    from fed_a2v.node import Encoding
+
+    config, ident, _, _ = setup
+    clips = split_for_node(open_corpus(config), ident.settings, 0, 1, config).train
+    encoding = Encoding(config, ident)
+    encoding.batch_size = 4
+    samples = round(config.dataset.clip_seconds * encoding.encoder.settings.sampling_rate)
+    seen: list[tuple[int, int]] = []  # (entries in the cache, live waveforms) per forward pass
+
+    def before_forward(module, args, kwargs):
+        seen.append((len(list(encoding.cache.dir.glob("*.npy"))), _live_waveforms(samples)))
+
+    encoding.encoder.model.register_forward_pre_hook(before_forward, with_kwargs=True)
+    kept, arrays = encoding.encode(clips)
+    assert len(kept) == len(clips) == 24
+    assert [entries for entries, _ in seen] == [4 * k for k in range(6)]
+    assert all(live <= encoding.batch_size for _, live in seen), seen
+
+
+def test_a_crash_mid_encoding_keeps_the_batches_done(setup) -> None:
+    from fed_a2v.data import split_for_node
+    from fed_a2v.node import Encoding
+
+    config, ident, _, _ = setup
+    clips = split_for_node(open_corpus(config), ident.settings, 0, 1, config).train
+    encoding = Encoding(config, ident)
+    encoding.batch_size = 4
+    calls = []
+
+    def fail_third_batch(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")  # what a GPU says mid-way through a corpus
+
+    encoding.encoder.model.register_forward_pre_hook(fail_third_batch, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        encoding.encode(clips)
+    again = Encoding(config, ident)
+    kept, _ = again.encode(clips)
+    assert len(kept) == 24
+    assert again.counts["cached-clips"] == 8 and again.counts["encoded-clips"] == 16
