@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fed_a2v.train as train_mod
 from fed_a2v.adapters import build_adapters
@@ -139,6 +142,7 @@ def _train_cfg(stratified: bool, per_class: bool) -> LocalTrainConfig:
                             weight_decays={"clip": 0.0, "t5": 0.0}, seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stratified,per_class", [(False, False), (True, True)])
 def test_training_at_batch_size_4_learns_each_class(stratified, per_class):
     torch.manual_seed(0)
@@ -155,19 +159,60 @@ def test_training_at_batch_size_4_learns_each_class(stratified, per_class):
     assert before["eval_clip_top1"] < 1.0 and before["eval_t5_top1"] < 1.0
 
 
-def test_the_same_training_with_the_upstream_pairing_bug_fails(monkeypatch):
-    """Control: with the first sample's target for the whole batch, the task is not learned."""
+def test_upstream_collated_targets_are_rejected_by_training():
+    """The upstream collation gave `(B, 1, D)` CLIP targets: fed through real training, the
+    loss's shape check stops it before any step."""
+    adapters, train, _, targets = _task()
+    collated = {**targets, "clip": targets["clip"].unsqueeze(1)}  # (C, 1, D): batches (B, 1, D)
+    with pytest.raises(ValueError, match=r"prediction shape \(4, 8\) != target shape \(4, 1, 8\)"):
+        train_local(adapters, train, collated, _train_cfg(False, False), torch.device("cpu"))
 
-    def first_sample_target(class_targets, labels):
-        return class_targets[labels[:1]].expand(len(labels), *class_targets.shape[1:])
 
-    monkeypatch.setattr(train_mod, "batch_targets", first_sample_target)
-    torch.manual_seed(0)
+def upstream_mse(pred, target, labels, per_class):
+    """Upstream's loss: MSE of `(B, ...)` predictions against `(B, 1, ...)` targets, which
+    broadcasts to `(B, B, ...)`: every prediction against every target of its batch."""
+    return F.mse_loss(pred, target.unsqueeze(1))
+
+
+def test_the_upstream_broadcast_pulls_every_prediction_to_the_batch_mean():
+    pred = torch.randn(4, 6, requires_grad=True)
+    target = torch.randn(4, 6)
+    with pytest.warns(UserWarning, match="broadcast"):
+        loss = upstream_mse(pred, target, LABELS, False)
+    by_hand = torch.stack([(pred[j] - target[i]).pow(2) for i in range(4) for j in range(4)])
+    assert torch.allclose(loss, by_hand.mean())
+    loss.backward()
+    # d/dpred_j = 2 (pred_j - mean target) / (B * D): each sample's own target plays no part.
+    assert torch.allclose(pred.grad, 2 * (pred.detach() - target.mean(0)) / (4 * 6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size,epochs", [(1, 5), (4, 20), (24, 120)])  # 120 steps each
+def test_the_same_training_with_the_upstream_broadcast(monkeypatch, batch_size, epochs):
+    """Control: the task above with upstream's broadcasting loss. At batch size 1 a `(1, 1, D)`
+    target broadcasts to itself and the task is learned (upstream trained well only there);
+    above it, each prediction is pulled towards its batch's mean target, and the MSE stays far
+    from what the per-sample loss reaches (< 0.1 of the start). Top-1 can survive while the
+    own target weighs in each batch's mean; with the whole set in one batch (24 clips) every
+    prediction gets the same target and top-1 falls to chance."""
+    monkeypatch.setattr(train_mod, "adapter_loss", upstream_mse)
     adapters, train, test, targets = _task()
     cpu = torch.device("cpu")
-    train_local(adapters, train, targets, _train_cfg(False, False), cpu)
+    before = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
+    cfg = _train_cfg(False, False)
+    cfg.batch_size, cfg.epochs = batch_size, epochs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the broadcast warning, every step
+        train_local(adapters, train, targets, cfg, cpu)
     after = evaluate_adapters(adapters, test, targets, batch_size=4, device=cpu)
-    assert max(after["eval_clip_top1"], after["eval_t5_top1"]) < 1.0
+    ratios = [after[f"eval_{n}_mse"] / before[f"eval_{n}_mse"] for n in ("clip", "t5")]
+    top1 = [after["eval_clip_top1"], after["eval_t5_top1"]]
+    if batch_size == 1:
+        assert max(ratios) < 0.1 and min(top1) == 1.0
+    else:
+        assert min(ratios) > 0.25, ratios
+    if batch_size == len(train):
+        assert max(top1) < 0.5
 
 
 def test_train_local_rejects_empty_data():
