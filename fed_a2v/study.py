@@ -7,7 +7,6 @@ accumulation differ. Held-out top-1 is measured after every epoch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import statistics
@@ -17,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .adapters import build_adapters
+from .adapters import ADAPTERS, build_adapters
 from .config import Config, NodeConfig
-from .data import open_corpus, split_for_node
+from .data import open_corpus
 from .evaluation import evaluate_adapters
 from .node import NodeIdentity, node_data
-from .targets import targets_for
-from .train import LocalTrainConfig, train_local
+from .targets import Targets, targets_for
+from .train import EncodedSet, LocalTrainConfig, train_local
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,49 @@ def _mean_std(values: list[float]) -> dict[str, float]:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def run_arm(arm: Arm, config: Config, train: EncodedSet, test: EncodedSet, targets: Targets,
+            seeds: list[int], epochs: int, lr: dict[str, float]) -> dict[str, Any]:
+    """Train `arm` once per seed on `train`, evaluating on `test` after every epoch. The record
+    names the data it used by digest (`split`), computed from `train` and `test` themselves."""
+    cpu = torch.device("cpu")
+    d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ADAPTERS)
+    runs = []
+    for seed in seeds:
+        adapters = build_adapters(train.tokens.arrays[0].shape[-1], d_clip, d_t5, config.feda2v,
+                                  seed=seed)
+        curves: dict[str, list[float]] = {"eval_clip_top1": [], "eval_t5_top1": []}
+
+        def after_epoch(_: int, adapters=adapters, curves=curves) -> None:
+            metrics = evaluate_adapters(adapters, test, targets.tensors,
+                                        config.training.eval_batch_size, cpu)
+            for key in curves:
+                curves[key].append(metrics[key])
+
+        local = LocalTrainConfig(
+            epochs=epochs, batch_size=arm.batch_size, stratified=arm.stratified,
+            per_class_loss=arm.per_class_loss, grad_accum_steps=arm.grad_accum_steps,
+            learning_rates=lr,
+            weight_decays={n: config.adapter_weight_decay(n) for n in ADAPTERS}, seed=seed)
+        history = train_local(adapters, train, targets.tensors, local, cpu, on_epoch=after_epoch)
+        runs.append({"seed": seed, "train_clip_loss": history["clip"],
+                     "train_t5_loss": history["t5"], **curves})
+    final = {key: _mean_std([r[key][-1] for r in runs])
+             for key in ("train_clip_loss", "train_t5_loss", "eval_clip_top1", "eval_t5_top1")}
+    log.info("%s: %s", arm.name, {k: round(v["mean"], 4) for k, v in final.items()})
+    return {"arm": asdict(arm), "name": arm.name, "epochs": epochs,
+            "train_clips": len(train), "test_clips": len(test),
+            "split": {"train": train.digest(), "test": test.digest()},
+            "runs": runs, "final": final}
+
+
+def check_same_split(arms: list[dict[str, Any]]) -> None:
+    """Raise unless every arm trained and was evaluated on the same data (by digest)."""
+    differ = [a["name"] for a in arms if a["split"] != arms[0]["split"]]
+    if differ:
+        raise ValueError(f"the study's arms used different data: {', '.join(differ)} "
+                         f"differ from {arms[0]['name']}")
+
+
 def run_study(config: Config, arms: list[Arm], seeds: list[int], epochs: int,
               lr: dict[str, float] | None = None) -> dict[str, Any]:
     """Train every arm with every seed for `epochs`; returns everything measured."""
@@ -63,46 +105,13 @@ def run_study(config: Config, arms: list[Arm], seeds: list[int], epochs: int,
     targets = targets_for(config, corpus)
     ident = NodeIdentity(NodeConfig(), 0, 1, "study")  # one node holding every clip
     data, _ = node_data(config, ident, targets)
-    train, test, hidden = data.train, data.test, data.hidden_size
-    split = split_for_node(corpus, ident.settings, 0, 1, config, where="study")
-    split_id = hashlib.sha256("\n".join(str(c.path) for c in split.train).encode()).hexdigest()
-    lr = lr or {name: config.adapter_lr(name) for name in ("clip", "t5")}
-    cpu = torch.device("cpu")
-    d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ("clip", "t5"))
-
-    results = []
-    for arm in arms:
-        runs = []
-        for seed in seeds:
-            adapters = build_adapters(hidden, d_clip, d_t5, config.feda2v, seed=seed)
-            curves: dict[str, list[float]] = {"eval_clip_top1": [], "eval_t5_top1": []}
-
-            def after_epoch(_: int, adapters=adapters, curves=curves) -> None:
-                metrics = evaluate_adapters(adapters, test, targets.tensors,
-                                            config.training.eval_batch_size, cpu)
-                for key in curves:
-                    curves[key].append(metrics[key])
-
-            local = LocalTrainConfig(
-                epochs=epochs, batch_size=arm.batch_size, stratified=arm.stratified,
-                per_class_loss=arm.per_class_loss, grad_accum_steps=arm.grad_accum_steps,
-                learning_rates=lr,
-                weight_decays={n: config.adapter_weight_decay(n) for n in ("clip", "t5")},
-                seed=seed)
-            history = train_local(adapters, train, targets.tensors, local, cpu,
-                                  on_epoch=after_epoch)
-            runs.append({"seed": seed, "train_clip_loss": history["clip"],
-                         "train_t5_loss": history["t5"], **curves})
-        final = {key: _mean_std([r[key][-1] for r in runs])
-                 for key in ("train_clip_loss", "train_t5_loss", "eval_clip_top1",
-                             "eval_t5_top1")}
-        log.info("%s: %s", arm.name, {k: round(v["mean"], 4) for k, v in final.items()})
-        results.append({"arm": asdict(arm), "name": arm.name, "epochs": epochs,
-                        "train_clips": len(train), "test_clips": len(test),
-                        "split": split_id, "runs": runs, "final": final})
+    lr = lr or {name: config.adapter_lr(name) for name in ADAPTERS}
+    results = [run_arm(arm, config, data.train, data.test, targets, seeds, epochs, lr)
+               for arm in arms]
+    check_same_split(results)
     return {"epochs": epochs, "seeds": seeds, "learning_rates": lr,
-            "train_clips": len(train), "test_clips": len(test), "classes": len(targets.names),
-            "arms": results}
+            "train_clips": len(data.train), "test_clips": len(data.test),
+            "classes": len(targets.names), "arms": results}
 
 
 def _cell(stat: dict[str, float], digits: int = 3) -> str:
@@ -132,6 +141,20 @@ def effect(study: dict[str, Any], factor: str) -> dict[str, float]:
                                      for off, on in pairs)
             for metric in ("train_clip_loss", "train_t5_loss", "eval_clip_top1",
                            "eval_t5_top1")} if pairs else {}
+
+
+def one_class_pairs(study: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Mean- and per-class-loss arms whose batches each hold one class (batch size 1, or
+    stratified): there both losses have the same gradient, so the two must train identically.
+    Returns (mean arm, per-class arm, whether every run of the two is identical)."""
+    by_key: dict[str, dict[bool, dict[str, Any]]] = {}
+    for arm in study["arms"]:
+        a = arm["arm"]
+        if a["batch_size"] == 1 or a["stratified"]:
+            key = json.dumps({k: v for k, v in a.items() if k != "per_class_loss"}, sort_keys=True)
+            by_key.setdefault(key, {})[a["per_class_loss"]] = arm
+    return [(d[False]["name"], d[True]["name"], d[False]["runs"] == d[True]["runs"])
+            for d in by_key.values() if len(d) == 2]
 
 
 def plot_study(study: dict[str, Any], out: Path) -> list[Path]:
@@ -183,8 +206,9 @@ def write_study(study: dict[str, Any], out: Path) -> Path:
           f"{study['classes']} classes; every arm {study['epochs']} epochs on the same clips; "
           f"seeds {study['seeds']}; LR {study['learning_rates']}. Mean ± std over seeds.\n",
           study_table(study), "", "## Reading", *reading,
-          "- With stratified batches every batch holds one class, so there the per-class loss "
-          "equals the mean loss: those pairs differ by seed noise only.", "",
+          *[f"- {mean} and {per_class}: every batch holds one class, so the per-class loss "
+            f"is the mean loss; {'identical, run for run' if same else 'NOT IDENTICAL'}."
+            for mean, per_class, same in one_class_pairs(study)], "",
           *[f"![{p.stem}]({p.name})" for p in plots]]
     path = out / "study.md"
     path.write_text("\n".join(md) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,17 @@ class EncodedSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def digest(self) -> str:
+        """A hash of every clip's tokens, class id and target row, in order: equal digests
+        mean the same training or held-out data."""
+        h = hashlib.sha256()
+        for values in (self.labels, self.target_ids):
+            h.update(values.cpu().numpy().astype("<i8").tobytes())
+        for array in self.tokens.arrays:
+            h.update(str((array.shape, array.dtype.str)).encode())
+            h.update(array.tobytes())
+        return h.hexdigest()
 
 
 @dataclass
