@@ -18,7 +18,9 @@ from fed_a2v.config import (
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-# The two blocks under "Configurazione Raccomandata" in seed/batch-size-analysis.it.md, verbatim.
+# The two JSON blocks under "Configurazione Raccomandata" of the upstream batch-size analysis
+# (batch-size-analysis.it.md, which this repository does not hold), same keys and values,
+# whitespace collapsed. The tests read only these copies.
 SEED_BATCH_16 = (
     '{"training": {"batch_size": 16, "optimizer": "AdamW", "learning_rate": 0.001}, '
     '"feda2v": {"clip_adapter_learning_rate": 3e-4, "clip_adapter_weight_decay": 1e-4, '

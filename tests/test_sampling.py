@@ -2,51 +2,43 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fed_a2v.sampling import EpochBatches, random_batches, stratified_batches
 
-
-def _label_lists():
-    """Random label lists of varied sizes and class counts (hypothesis is not installed)."""
-    rng = random.Random(1234)
-    cases = [[0], [3, 3, 3], [0, 1, 2, 3, 4]]
-    for _ in range(25):
-        n, classes = rng.randint(1, 80), rng.randint(1, 9)
-        cases.append([rng.randrange(classes) for _ in range(n)])
-    return cases
-
-
-CASES = [(labels, bs, seed) for i, labels in enumerate(_label_lists())
-         for bs, seed in ((1, i), (4, i + 100), (7, i + 200))]
+# Label lists of 1-80 samples over 1-9 classes, with batch sizes and seeds to match.
+label_lists = st.integers(1, 9).flatmap(
+    lambda classes: st.lists(st.integers(0, classes - 1), min_size=1, max_size=80))
+batch_sizes = st.integers(1, 9)
+seeds = st.integers(0, 2**32 - 1)
 
 
 def _flat(batches):
     return sorted(i for b in batches for i in b)
 
 
-def test_stratified_batches_properties():
-    for labels, batch_size, seed in CASES:
-        case = (labels, batch_size, seed)
-        batches = stratified_batches(labels, batch_size, seed)
-        assert _flat(batches) == list(range(len(labels))), case
-        for batch in batches:
-            assert 1 <= len(batch) <= batch_size, case
-            assert len({labels[i] for i in batch}) == 1, case
-        # Each class fills as few batches as possible: ceil(count / batch_size).
-        counts = {c: labels.count(c) for c in set(labels)}
-        assert len(batches) == sum(-(-n // batch_size) for n in counts.values()), case
+@settings(max_examples=200, deadline=None)
+@given(label_lists, batch_sizes, seeds)
+def test_stratified_batches_properties(labels: list[int], batch_size: int, seed: int) -> None:
+    batches = stratified_batches(labels, batch_size, seed)
+    assert _flat(batches) == list(range(len(labels)))
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        assert len({labels[i] for i in batch}) == 1
+    # Each class fills as few batches as possible: ceil(count / batch_size).
+    counts = {c: labels.count(c) for c in set(labels)}
+    assert len(batches) == sum(-(-n // batch_size) for n in counts.values())
 
 
-def test_random_batches_properties():
-    for labels, batch_size, seed in CASES:
-        case = (len(labels), batch_size, seed)
-        batches = random_batches(len(labels), batch_size, seed)
-        assert _flat(batches) == list(range(len(labels))), case
-        assert all(len(b) == batch_size for b in batches[:-1]), case
-        assert 1 <= len(batches[-1]) <= batch_size, case
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 80), batch_sizes, seeds)
+def test_random_batches_properties(num_samples: int, batch_size: int, seed: int) -> None:
+    batches = random_batches(num_samples, batch_size, seed)
+    assert _flat(batches) == list(range(num_samples))
+    assert all(len(b) == batch_size for b in batches[:-1])
+    assert 1 <= len(batches[-1]) <= batch_size
 
 
 def test_random_batches_of_nothing():
