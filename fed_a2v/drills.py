@@ -11,12 +11,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
 
 from .launch import (
     Process,
@@ -28,6 +40,8 @@ from .launch import (
     wait_for_run,
     write_connection,
 )
+from .strategy import FedA2VStrategy
+from .targets import Targets
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -198,3 +212,42 @@ def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
             "stopped_with_summary": stopped_with_summary, "resumed": resumed,
             "rounds": read_rounds(outputs),
             "checkpoints": len(list((run_dir / "checkpoints").glob("round-*.safetensors")))}
+
+
+@contextmanager
+def server_identity() -> Iterator[None]:
+    """The run and task ids a ServerApp process has (Flower Messages read them), restored
+    after: lets a strategy meet real Messages outside a running federation."""
+    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # 0: SuperLink
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def train_reply(node: int, state: dict[str, np.ndarray], examples: int) -> Message:
+    """Node `node`'s answer to a train instruction, built as a ClientApp builds it (a reply to
+    the instruction, so Flower sets its source node). Needs `server_identity()`."""
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}),
+                          dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(RecordDict({
+        "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
+        "metrics": MetricRecord({"num-examples": examples}),
+    }), reply_to=instruction)
+
+
+def updates_aggregated(global_state: dict[str, np.ndarray],
+                       updates: Sequence[tuple[int, dict[str, np.ndarray], int]],
+                       max_update_norm: float | None) -> dict[str, Any]:
+    """The server's strategy aggregates one round of train replies, `(node, adapters,
+    examples)` each, against `global_state`. Returns the new global adapters (None: the round
+    left them as they were) and the updates it dropped, as `(node, why)`."""
+    dims = {"clip": torch.zeros(1, 2), "t5": torch.zeros(1, 1, 2)}  # targets: unused here
+    strategy = FedA2VStrategy(Targets(["a"], ["a"], dims), lambda _: {"clip": 0.0, "t5": 0.0},
+                              max_update_norm=max_update_norm)
+    strategy.global_state = global_state  # what configure_train keeps of the round's adapters
+    with server_identity():
+        arrays, _ = strategy.aggregate_train(1, [train_reply(*u) for u in updates])
+    return {"global": None if arrays is None else {k: v.numpy() for k, v in arrays.items()},
+            "dropped": [(node, why) for _, node, why in strategy.rejected]}

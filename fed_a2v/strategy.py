@@ -29,6 +29,15 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     return metrics
 
 
+def reply_update(content: RecordDict, weight_key: str) -> tuple[dict[str, np.ndarray], str | None]:
+    """A train reply's adapters, or why it has none to average: it needs one ArrayRecord and
+    one MetricRecord holding `weight_key`."""
+    arrays, metrics = list(content.array_records.values()), list(content.metric_records.values())
+    if len(arrays) != 1 or len(metrics) != 1 or weight_key not in metrics[0]:
+        return {}, f"expected one ArrayRecord and one MetricRecord with '{weight_key}'"
+    return {k: v.numpy() for k, v in arrays[0].items()}, None
+
+
 class FedA2VStrategy(FedAvg):
     """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
     node has answered once, the targets. Each round's aggregated train and evaluate metrics are
@@ -106,12 +115,13 @@ class FedA2VStrategy(FedAvg):
         server_round += self.round_offset
         replies = list(replies)
         self._note_replies(replies)
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        # Flower's own consistency check fails the whole run when one reply's keys differ:
+        # each reply is screened on its own instead, and only a bad one is dropped.
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         accepted, states = [], []
         for msg in valid:
-            record = next(iter(msg.content.array_records.values()))
-            state = {k: v.numpy() for k, v in record.items()}
-            problem = update_problem(state, self.global_state, self.max_update_norm)
+            state, problem = reply_update(msg.content, self.weighted_by_key)
+            problem = problem or update_problem(state, self.global_state, self.max_update_norm)
             if problem:
                 node = msg.metadata.src_node_id
                 log.warning("round %d: dropped the update of node %d: %s", server_round, node,

@@ -3,9 +3,10 @@
     .venv/bin/python scripts/fault_drill.py [--skip-slow]
 
 Bad audio goes through the real loader, bad configs through `fed-a2v validate`, bad updates
-through the server's screening and FedAvg, a killed SuperNode through a real deployment on
-loopback, a stopped server through `fed-a2v simulate` and `--resume`. Exits 1 if any row's
-observation differs from its expectation.
+through the server's strategy (`aggregate_train` on Flower Messages), a killed SuperNode
+through a real deployment on loopback, a stopped server through `fed-a2v simulate` and
+`--resume`. Every expectation is written down before the fault runs; exits 1 if any row's
+observation differs from it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fed_a2v.aggregation import fedavg_per_adapter, update_problem
 from fed_a2v.audio import AudioError, load_audio
 from fed_a2v.drills import (
     server_stopped_and_resumed,
     supernode_killed_mid_round,
+    updates_aggregated,
     write_audio_cases,
 )
 
@@ -79,45 +80,74 @@ def config_rows(root: Path) -> list[Row]:
     return rows
 
 
+UPDATE_REASONS = ("non-finite", "shape", "dtype", "keys differ", "max_update_norm")
+
+
 def update_rows() -> list[Row]:
+    """Each bad update arrives beside two good ones in a round of the real strategy. Good:
+    node 11 all ones (1 example), node 13 all threes (3 examples), so the global adapters must
+    come out (1*1 + 3*3) / 4 = 2.5 everywhere, the bad node 12 dropped for the reason given."""
     reference = {"clip.w": np.zeros((2, 3), np.float32), "t5.w": np.zeros(4, np.float32)}
-    good = {"clip.w": np.ones((2, 3), np.float32), "t5.w": np.ones(4, np.float32)}
-    bad = {
-        "NaN in an update": {**good, "t5.w": np.array([np.nan, 0, 0, 0], np.float32)},
-        "wrong shape": {**good, "t5.w": np.zeros(5, np.float32)},
-        "missing key": {"clip.w": good["clip.w"]},
-        "norm above the bound": {k: v * 1e4 for k, v in good.items()},
+    good = {k: np.ones_like(v) for k, v in reference.items()}
+    bad = {  # name: (update of node 12, why it must be dropped)
+        "NaN in an update": ({**good, "t5.w": np.array([np.nan, 0, 0, 0], np.float32)},
+                             "non-finite"),
+        "wrong shape": ({**good, "t5.w": np.zeros(5, np.float32)}, "shape"),
+        "wrong dtype": ({**good, "t5.w": np.zeros(4, np.float64)}, "dtype"),
+        "missing key": ({"clip.w": good["clip.w"]}, "keys differ"),
+        "norm above the bound": ({k: v * 1e4 for k, v in good.items()}, "max_update_norm"),
     }
     rows = []
-    for name, update in bad.items():
-        kept = [u for u in (good, update) if update_problem(u, reference, 100.0) is None]
-        averaged = fedavg_per_adapter(kept, [1.0] * len(kept))
-        finite = all(np.isfinite(v).all() for v in averaged.values())
-        observed = f"{'dropped' if len(kept) == 1 else 'accepted'}; global finite: {finite}"
-        rows.append((f"update: {name}", "dropped; global finite: True", observed))
+    for name, (update, why) in bad.items():
+        seen = updates_aggregated(reference, [(11, good, 1), (12, update, 50),
+                                              (13, {k: 3 * v for k, v in good.items()}, 3)],
+                                  max_update_norm=100.0)
+        rows.append((f"update: {name}", f"node 12 dropped ({why}); global 2.5 everywhere",
+                     f"{_dropped(seen['dropped'])}; {_global(seen['global'])}"))
+    poisoned = bad["NaN in an update"][0]
+    seen = updates_aggregated(reference, [(12, poisoned, 50)], max_update_norm=100.0)
+    rows.append(("update: every update of a round bad",
+                 "node 12 dropped (non-finite); global unchanged",
+                 f"{_dropped(seen['dropped'])}; {_global(seen['global'])}"))
     return rows
+
+
+def _dropped(dropped: list[tuple[int, str]]) -> str:
+    if not dropped:
+        return "nothing dropped"
+    return ", ".join(f"node {node} dropped ("
+                     + next((r for r in UPDATE_REASONS if r in why), why) + ")"
+                     for node, why in dropped)
+
+
+def _global(state: dict[str, np.ndarray] | None) -> str:
+    if state is None:
+        return "global unchanged"
+    values = np.unique(np.concatenate([v.ravel() for v in state.values()]))
+    return f"global {values[0]:g} everywhere" if len(values) == 1 else f"global {values}"
 
 
 def node_kill_row(root: Path) -> Row:
     seen = supernode_killed_mid_round(root)
     nodes = [r["train_nodes"] for r in seen["rounds"]]
     observed = (f"{seen['entry'].get('status')}; round 2 averaged {nodes[1]} of 3; "
-                f"restarted node took part: {seen['summary'].get('num_nodes') == 4}; "
                 f"last round {nodes[-1]} of 3")
     return ("SuperNode killed in round 2, restarted",
-            "finished:completed; round 2 averaged 2 of 3; restarted node took part: True; "
-            "last round 3 of 3", observed)
+            "finished:completed; round 2 averaged 2 of 3; last round 3 of 3", observed)
 
 
 def restart_row(root: Path) -> Row:
-    seen = server_stopped_and_resumed(root)
-    rounds = [r["round"] for r in seen["rounds"]]
-    observed = (f"stopped after {seen['stopped_after']}, resumed exit "
-                f"{seen['resumed'].returncode}, rounds {rounds}, {seen['checkpoints']} checkpoints")
-    ok = 2 <= seen["stopped_after"] < 5
-    expected = (f"stopped after {seen['stopped_after'] if ok else '2-4'}, resumed exit 0, "
-                f"rounds {list(range(1, 6))}, 5 checkpoints")
-    return ("server stopped mid-run, then --resume", expected, observed)
+    """SIGTERM once round 2 of 5 is recorded: the run stops after round 2, 3 or 4 (a round
+    may end while the signal lands), and `--resume` finishes it, every round once."""
+    seen = server_stopped_and_resumed(root, rounds=5)
+    done = [r["round"] for r in seen["rounds"]]
+    stopped = seen["stopped_after"]
+    observed = ("stopped mid-run" if 2 <= stopped < 5 else f"stopped after round {stopped}")
+    observed += (f"; resumed exit {seen['resumed'].returncode}; rounds "
+                 + ("1-5 once each" if done == [1, 2, 3, 4, 5] else str(done))
+                 + f"; {seen['checkpoints']} checkpoints")
+    return ("server stopped mid-run, then --resume",
+            "stopped mid-run; resumed exit 0; rounds 1-5 once each; 5 checkpoints", observed)
 
 
 def main() -> int:
