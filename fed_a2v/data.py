@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import file_digest
 from .config import Config, ConfigError, NodeConfig, suggest
+from .overlap import ClipSets, find_overlaps, report
 from .synthetic import SOUNDS, ensure_synthetic_corpus
 
 SPLITS = ("train", "test")
@@ -181,10 +183,11 @@ def check_node_shares(config: Config, nodes: dict[str, tuple[NodeConfig, int, in
 
     The experiment's own corpus (read by the server) and each node's `dataset_path` must exist
     unless built-in (generated here if `generate`). Raises ConfigError for a missing corpus,
-    classes or folds it lacks, or a node left with nothing.
+    classes or folds it lacks, a node left with nothing, or nodes sharing clips where the
+    config does not allow it (`fed_a2v.overlap`).
     """
     shared = require_corpus(config, None, f"{source}: 'dataset.path'", generate)
-    found = []
+    found, clip_sets = [], {}
     for where, (node, index, num_nodes) in nodes.items():
         corpus = (require_corpus(config, node.dataset_path, f"{where}: 'dataset_path'", generate)
                   if node.dataset_path else shared)
@@ -194,7 +197,18 @@ def check_node_shares(config: Config, nodes: dict[str, tuple[NodeConfig, int, in
         if not split.train:
             raise ConfigError(f"{where}: no training clip in its classes, folds and shard")
         found.append(f"{where}: {len(split.train)} train / {len(split.test)} held-out clips")
+        clip_sets[where] = ClipSets(frozenset(map(_content_id, split.train)),
+                                    frozenset(map(_content_id, split.test)))
+    report(find_overlaps(clip_sets), config.federation.allow_overlap, source)
     return found
+
+
+def _content_id(clip: Clip) -> str:
+    """The clip's content digest, as nodes compute it; its path where this host lacks it."""
+    try:
+        return file_digest(clip.path)
+    except OSError:
+        return f"path:{clip.path.resolve()}"
 
 
 def _check_names(asked: list[str], known: list[str], what: str, where: str) -> None:

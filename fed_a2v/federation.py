@@ -75,6 +75,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
 
     strategy = FedA2VStrategy(
         targets=targets, lr_for_round=lr_plan(config), max_update_norm=fed.max_update_norm,
+        allow_overlap=fed.allow_overlap,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )

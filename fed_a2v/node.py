@@ -20,6 +20,7 @@ from .config import Config, NodeConfig, config_from_dict, load_node_config
 from .data import Clip, Corpus, open_corpus, split_for_node
 from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
+from .overlap import DIGESTS, REQUEST, digests_record
 from .targets import Targets
 from .train import EncodedSet, LocalTrainConfig, train_local
 
@@ -73,6 +74,8 @@ class NodeData:
     hidden_size: int
     counts: dict[str, int] = field(default_factory=dict)  # encoded / cached / skipped clips
     skipped: list[str] = field(default_factory=list)  # "path: why" of every unusable clip
+    # "train"/"test": content digests of the clips used (for the server's overlap check)
+    digests: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Encoding:
@@ -181,7 +184,9 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
     hidden = int(train_arrays[0].shape[-1])
     data = NodeData(encoded_set(train_clips, train_arrays, corpus, rows, hidden),
                     encoded_set(test_clips, test_arrays, corpus, rows, hidden), hidden,
-                    encoding.counts, encoding.skipped)
+                    encoding.counts, encoding.skipped,
+                    {"train": [encoding.digests[c.path] for c in train_clips],
+                     "test": [encoding.digests[c.path] for c in test_clips]})
     log.info("%s: %d train / %d held-out clips of %d classes (%s)", ident.name,
              len(data.train), len(data.test), len(split.classes),
              ", ".join(f"{k} {v}" for k, v in encoding.counts.items()))
@@ -239,9 +244,15 @@ class NodeRound:
                                        tensors["t5"].shape[-1], self.config.feda2v)
         load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
 
-    def skipped_record(self) -> ConfigRecord:
-        """The clips this node could not use, reported once (when its data was loaded)."""
-        return ConfigRecord({"files": json.dumps(self.skipped)})
+    def reports(self, msg: Message) -> dict[str, ConfigRecord]:
+        """What a reply tells besides metrics: the clips this node could not use (once, when
+        its data was loaded), and its clips' salted digests if the server asks for them."""
+        records = {SKIPPED: ConfigRecord({"files": json.dumps(self.skipped)})}
+        if REQUEST in msg.content:
+            records[DIGESTS] = digests_record(
+                str(msg.content[REQUEST]["salt"]), self.ident.key, self.ident.name,
+                self.data.digests["train"], self.data.digests["test"])
+        return records
 
 
 def train_reply(msg: Message, context: Context) -> Message:
@@ -262,7 +273,7 @@ def train_reply(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics,
-                               SKIPPED: rnd.skipped_record()}), reply_to=msg)
+                               **rnd.reports(msg)}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context) -> Message:
@@ -270,5 +281,4 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
     metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors,
                                 rnd.config.training.eval_batch_size, rnd.device)
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
-    return Message(RecordDict({"metrics": record, SKIPPED: rnd.skipped_record()}),
-                   reply_to=msg)
+    return Message(RecordDict({"metrics": record, **rnd.reports(msg)}), reply_to=msg)

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .aggregation import fedavg_per_adapter, update_problem
 from .node import COUNT_KEYS, SKIPPED, TARGET_NAMES, TARGETS
+from .overlap import OverlapCheck
 from .targets import Targets
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class FedA2VStrategy(FedAvg):
     kept in `round_metrics`; clip counts summed over the run in `totals`."""
 
     def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
-                 max_update_norm: float | None = None, **fedavg_kwargs) -> None:
+                 max_update_norm: float | None = None, allow_overlap: bool = False,
+                 **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets_records = {
@@ -64,6 +66,7 @@ class FedA2VStrategy(FedAvg):
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
+        self.overlap = OverlapCheck(allow_overlap)  # clips shared between nodes fail the run
 
     @property
     def targets_bytes(self) -> int:
@@ -74,8 +77,10 @@ class FedA2VStrategy(FedAvg):
         out = []
         for message in messages:
             node = message.metadata.dst_node_id
-            if node not in self.has_targets:
-                content = RecordDict({**dict(message.content.items()), **self.targets_records})
+            extra = {**({} if node in self.has_targets else self.targets_records),
+                     **self.overlap.request(node)}
+            if extra:
+                content = RecordDict({**dict(message.content.items()), **extra})
                 message = Message(content, dst_node_id=node,
                                   message_type=message.metadata.message_type)
             out.append(message)
@@ -101,6 +106,7 @@ class FedA2VStrategy(FedAvg):
             server_round, super().configure_evaluate(server_round, arrays, config, grid))
 
     def _note_replies(self, replies: list[Message]) -> None:
+        self.overlap.note(replies)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():

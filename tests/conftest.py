@@ -27,3 +27,14 @@ def private_cache_dir(tmp_path_factory):
         os.environ.pop("FEDA2V_CACHE_DIR", None)
     else:
         os.environ["FEDA2V_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def task_identity():
+    """Flower Messages need a run identity, as inside a ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved

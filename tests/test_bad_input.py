@@ -65,17 +65,6 @@ def test_a_good_update_passes_and_the_bound_is_optional() -> None:
                           None) is None
 
 
-@pytest.fixture
-def task_identity():
-    """Flower Messages need a run identity, as inside a ServerApp."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
 def reply(node: int, state: dict[str, np.ndarray], examples: int) -> Message:
     message = Message(RecordDict({
         "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
