@@ -26,7 +26,7 @@ from .launch import (
     write_connection,
 )
 from .process import setup_process
-from .run_dir import new_run_dir
+from .run_dir import new_run_dir, run_to_resume
 from .targets import compute_targets, target_prompts
 
 log = logging.getLogger("fed_a2v.cli")
@@ -68,8 +68,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so the SuperLink and its simulation are stopped with us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    if args.resume:
-        run_dir = Path(args.resume).resolve()
+    if args.resume is not None:
+        run_dir = run_to_resume(args.resume)
         resolved = run_dir / "config.json"
         config = _load(str(resolved))
     else:

@@ -49,8 +49,9 @@ class FederationConfig:
     min_clients: int = field(default=2, metadata=_rule(min=1))
     # A node's update is dropped for the round if an adapter moved further than this (L2).
     max_update_norm: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
-    # Seconds a round waits for replies; the replies in by then are aggregated.
-    round_timeout: float = field(default=3600.0, metadata=_rule(min_exclusive=0.0))
+    # Seconds a round waits for replies; the replies in by then are aggregated. None: an hour
+    # for the first round, then 4x the slowest round so far, at least 5 minutes.
+    round_timeout: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
     # Nodes may share clips (train-train, or one's held-out clip in another's training set).
     allow_overlap: bool = False
 

@@ -7,6 +7,7 @@ what they expected.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -74,7 +75,8 @@ def write_audio_cases(root: Path, sr: int = 22050) -> dict[str, Path]:
     return paths
 
 
-def small_experiment(root: Path, name: str, **federation) -> Path:
+def small_experiment(root: Path, name: str, feda2v: dict[str, Any] | None = None,
+                     **federation) -> Path:
     """A quick experiment on a small built-in corpus, written to `root/<name>.json`."""
     experiment = {
         "experiment": {"name": name, "seed": 1, "output_dir": str(root / "outputs")},
@@ -84,6 +86,7 @@ def small_experiment(root: Path, name: str, **federation) -> Path:
         "dataset": {"name": "synthetic", "path": str(root / "server-data"),
                     "clip_seconds": 0.5, "num_classes": 3, "clips_per_class": 15,
                     "sample_rate": 16000},
+        "feda2v": feda2v or {},
     }
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.json"
@@ -91,24 +94,39 @@ def small_experiment(root: Path, name: str, **federation) -> Path:
     return path
 
 
-def node_files(root: Path, count: int) -> list[Path]:
-    """One JSON per node: its own data copy, cache and disjoint shard."""
+def node_files(root: Path, count: int, entries: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """One JSON per node: its own data copy, cache and disjoint shard; `entries` (an
+    experiment's `nodes`) say which classes each node holds."""
     paths = []
     for i in range(count):
-        node = {"node_split_id": i, "num_nodes": count, "batch_size": 4 + i,
+        node = {"node_split_id": i, "num_nodes": count,
                 "dataset_path": str(root / f"node-{i}" / "data"),
                 "cache_dir": str(root / f"node-{i}" / "cache")}
-        if i == 0:
-            node["excluded_classes"] = ["siren"]
+        if entries:
+            node.update(entries[i])
+        else:
+            node["batch_size"] = 4 + i
+            if i == 0:
+                node["excluded_classes"] = ["siren"]
         path = root / f"node-{i}.json"
         path.write_text(json.dumps(node))
         paths.append(path)
     return paths
 
 
-def read_rounds(outputs: Path) -> list[dict]:
-    found = list(outputs.glob("*/metrics.jsonl"))
+def read_rounds(outputs: Path, name: str = "metrics.jsonl") -> list[dict]:
+    """The records of the run under `outputs` (per round, or per node with nodes.jsonl)."""
+    found = list(outputs.glob(f"*/{name}"))
     return [json.loads(x) for x in found[0].read_text().splitlines()] if found else []
+
+
+def supernode_id(process: Process) -> int | None:
+    """The node id the SuperLink gave a SuperNode (from its log), None before it has one."""
+    found = re.findall(r"SuperNode ID: (\d+)", process.log_path.read_text(errors="replace"))
+    return int(found[-1]) if found else None
+
+
+HANG = 900.0  # seconds after which a drill waiting on a state gives up: a hang, not slowness
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -155,7 +173,7 @@ class Federation:
         self.processes.append(process)
         return process
 
-    def run(self, run_config: dict[str, Any], timeout: float = 170,
+    def run(self, run_config: dict[str, Any], timeout: float = 2 * HANG,
             during: Callable[[], None] | None = None,
             federation_config: dict[str, Any] | None = None) -> dict[str, Any]:
         """`flwr run` the app; `during()` runs while it does. Returns the run's `flwr ls` entry."""
@@ -166,39 +184,56 @@ class Federation:
         return wait_for_run(run_id, "fed", self.user_env, timeout=timeout)
 
 
-def supernode_killed_mid_round(root: Path, rounds: int = 4, nodes: int = 3) -> dict:
-    """A deployment of `nodes` SuperNodes; the last one is killed during round 2 and started
-    again after it. Returns the run's status entry, its per-round records and summary."""
-    experiment = small_experiment(root, "killed-node", global_rounds=rounds, num_clients=nodes,
-                                  min_clients=nodes - 1, round_timeout=20.0, local_epochs=3)
-    files = node_files(root, nodes)
+def supernode_killed_mid_round(root: Path, rounds: int = 4, nodes: int = 3,
+                               experiment: Path | None = None) -> dict:
+    """A deployment of `nodes` SuperNodes; the last one is killed as soon as round 1 is
+    recorded (its round is under way) and started again once that round is recorded: the
+    server goes on without it when the SuperLink reports it offline, and, as every round needs
+    all nodes (`min_clients`), training waits for it to be back. `experiment`: an experiment
+    JSON with `nodes` entries (default: a small one made here; its round timeout is left to
+    the default). Returns the run's status entry, its per-round and per-node records, its
+    summary, the round the node died in and its node ids before and after."""
+    if experiment is None:
+        experiment = small_experiment(root, "killed-node", num_clients=nodes,
+                                      min_clients=nodes, local_epochs=3)
+    entries = list(json.loads(experiment.read_text()).get("nodes", {}).values())
+    files = node_files(root, nodes, entries)
     outputs = root / "outputs"
+    seen: dict[str, Any] = {}
     with Federation(root) as federation:
         last = [federation.supernode(f) for f in files][-1]
 
         def kill_and_restart() -> None:
-            wait_until(lambda: len(read_rounds(outputs)) >= 1, 150, "round 1")
-            last.stop(timeout=0)  # round 2 is under way
-            wait_until(lambda: len(read_rounds(outputs)) >= 2, 150, "round 2")
-            federation.supernode(files[-1], tag="again")
+            wait_until(lambda: len(read_rounds(outputs)) >= 1, HANG, "round 1")
+            seen["killed_id"] = supernode_id(last)
+            last.stop(timeout=0)
+            seen["killed_in"] = len(read_rounds(outputs)) + 1  # the round under way
+            wait_until(lambda: len(read_rounds(outputs)) >= seen["killed_in"], HANG,
+                       f"round {seen['killed_in']} without the killed node")
+            again = federation.supernode(files[-1], tag="again")
+            wait_until(lambda: supernode_id(again) is not None, HANG, "the restarted node")
+            seen["restarted_id"] = supernode_id(again)
 
-        entry = federation.run({"config": str(experiment)}, during=kill_and_restart)
-    (run_dir,) = outputs.glob("killed-node-*")
-    summary = run_dir / "summary.json"
+        entry = federation.run({"config": str(experiment), "rounds": rounds,
+                                "output-dir": str(outputs)}, during=kill_and_restart)
+    summary = list(outputs.glob("*/summary.json"))
     return {"entry": entry, "rounds": read_rounds(outputs),
-            "summary": json.loads(summary.read_text()) if summary.exists() else {}}
+            "nodes": read_rounds(outputs, "nodes.jsonl"),
+            "summary": json.loads(summary[0].read_text()) if summary else {}, **seen}
 
 
 def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
-    """`fed-a2v simulate` is stopped (SIGTERM) after round 2, then run with `--resume`."""
-    experiment = small_experiment(root, "resume", global_rounds=rounds, num_clients=2,
-                                  min_clients=2, local_epochs=15)
+    """`fed-a2v simulate` is stopped (SIGTERM) after round 2, then run with `--resume`. The
+    adapters' LR follows a cosine schedule, so each round has its own."""
+    cosine = {f"{name}_adapter_learning_rate_schedule": "cosine" for name in ("clip", "t5")}
+    experiment = small_experiment(root, "resume", feda2v=cosine, global_rounds=rounds,
+                                  num_clients=2, min_clients=2, local_epochs=15)
     outputs = root / "outputs"
     command = [sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(experiment)]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     try:
-        wait_until(lambda: len(read_rounds(outputs)) >= 2 or first.poll() is not None, 300,
+        wait_until(lambda: len(read_rounds(outputs)) >= 2 or first.poll() is not None, HANG,
                    "round 2")
     finally:
         first.send_signal(signal.SIGTERM)
@@ -206,10 +241,12 @@ def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
     (run_dir,) = outputs.glob("resume-*")
     stopped_after = len(read_rounds(outputs))
     stopped_with_summary = (run_dir / "summary.json").exists()
+    config_before = (run_dir / "config.json").read_bytes()
     resumed = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--resume",
-                              str(run_dir)], capture_output=True, text=True, timeout=400)
+                              str(run_dir)], capture_output=True, text=True, timeout=HANG)
     return {"run_dir": run_dir, "stopped_after": stopped_after,
             "stopped_with_summary": stopped_with_summary, "resumed": resumed,
+            "config_kept": (run_dir / "config.json").read_bytes() == config_before,
             "rounds": read_rounds(outputs),
             "checkpoints": len(list((run_dir / "checkpoints").glob("round-*.safetensors")))}
 

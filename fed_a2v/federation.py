@@ -16,7 +16,7 @@ from .config import Config, load_config
 from .data import corpus_index
 from .encoders import describe_audio_encoder
 from .report import write_report
-from .run_dir import RunRecorder, new_run_dir
+from .run_dir import CONFIG_FILE, RunRecorder, new_run_dir, run_to_resume
 from .schedule import round_lr
 from .strategy import FedA2VStrategy
 from .targets import targets_for
@@ -57,9 +57,16 @@ def lr_plan(config: Config):
 
 
 def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any]:
-    """Run every round of the experiment; returns the summary written to `summary.json`."""
-    config = config_for_run(dict(context.run_config), app_dir)
-    run_dir_value = str(context.run_config.get("run-dir") or "")
+    """Run every round of the experiment; returns the summary written to `summary.json`.
+
+    With `resume`, the run in `run-dir` goes on after its last finished round, with its own
+    config (`rounds` still overrides its number of rounds)."""
+    run_config = dict(context.run_config)
+    run_dir_value = str(run_config.get("run-dir") or "")
+    resume = bool(run_config.get("resume"))
+    if resume:
+        run_config["config"] = str(run_to_resume(run_dir_value) / CONFIG_FILE)
+    config = config_for_run(run_config, app_dir)
     run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
     fed = config.federation
     corpus = corpus_index(config)
@@ -79,11 +86,12 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
-    recorder = RunRecorder(run_dir, config)
-    if context.run_config.get("resume"):
+    recorder = RunRecorder(run_dir, config, resume=resume)
+    if resume:
         point = recorder.resume_point()
         if point is not None:
-            strategy.round_offset, state = point
+            strategy.round_offset, state, progress = point
+            strategy.restore(progress)
             initial = ArrayRecord(state)
         log.info("resuming %s after round %d of %d", run_dir, strategy.round_offset,
                  fed.global_rounds)
@@ -94,7 +102,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         server_round += strategy.round_offset
         record = recorder.end_round(server_round, strategy.round_metrics.get(server_round, {}),
                                     arrays.to_torch_state_dict(),
-                                    strategy.node_metrics.get(server_round, {}))
+                                    strategy.node_metrics.get(server_round, {}),
+                                    strategy.progress())
         return MetricRecord({k: v for k, v in record.items() if v is not None})
 
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
@@ -119,6 +128,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "skipped_files": sorted(strategy.skipped_files),
         "rejected_updates": [{"round": r, "node": n, "why": why}
                              for r, n, why in strategy.rejected],
+        "failed_replies": [{"round": r, "stage": stage, "node": n, "why": why}
+                           for r, stage, n, why in strategy.failed],
         "targets_source": targets.source,
         "targets_bytes": strategy.targets_bytes,
         "control_bytes_per_round": max(strategy.control_bytes.values(), default=0),

@@ -104,7 +104,9 @@ class Process:
             return ""
 
 
-def wait_for_port(port: int, process: Process, timeout: float = 60.0) -> None:
+def wait_for_port(port: int, process: Process, timeout: float = 300.0) -> None:
+    """Wait until the process listens on `port`; its exit is an error (the limit only catches
+    a hang)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():

@@ -30,6 +30,7 @@ TARGETS = "targets"  # ArrayRecord with the target tensors, sent until a node ha
 TARGET_NAMES = "target-names"  # ConfigRecord with their names, sent along
 COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")
 SKIPPED = "skipped"  # ConfigRecord in replies: the unusable files, as "path: why"
+NODE = "node"  # ConfigRecord in replies: {"key": the node's key}, to count nodes over restarts
 
 
 @dataclass(frozen=True)
@@ -245,9 +246,11 @@ class NodeRound:
         load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
 
     def reports(self, msg: Message) -> dict[str, ConfigRecord]:
-        """What a reply tells besides metrics: the clips this node could not use (once, when
-        its data was loaded), and its clips' salted digests if the server asks for them."""
-        records = {SKIPPED: ConfigRecord({"files": json.dumps(self.skipped)})}
+        """What a reply tells besides metrics: the node's key, the clips this node could not
+        use (once, when its data was loaded), and its clips' salted digests if the server asks
+        for them."""
+        records = {SKIPPED: ConfigRecord({"files": json.dumps(self.skipped)}),
+                   NODE: ConfigRecord({"key": self.ident.key})}
         if REQUEST in msg.content:
             records[DIGESTS] = digests_record(
                 str(msg.content[REQUEST]["salt"]), self.ident.key, self.ident.name,

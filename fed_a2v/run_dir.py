@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import Config
+from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ ROUND_KEYS = ("train_clip_loss", "train_t5_loss", "eval_clip_mse", "eval_t5_mse"
               "eval_clip_cosine", "eval_t5_cosine", "eval_clip_top1", "eval_t5_top1",
               "clip_lr", "t5_lr", "train_nodes")
 EVAL_KEYS = tuple(k for k in ROUND_KEYS if k.startswith("eval_"))
+CONFIG_FILE = "config.json"
 
 
 def new_run_dir(config: Config) -> Path:
@@ -32,6 +34,16 @@ def new_run_dir(config: Config) -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path.resolve()
+
+
+def run_to_resume(value: str) -> Path:
+    """The directory of a run to resume (`run-dir`); an error if it holds no run."""
+    if not value:
+        raise ConfigError("resume needs run-dir: the directory of the run to continue")
+    path = Path(value).expanduser().resolve()
+    if not (path / CONFIG_FILE).is_file():
+        raise ConfigError(f"run-dir {path}: no {CONFIG_FILE} there, so no run to resume")
+    return path
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -46,29 +58,45 @@ def save_adapters(state: dict[str, torch.Tensor], path: Path, metadata: dict[str
 
 
 class RunRecorder:
-    """Writes everything a run leaves behind, round by round."""
+    """Writes everything a run leaves behind, round by round. A new run writes its config; a
+    resumed one (`resume=True`) keeps the config its directory holds."""
 
-    def __init__(self, run_dir: Path, config: Config) -> None:
+    def __init__(self, run_dir: Path, config: Config, resume: bool = False) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(run_dir)
+        if resume:
+            run_to_resume(str(self.dir))
+        elif (self.dir / "metrics.jsonl").exists():
+            raise ValueError(f"run-dir {self.dir} holds a run already: resume it or choose "
+                             "another directory")
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.dir / "final").mkdir(exist_ok=True)
         self.config = config
         self.started = time.time()
+        self.seconds_before = 0.0  # spent by the stopped part of a resumed run
         self.last: dict[str, Any] = {}
-        _atomic_write(self.dir / "config.json",
-                      lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2)))
+        if not resume:
+            _atomic_write(self.dir / CONFIG_FILE,
+                          lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2)))
         self.tb = SummaryWriter(str(self.dir / "tb"))
+
+    def seconds(self) -> float:
+        """Wall time of the whole run so far, resumed parts included."""
+        return self.seconds_before + time.time() - self.started
 
     def end_round(self, server_round: int, metrics: dict[str, float],
                   state: dict[str, torch.Tensor],
-                  nodes: dict[int, dict[str, float]] | None = None) -> dict[str, Any]:
+                  nodes: dict[int, dict[str, float]] | None = None,
+                  progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record one finished round: a checkpoint, a metrics line, each node's own metrics
-        (`nodes.jsonl`) and TensorBoard scalars, global and per node."""
+        (`nodes.jsonl`) and TensorBoard scalars, global and per node. `progress` (what the
+        summary adds up over the run) is kept in the checkpoint with the wall time so far."""
         record = {"round": server_round, **{k: metrics.get(k) for k in ROUND_KEYS}}
+        progress = {**(progress or {}), "wall_seconds": self.seconds()}
         # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
-        save_adapters(state, self.checkpoint(server_round), {"round": str(server_round)})
+        save_adapters(state, self.checkpoint(server_round),
+                      {"round": str(server_round), "progress": json.dumps(progress)})
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
@@ -88,8 +116,9 @@ class RunRecorder:
     def checkpoint(self, server_round: int) -> Path:
         return self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
 
-    def resume_point(self) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """The last finished round and its global adapters, or None if no round finished.
+    def resume_point(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The last finished round, its global adapters and the progress saved with them (see
+        `end_round`), or None if no round finished. The wall time goes on from there.
 
         A round is finished when its metrics line is complete; anything after it (a torn
         line, a later checkpoint written just before a crash) is dropped.
@@ -112,7 +141,10 @@ class RunRecorder:
             return None
         self.last = records[-1]
         last = records[-1]["round"]
-        return last, load_file(str(self.checkpoint(last)))
+        with safe_open(str(self.checkpoint(last)), "pt") as f:
+            progress = json.loads((f.metadata() or {}).get("progress", "{}"))
+        self.seconds_before = float(progress.get("wall_seconds", 0.0))
+        return last, load_file(str(self.checkpoint(last))), progress
 
     def finish(self, state: dict[str, torch.Tensor], adapter_config: dict[str, Any],
                adapter_bytes_per_round: int, rounds: int, num_nodes: int,
@@ -125,7 +157,7 @@ class RunRecorder:
         (self.dir / "final" / "adapter_config.json").write_text(
             json.dumps(adapter_config, indent=2))
         summary = {**{k: self.last.get(k) for k in EVAL_KEYS}, "rounds": rounds,
-                   "num_nodes": num_nodes, "wall_seconds": round(time.time() - self.started, 2),
+                   "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
         _atomic_write(self.dir / "summary.json",
                       lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))

@@ -1,21 +1,32 @@
-"""The server's Flower strategy: FedAvg per adapter, a learning rate per adapter each round, and
-the text targets delivered once to each node."""
+"""The server's Flower strategy: FedAvg per adapter, a learning rate per adapter each round,
+the text targets delivered once to each node, and rounds that do not wait for nodes gone away
+(see `fed_a2v.rounds`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .aggregation import fedavg_per_adapter, update_problem
-from .node import COUNT_KEYS, SKIPPED, TARGET_NAMES, TARGETS
+from .node import COUNT_KEYS, NODE, SKIPPED, TARGET_NAMES, TARGETS
 from .overlap import OverlapCheck
+from .rounds import RoundGrid, RoundTimeout, sample_nodes
 from .targets import Targets
 
 log = logging.getLogger(__name__)
@@ -42,7 +53,11 @@ def reply_update(content: RecordDict, weight_key: str) -> tuple[dict[str, np.nda
 class FedA2VStrategy(FedAvg):
     """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
     node has answered once, the targets. Each round's aggregated train and evaluate metrics are
-    kept in `round_metrics`; clip counts summed over the run in `totals`."""
+    kept in `round_metrics`; clip counts summed over the run in `totals`.
+
+    `min_train_nodes` is the quorum: a round's adapters are averaged only from that many usable
+    updates. Training waits (at most a round timeout) for that many nodes to be connected, then
+    goes on with those that are; evaluation takes the nodes connected."""
 
     def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
                  max_update_norm: float | None = None, allow_overlap: bool = False,
@@ -60,7 +75,9 @@ class FedA2VStrategy(FedAvg):
         self.rejected: list[tuple[int, int, str]] = []  # (round, node, why)
         self.round_metrics: dict[int, dict[str, float]] = {}
         self.totals = dict.fromkeys(COUNT_KEYS, 0)
-        self.nodes_seen: set[int] = set()
+        self.nodes_seen: set[str] = set()  # node keys (stable over restarts) that took part
+        self.failed: list[tuple[int, str, int, str]] = []  # (round, stage, node, why)
+        self.timeouts = RoundTimeout()
         self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
         self.node_metrics: dict[int, dict[int, dict[str, float]]] = {}  # round -> node -> ...
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
@@ -89,6 +106,32 @@ class FedA2VStrategy(FedAvg):
                                        + message.content["config"].count_bytes())
         return out
 
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float | None = None, **kwargs: Any) -> Result:
+        """FedAvg's rounds on a `RoundGrid`. `timeout`: seconds a round stage waits for replies;
+        None: a timeout that follows the rounds observed (`RoundTimeout`)."""
+        self.timeouts = RoundTimeout(timeout)
+        return super().start(RoundGrid(grid, self.timeouts), initial_arrays, num_rounds,
+                             None, **kwargs)
+
+    def _instructions(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                      grid: Grid, kind: str) -> list[Message]:
+        """FedAvg's sampling, except that it waits for nodes at most one round timeout (FedAvg
+        waits without end for `min_available_nodes`, so one dead node could stall a run)."""
+        train = kind == MessageType.TRAIN
+        fraction = self.fraction_train if train else self.fraction_evaluate
+        if fraction == 0.0:
+            return []
+        minimum = self.min_train_nodes if train else self.min_evaluate_nodes
+        nodes = sample_nodes(grid, fraction, minimum, minimum if train else 1,
+                             self.timeouts.seconds(kind))
+        log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
+        record = RecordDict({self.arrayrecord_key: arrays,
+                             self.configrecord_key: ConfigRecord(
+                                 {**config, "server-round": server_round})})
+        return self._finish_messages(server_round,
+                                     self._construct_messages(record, nodes, kind))
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
@@ -96,21 +139,21 @@ class FedA2VStrategy(FedAvg):
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
         config = ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
-        return self._finish_messages(
-            server_round, super().configure_train(server_round, arrays, config, grid))
+        return self._instructions(server_round, arrays, config, grid, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
-        return self._finish_messages(
-            server_round, super().configure_evaluate(server_round, arrays, config, grid))
+        return self._instructions(server_round, arrays, config, grid, MessageType.EVALUATE)
 
-    def _note_replies(self, replies: list[Message]) -> None:
+    def _note_replies(self, server_round: int, replies: list[Message]) -> None:
         self.overlap.note(replies)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
                 self.has_targets.discard(node)  # it may have lost them: send again
+                self.failed.append((server_round, msg.metadata.message_type, node,
+                                    msg.error.reason))
             else:
                 self.has_targets.add(node)
                 if SKIPPED in msg.content:
@@ -120,7 +163,7 @@ class FedA2VStrategy(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         replies = list(replies)
-        self._note_replies(replies)
+        self._note_replies(server_round, replies)
         # Flower's own consistency check fails the whole run when one reply's keys differ:
         # each reply is screened on its own instead, and only a bad one is dropped.
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
@@ -143,7 +186,7 @@ class FedA2VStrategy(FedAvg):
                         "adapters stay as they were", server_round, len(accepted),
                         self.min_train_nodes)
             return None, None
-        self.nodes_seen.update(m.metadata.src_node_id for m in accepted)
+        self.nodes_seen.update(node_key(m) for m in accepted)
         contents = [m.content for m in accepted]
         weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
                    for c in contents]
@@ -157,7 +200,7 @@ class FedA2VStrategy(FedAvg):
                            ) -> MetricRecord | None:
         server_round += self.round_offset
         replies = list(replies)
-        self._note_replies(replies)
+        self._note_replies(server_round, replies)
         for msg in replies:
             if not msg.has_error():
                 self._note_node(server_round, msg)
@@ -165,6 +208,20 @@ class FedA2VStrategy(FedAvg):
         if metrics is not None:
             self._record(server_round, metrics)
         return metrics
+
+    def progress(self) -> dict[str, Any]:
+        """What the summary adds up over the whole run, for a resumed run to go on from."""
+        return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
+                "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
+                "failed": self.failed}
+
+    def restore(self, progress: dict[str, Any]) -> None:
+        """Go on from `progress()` as saved by the stopped part of a resumed run."""
+        self.totals.update(progress.get("totals", {}))
+        self.nodes_seen.update(progress.get("nodes", []))
+        self.skipped_files.update(progress.get("skipped_files", []))
+        self.rejected.extend(tuple(x) for x in progress.get("rejected", []))
+        self.failed.extend(tuple(x) for x in progress.get("failed", []))
 
     def _note_node(self, server_round: int, msg: Message) -> None:
         """Keep one node's own train or eval metrics for the round (per-node curves)."""
@@ -180,3 +237,10 @@ class FedA2VStrategy(FedAvg):
             self.totals[key] += int(metrics.get(key, 0))
         self.round_metrics.setdefault(server_round, {}).update(
             {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
+
+
+def node_key(reply: Message) -> str:
+    """The node's own key (the same after a restart, unlike its Flower node id)."""
+    if NODE in reply.content:
+        return str(reply.content[NODE]["key"])
+    return f"flower node {reply.metadata.src_node_id}"

@@ -93,6 +93,6 @@ def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None
     assert all(np.isfinite(v).all() for v in averaged.values())
     assert [(r, n) for r, n, _ in strategy.rejected] == [(3, 12), (3, 14)]
     assert "non-finite" in strategy.rejected[0][2] and "max_update_norm" in strategy.rejected[1][2]
-    assert strategy.nodes_seen == {11, 13}
+    assert strategy.nodes_seen == {"flower node 11", "flower node 13"}  # replies without a key
     # A round where every update is bad leaves the global adapters as they were.
     assert strategy.aggregate_train(4, [reply(12, poisoned, 5)]) == (None, None)

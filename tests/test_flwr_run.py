@@ -13,7 +13,7 @@ def test_flwr_run_dot_uses_the_shipped_quickstart(tmp_path: Path) -> None:
     # The SuperLink runs in tmp_path: the relative config path is found in the app directory,
     # the relative data and output paths land in the working directory.
     with Federation(tmp_path, simulation=True) as federation:
-        entry = federation.run({"rounds": 1}, timeout=400,
+        entry = federation.run({"rounds": 1},
                                federation_config={"num-supernodes": 3,
                                                   "client-resources-num-cpus": 1})
     assert entry["status"] == COMPLETED, entry.get("status-details")

@@ -1,36 +1,112 @@
-"""A stopped server resumes from its last finished round: no round repeated, none lost."""
+"""A stopped server resumes from its last finished round: no round repeated, none lost, its
+config kept, and the summary covering the whole run."""
 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
+import pytest
 import torch
+from flwr.app import Context, RecordDict
+from safetensors import safe_open
 
-from fed_a2v.config import Config
+from fed_a2v.cli import EXIT_CONFIG, main
+from fed_a2v.config import Config, ConfigError, load_config
 from fed_a2v.drills import server_stopped_and_resumed
-from fed_a2v.run_dir import RunRecorder
+from fed_a2v.federation import lr_plan, run_federation
+from fed_a2v.run_dir import RunRecorder, run_to_resume, save_adapters
 
 ROUNDS = 5
+APP_DIR = Path(__file__).resolve().parent.parent
+STATE = {"clip.w": torch.ones(2), "t5.w": torch.zeros(3)}
 
 
 def test_resume_point_ignores_torn_lines_and_orphan_checkpoints(tmp_path: Path) -> None:
     recorder = RunRecorder(tmp_path / "run", Config())
-    state = {"clip.w": torch.ones(2), "t5.w": torch.zeros(3)}
     assert recorder.resume_point() is None
     for r in (1, 2):
-        recorder.end_round(r, {"clip_lr": 0.1 * r}, {k: v + r for k, v in state.items()})
+        recorder.end_round(r, {"clip_lr": 0.1 * r}, {k: v + r for k, v in STATE.items()})
     # A crash in round 3: its checkpoint written, its metrics line torn halfway.
-    recorder.end_round(3, {}, state)
+    recorder.end_round(3, {}, STATE)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(lines[:2] + [lines[2][:9]]))
-    last, restored = RunRecorder(tmp_path / "run", Config()).resume_point()
+    last, restored, _ = RunRecorder(tmp_path / "run", Config(), resume=True).resume_point()
     assert last == 2
-    assert torch.equal(restored["clip.w"], state["clip.w"] + 2)
+    assert torch.equal(restored["clip.w"], STATE["clip.w"] + 2)
     kept = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in kept] == [1, 2]
 
 
+def test_resume_without_a_run_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for value in ("", str(empty), str(tmp_path / "missing")):
+        with pytest.raises(ConfigError, match="run-dir"):
+            run_to_resume(value)
+    with pytest.raises(ConfigError, match="no config.json"):
+        RunRecorder(empty, Config(), resume=True)
+    assert not list(empty.iterdir())  # nothing started in it
+    # The ServerApp: `resume=true` with no run-dir fails before anything starts.
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={"resume": True, "output-dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match="resume needs run-dir"):
+        run_federation(None, context, APP_DIR)
+    assert not (tmp_path / "out").exists()
+    # The CLI: an empty or missing directory is a config error, not a fresh run.
+    handler = signal.getsignal(signal.SIGTERM)  # `simulate` sets its own
+    try:
+        for value in ("", str(empty)):
+            assert main(["simulate", "--resume", value, "--output-dir",
+                         str(tmp_path / "out")]) == EXIT_CONFIG
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert not (tmp_path / "out").exists() and not list(empty.iterdir())
+
+
+def test_a_resumed_recorder_keeps_the_runs_config(tmp_path: Path) -> None:
+    first = Config()
+    first.experiment.name = "first"
+    RunRecorder(tmp_path, first)
+    written = (tmp_path / "config.json").read_text()
+    other = Config()
+    other.experiment.name = "other"
+    RunRecorder(tmp_path, other, resume=True)
+    assert (tmp_path / "config.json").read_text() == written
+    assert json.loads(written)["experiment"]["name"] == "first"
+
+
+def test_a_new_run_refuses_a_directory_holding_a_run(tmp_path: Path) -> None:
+    RunRecorder(tmp_path, Config()).end_round(1, {}, STATE)
+    with pytest.raises(ValueError, match="holds a run already"):
+        RunRecorder(tmp_path, Config())
+
+
+def test_the_summary_of_a_resumed_run_covers_the_whole_run(tmp_path: Path) -> None:
+    """The stopped part left a round-1 checkpoint saying it had run 1000 s and counted clips."""
+    recorder = RunRecorder(tmp_path, Config())
+    recorder.end_round(1, {}, STATE, progress={"totals": {"encoded-clips": 7}})
+    progress = {"totals": {"encoded-clips": 7}, "nodes": ["shard 0/2"], "wall_seconds": 1000.0}
+    save_adapters(STATE, recorder.checkpoint(1),
+                  {"round": "1", "progress": json.dumps(progress)})
+    resumed = RunRecorder(tmp_path, Config(), resume=True)
+    last, _, restored = resumed.resume_point()
+    assert (last, restored) == (1, progress)
+    resumed.end_round(2, {}, STATE, progress={"totals": {"encoded-clips": 7}})
+    with safe_open(str(resumed.checkpoint(2)), "pt") as f:
+        assert json.loads(f.metadata()["progress"])["wall_seconds"] >= 1000.0
+    summary = resumed.finish(STATE, {}, 0, 2, 1, {})
+    assert summary["wall_seconds"] >= 1000.0
+
+
+def checkpoint_progress(run_dir: Path, server_round: int) -> dict:
+    with safe_open(str(run_dir / "checkpoints" / f"round-{server_round:04d}.safetensors"),
+                   "pt") as f:
+        return json.loads(f.metadata()["progress"])
+
+
+@pytest.mark.slow
 def test_a_stopped_server_resumes_without_repeating_or_losing_rounds(tmp_path: Path) -> None:
     seen = server_stopped_and_resumed(tmp_path, rounds=ROUNDS)
     stopped_after = seen["stopped_after"]
@@ -38,11 +114,22 @@ def test_a_stopped_server_resumes_without_repeating_or_losing_rounds(tmp_path: P
     assert not seen["stopped_with_summary"]
     done = seen["resumed"]
     assert done.returncode == 0, done.stderr[-4000:]
-    assert Path(done.stdout.strip().splitlines()[-1]) == seen["run_dir"]
+    run_dir = seen["run_dir"]
+    assert Path(done.stdout.strip().splitlines()[-1]) == run_dir
     assert f"after round {stopped_after} of {ROUNDS}" in done.stderr
     assert [r["round"] for r in seen["rounds"]] == list(range(1, ROUNDS + 1))
     assert seen["checkpoints"] == ROUNDS
-    summary = json.loads((seen["run_dir"] / "summary.json").read_text())
-    assert summary["rounds"] == ROUNDS
-    # The nodes and the schedule saw absolute round numbers after the resume.
-    assert len({r["clip_lr"] for r in seen["rounds"]}) == 1  # constant: no warmup restart
+    assert seen["config_kept"]
+    # The schedule saw absolute round numbers after the resume: the cosine schedule gives every
+    # round its own LR, so a count restarted at 1 would repeat the first rounds' values.
+    plan = lr_plan(load_config(run_dir / "config.json"))
+    expected = [plan(r)["clip"] for r in range(1, ROUNDS + 1)]
+    assert len(set(expected)) == ROUNDS
+    assert [r["clip_lr"] for r in seen["rounds"]] == pytest.approx(expected)
+    # Counts and wall time add the stopped part to the resumed one.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == ROUNDS and summary["num_nodes"] == 2
+    before = checkpoint_progress(run_dir, stopped_after)
+    clips = summary["encoded_clips"] + summary["cached_clips"]
+    assert clips > sum(before["totals"].values()) > 0  # the resumed part read its clips too
+    assert summary["wall_seconds"] > before["wall_seconds"] > 0

@@ -1,0 +1,145 @@
+"""How long a round waits, and for which nodes.
+
+Flower's `Grid.send_and_receive` waits for every reply up to one fixed timeout, and FedAvg's
+sampling waits without end until `min_available_nodes` are connected. A node that went away
+needs neither: the SuperLink marks a SuperNode offline once it missed its heartbeats (Flower
+1.42: a beat every ~20 s, offline 2 x 30 s after the last one) and from then on answers every
+instruction still addressed to it with an error reply (`NODE_UNAVAILABLE`). `RoundGrid` pulls
+replies as they arrive and hands such errors on in the dead node's name, so a round goes on
+about a heartbeat after a node's death. The round timeout is left for nodes that stay
+connected but do not answer; unless set explicitly, it follows the rounds observed so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+log = logging.getLogger(__name__)
+
+FIRST_ROUND_TIMEOUT = 3600.0  # a node's first round also encodes its whole corpus
+MIN_ROUND_TIMEOUT = 300.0
+TIMEOUT_FACTOR = 4.0  # times the slowest round of the same kind so far
+POLL_SECONDS = 0.5
+
+
+class RoundTimeout:
+    """Seconds one stage of a round (`train`, `evaluate`) waits: `explicit` when given, else
+    FIRST_ROUND_TIMEOUT until a stage of that kind was observed, then TIMEOUT_FACTOR times the
+    slowest one so far (the time its last good reply took), at least MIN_ROUND_TIMEOUT."""
+
+    def __init__(self, explicit: float | None = None) -> None:
+        self.explicit = explicit
+        self.slowest: dict[str, float] = {}
+
+    def seconds(self, kind: str) -> float:
+        if self.explicit is not None:
+            return self.explicit
+        if kind not in self.slowest:
+            return FIRST_ROUND_TIMEOUT
+        return max(MIN_ROUND_TIMEOUT, TIMEOUT_FACTOR * self.slowest[kind])
+
+    def observe(self, kind: str, seconds: float) -> None:
+        self.slowest[kind] = max(seconds, self.slowest.get(kind, 0.0))
+
+
+def connected_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
+    """The connected nodes, once `wanted` are connected or after `seconds`, whichever first."""
+    deadline = time.monotonic() + seconds
+    nodes = list(grid.get_node_ids())
+    if len(nodes) < wanted:
+        log.info("%d of the %d nodes wanted are connected: waiting for more, at most %.0f s",
+                 len(nodes), wanted, seconds)
+    while len(nodes) < wanted and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        nodes = list(grid.get_node_ids())
+    return nodes
+
+
+def sample_nodes(grid: Grid, fraction: float, minimum: int, wait_for: int,
+                 seconds: float) -> list[int]:
+    """`fraction` of the connected nodes, at least `minimum` of them where connected; waits
+    (at most `seconds`) until `wait_for` nodes are connected."""
+    nodes = connected_nodes(grid, wait_for, seconds)
+    return random.sample(nodes, min(len(nodes), max(int(len(nodes) * fraction), minimum)))
+
+
+class RoundGrid(Grid):
+    """A Grid whose `send_and_receive` ends a stage when every instruction is answered, by its
+    node or, for a node that went offline, by the SuperLink (handed on in the node's name), or
+    when the stage's timeout is spent (each unanswered node then gets an error reply)."""
+
+    def __init__(self, grid: Grid, timeout: RoundTimeout) -> None:
+        self.grid = grid
+        self.timeout = timeout
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self):
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages:
+            return []
+        kind = messages[0].metadata.message_type
+        limit = timeout if timeout is not None else self.timeout.seconds(kind)
+        started = time.monotonic()
+        ids = list(self.grid.push_messages(messages))
+        pending = {mid: msg for mid, msg in zip(ids, messages, strict=True) if mid}
+        replies = [_error_reply(msg, ErrorCode.MESSAGE_UNAVAILABLE, "the SuperLink refused it")
+                   for mid, msg in zip(ids, messages, strict=True) if not mid]
+        answered_at = None
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                instruction = pending.pop(reply.metadata.reply_to_message_id, None)
+                if instruction is None:
+                    continue
+                node = instruction.metadata.dst_node_id
+                if not reply.has_error():
+                    answered_at = time.monotonic()
+                elif reply.metadata.src_node_id != node:  # made by the SuperLink
+                    log.warning("node %d: no %s reply: %s; going on without it", node, kind,
+                                reply.error.reason)
+                    reply = _error_reply(instruction, reply.error.code, reply.error.reason)
+                replies.append(reply)
+            if not pending or time.monotonic() - started >= limit:
+                break
+            time.sleep(POLL_SECONDS)
+        for instruction in pending.values():
+            reason = f"no reply within the round timeout ({limit:.0f} s)"
+            log.warning("node %d: %s to its %s instruction; going on without it",
+                        instruction.metadata.dst_node_id, reason, kind)
+            replies.append(_error_reply(instruction, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason))
+        if answered_at is not None:
+            self.timeout.observe(kind, answered_at - started)
+        return replies
+
+
+def _error_reply(instruction: Message, code: int, reason: str) -> Message:
+    """An error reply from the instruction's node, as its own would look."""
+    return Message(Error(code=code, reason=reason), reply_to=instruction)
