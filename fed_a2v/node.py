@@ -20,17 +20,21 @@ from .config import Config, NodeConfig, config_from_dict, load_node_config
 from .data import Clip, Corpus, open_corpus, split_for_node
 from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
-from .overlap import DIGESTS, REQUEST, digests_record
+from .overlap import digests_record
+from .protocol import (
+    COUNT_KEYS,
+    DIGESTS,
+    DIGESTS_REQUEST,
+    NODE,
+    SKIPPED,
+    TARGET_NAMES,
+    TARGETS,
+)
 from .targets import Targets
 from .train import EncodedSet, LocalTrainConfig, train_local
 
 log = logging.getLogger(__name__)
 
-TARGETS = "targets"  # ArrayRecord with the target tensors, sent until a node has them
-TARGET_NAMES = "target-names"  # ConfigRecord with their names, sent along
-COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")
-SKIPPED = "skipped"  # ConfigRecord in replies: the unusable files, as "path: why"
-NODE = "node"  # ConfigRecord in replies: {"key": the node's key}, to count nodes over restarts
 
 
 @dataclass(frozen=True)
@@ -251,9 +255,9 @@ class NodeRound:
         for them."""
         records = {SKIPPED: ConfigRecord({"files": json.dumps(self.skipped)}),
                    NODE: ConfigRecord({"key": self.ident.key})}
-        if REQUEST in msg.content:
+        if DIGESTS_REQUEST in msg.content:
             records[DIGESTS] = digests_record(
-                str(msg.content[REQUEST]["salt"]), self.ident.key, self.ident.name,
+                str(msg.content[DIGESTS_REQUEST]["salt"]), self.ident.key, self.ident.name,
                 self.data.digests["train"], self.data.digests["test"])
         return records
 

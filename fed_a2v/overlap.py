@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, Message
 
 from .config import ConfigError
+from .protocol import DIGESTS, DIGESTS_REQUEST
 
 log = logging.getLogger(__name__)
 
-REQUEST = "clip-digests-salt"  # ConfigRecord in an instruction: {"salt"}, until a node answers
-DIGESTS = "clip-digests"  # ConfigRecord in a reply: {"key", "name", "train", "test"}
 
 
 class OverlapError(ConfigError):
@@ -95,7 +94,7 @@ class OverlapCheck:
 
     def request(self, node_id: int) -> dict[str, ConfigRecord]:
         """The record to add to an instruction for `node_id`, if its digests are still due."""
-        return {} if node_id in self.nodes else {REQUEST: ConfigRecord({"salt": self.salt})}
+        return {} if node_id in self.nodes else {DIGESTS_REQUEST: ConfigRecord({"salt": self.salt})}
 
     def note(self, replies: list[Message]) -> None:
         """Take the digests in `replies`; raise OverlapError if a node shares clips with another

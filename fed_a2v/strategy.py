@@ -24,8 +24,8 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .aggregation import fedavg_per_adapter, update_problem
-from .node import COUNT_KEYS, NODE, SKIPPED, TARGET_NAMES, TARGETS
 from .overlap import OverlapCheck
+from .protocol import COUNT_KEYS, NODE, SKIPPED, TARGET_NAMES, TARGETS
 from .rounds import RoundGrid, RoundTimeout, sample_nodes
 from .targets import Targets
 

@@ -12,7 +12,8 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fed_a2v.cli import main
-from fed_a2v.overlap import DIGESTS, REQUEST, OverlapError, digests_record
+from fed_a2v.overlap import OverlapError, digests_record
+from fed_a2v.protocol import DIGESTS, DIGESTS_REQUEST
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.synthetic import ensure_synthetic_corpus
 from fed_a2v.targets import Targets
@@ -88,11 +89,11 @@ def test_server_asks_once_and_fails_the_run_on_overlap(task_identity) -> None:
     instruction = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=11,
                           message_type="evaluate")
     (sent,) = strategy._finish_messages(1, [instruction])
-    assert sent.content[REQUEST]["salt"] == strategy.overlap.salt
+    assert sent.content[DIGESTS_REQUEST]["salt"] == strategy.overlap.salt
     strategy.aggregate_evaluate(1, [_reply(strategy, 11, "a", ["x1", "x2"], ["y1"]),
                                     _reply(strategy, 12, "b", ["x3"], ["y2"])])
     (sent,) = strategy._finish_messages(2, [instruction])
-    assert REQUEST not in sent.content  # node 11 answered: no second request
+    assert DIGESTS_REQUEST not in sent.content  # node 11 answered: no second request
     with pytest.raises(OverlapError) as info:
         strategy.aggregate_evaluate(2, [_reply(strategy, 13, "c", ["x9"], ["x1", "x2", "y9"])])
     message = str(info.value)

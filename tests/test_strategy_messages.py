@@ -18,7 +18,7 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
-from fed_a2v.node import NODE, TARGET_NAMES, TARGETS
+from fed_a2v.protocol import NODE, TARGET_NAMES, TARGETS
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
 

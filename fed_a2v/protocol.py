@@ -1,0 +1,14 @@
+"""The names of the records server and nodes exchange, in one torch-free place both import."""
+
+from __future__ import annotations
+
+# Instructions (server -> node)
+TARGETS = "targets"  # ArrayRecord with the target tensors, sent until a node has them
+TARGET_NAMES = "target-names"  # ConfigRecord with their names, sent along
+DIGESTS_REQUEST = "clip-digests-salt"  # ConfigRecord {"salt"}, until a node answers
+
+# Replies (node -> server)
+COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")  # metrics: audio clips per reply
+SKIPPED = "skipped"  # ConfigRecord: the unusable audio files, as "path: why"
+NODE = "node"  # ConfigRecord {"key"}: the node's stable key, to count nodes over restarts
+DIGESTS = "clip-digests"  # ConfigRecord {"key", "name", "train", "test"} (fed_a2v.overlap)
