@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import Adapter
-from .losses import per_sample_mse
-from .train import EncodedSet, batch_targets
+from .encoded import EncodedSet
+from .losses import batch_targets, per_sample_mse
 
 
 @torch.no_grad()

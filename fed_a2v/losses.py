@@ -30,3 +30,8 @@ def adapter_loss(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
     sums = sums.index_add(0, inverse, losses)
     counts = torch.bincount(inverse, minlength=len(classes)).to(losses.dtype)
     return (sums / counts).mean()
+
+
+def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's own target: row `labels[i]` of `(C, ...)`, shape `(B, ...)`."""
+    return class_targets.index_select(0, labels)

@@ -18,6 +18,7 @@ from .audio import AudioError, load_audio
 from .cache import TokenCache, TokenStore, cache_root, fingerprint
 from .config import Config, NodeConfig, config_from_dict, load_node_config
 from .data import Clip, Corpus, open_corpus, split_for_node
+from .encoded import EncodedSet
 from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
 from .overlap import digests_record
@@ -31,7 +32,7 @@ from .protocol import (
     TARGETS,
 )
 from .targets import Targets
-from .train import EncodedSet, LocalTrainConfig, train_local
+from .train import LocalTrainConfig, train_local
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ import torch
 from .adapters import ADAPTERS, build_adapters
 from .config import Config, NodeConfig
 from .data import open_corpus
+from .encoded import EncodedSet
 from .evaluation import evaluate_adapters
 from .node import NodeIdentity, node_data
 from .targets import Targets, targets_for
-from .train import EncodedSet, LocalTrainConfig, train_local
+from .train import LocalTrainConfig, train_local
 
 log = logging.getLogger(__name__)
 

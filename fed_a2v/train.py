@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,43 +10,9 @@ import torch
 from tqdm import tqdm
 
 from .adapters import Adapter
-from .cache import TokenStore
-from .losses import adapter_loss, per_sample_mse
+from .encoded import EncodedSet
+from .losses import adapter_loss, batch_targets, per_sample_mse
 from .sampling import EpochBatches
-
-
-@dataclass
-class EncodedSet:
-    """Frozen-encoder tokens of N clips, their class ids `(N,)` (for batching and the
-    per-class loss) and target ids `(N,)` (rows of the target table: the class's prompt, or
-    the clip's own caption). Without `target_ids` the class id is the target row."""
-
-    tokens: TokenStore | torch.Tensor
-    labels: torch.Tensor
-    target_ids: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.tokens, torch.Tensor):
-            self.tokens = TokenStore.from_tensor(self.tokens)
-        if self.target_ids is None:
-            self.target_ids = self.labels
-        if not len(self.tokens) == len(self.labels) == len(self.target_ids):
-            raise ValueError(f"{len(self.tokens)} token sets, {len(self.labels)} labels and "
-                             f"{len(self.target_ids)} target ids differ")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def digest(self) -> str:
-        """A hash of every clip's tokens, class id and target row, in order: equal digests
-        mean the same training or held-out data."""
-        h = hashlib.sha256()
-        for values in (self.labels, self.target_ids):
-            h.update(values.cpu().numpy().astype("<i8").tobytes())
-        for array in self.tokens.arrays:
-            h.update(str((array.shape, array.dtype.str)).encode())
-            h.update(array.tobytes())
-        return h.hexdigest()
 
 
 @dataclass
@@ -60,11 +25,6 @@ class LocalTrainConfig:
     learning_rates: dict[str, float]
     weight_decays: dict[str, float]
     seed: int
-
-
-def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each sample's own target: row `labels[i]` of `(C, ...)`, shape `(B, ...)`."""
-    return class_targets.index_select(0, labels)
 
 
 @contextmanager

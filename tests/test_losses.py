@@ -11,9 +11,10 @@ import torch.nn.functional as F
 import fed_a2v.train as train_mod
 from fed_a2v.adapters import build_adapters
 from fed_a2v.config import FedA2VConfig
+from fed_a2v.encoded import EncodedSet
 from fed_a2v.evaluation import evaluate_adapters
-from fed_a2v.losses import adapter_loss, per_sample_mse
-from fed_a2v.train import EncodedSet, LocalTrainConfig, batch_targets, train_local
+from fed_a2v.losses import adapter_loss, batch_targets, per_sample_mse
+from fed_a2v.train import LocalTrainConfig, train_local
 
 # Four samples of two dims; prediction is all ones, the targets differ by known amounts.
 PRED = torch.ones(4, 2)

@@ -10,6 +10,7 @@ import pytest
 from fed_a2v.cache import TokenStore
 from fed_a2v.config import Config, NodeConfig
 from fed_a2v.data import open_corpus
+from fed_a2v.encoded import EncodedSet
 from fed_a2v.node import NodeIdentity, node_data
 from fed_a2v.study import (
     Arm,
@@ -22,7 +23,6 @@ from fed_a2v.study import (
     write_study,
 )
 from fed_a2v.targets import targets_for
-from fed_a2v.train import EncodedSet
 
 ARMS = [Arm(2, False, False), Arm(2, True, False), Arm(2, True, True),
         Arm(4, False, False, grad_accum_steps=2)]
