@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 DEFAULT_CACHE = Path("~/.cache/fed_a2v")
 
 
@@ -74,10 +76,13 @@ class TokenCache:
             return None  # absent, or left half-written by a crash: encode again
 
     def put(self, entry: Path, tokens: torch.Tensor) -> np.ndarray:
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, tokens.to(torch.float16).numpy())
-        os.replace(tmp, entry)
+        array = tokens.to(torch.float16).numpy()
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a path
+                np.save(f, array)
+
+        atomic_write(entry, write)
         return np.load(entry, mmap_mode="r")
 
 

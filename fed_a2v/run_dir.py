@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Config, ConfigError
+from .files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,8 @@ def run_to_resume(value: str) -> Path:
     return path
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_adapters(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    _atomic_write(path, lambda tmp: save_file(
+    atomic_write(path, lambda tmp: save_file(
         {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata))
 
 
@@ -77,8 +71,7 @@ class RunRecorder:
         self.seconds_before = 0.0  # spent by the stopped part of a resumed run
         self.last: dict[str, Any] = {}
         if not resume:
-            _atomic_write(self.dir / CONFIG_FILE,
-                          lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2)))
+            atomic_write_text(self.dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2))
         self.tb = SummaryWriter(str(self.dir / "tb"))
 
     def seconds(self) -> float:
@@ -135,8 +128,7 @@ class RunRecorder:
             if not self.checkpoint(record["round"]).exists():
                 break
             records.append(record)
-        _atomic_write(path, lambda tmp: tmp.write_text(
-            "".join(json.dumps(r) + "\n" for r in records)))
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         if not records:
             return None
         self.last = records[-1]
@@ -159,7 +151,6 @@ class RunRecorder:
         summary = {**{k: self.last.get(k) for k in EVAL_KEYS}, "rounds": rounds,
                    "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
-        _atomic_write(self.dir / "summary.json",
-                      lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
         self.tb.close()
         return summary

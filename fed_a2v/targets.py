@@ -28,6 +28,7 @@ from .encoders import (
     model_identity,
     t5_targets,
 )
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,9 @@ class Targets:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
-                  metadata={"names": json.dumps(self.names), "prompts": json.dumps(self.prompts)})
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: save_file(
+            {k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
+            metadata={"names": json.dumps(self.names), "prompts": json.dumps(self.prompts)}))
 
     @classmethod
     def load(cls, path: Path, source: str) -> Targets:
