@@ -162,7 +162,7 @@ class FedA2VStrategy(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        replies = list(replies)
+        replies = sorted(replies, key=node_key)  # float sums must not follow arrival order
         self._note_replies(server_round, replies)
         # Flower's own consistency check fails the whole run when one reply's keys differ:
         # each reply is screened on its own instead, and only a bad one is dropped.
@@ -199,7 +199,7 @@ class FedA2VStrategy(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         server_round += self.round_offset
-        replies = list(replies)
+        replies = sorted(replies, key=node_key)  # float sums must not follow arrival order
         self._note_replies(server_round, replies)
         for msg in replies:
             if not msg.has_error():
@@ -241,6 +241,6 @@ class FedA2VStrategy(FedAvg):
 
 def node_key(reply: Message) -> str:
     """The node's own key (the same after a restart, unlike its Flower node id)."""
-    if NODE in reply.content:
+    if reply.has_content() and NODE in reply.content:  # error replies have none
         return str(reply.content[NODE]["key"])
     return f"flower node {reply.metadata.src_node_id}"
