@@ -128,12 +128,27 @@ def _global(state: dict[str, np.ndarray] | None) -> str:
 
 
 def node_kill_row(root: Path) -> Row:
-    seen = supernode_killed_mid_round(root)
-    nodes = [r["train_nodes"] for r in seen["rounds"]]
-    observed = (f"{seen['entry'].get('status')}; round 2 averaged {nodes[1]} of 3; "
-                f"last round {nodes[-1]} of 3")
-    return ("SuperNode killed in round 2, restarted",
-            "finished:completed; round 2 averaged 2 of 3; last round 3 of 3", observed)
+    """3 SuperNodes, 4 rounds, every round needing all 3: the last node is killed while a
+    round is under way and started again once that round is recorded."""
+    seen = supernode_killed_mid_round(root, rounds=4, nodes=3)
+    records, died_in = seen["rounds"], seen.get("killed_in", 0)
+    trained = {(n["round"], n["node"]) for n in seen["nodes"] if "train_clip_loss" in n}
+    dead_after = any(r >= died_in and node == seen.get("killed_id") for r, node in trained)
+    later = [r["train_nodes"] for r in records[died_in:]]
+    back_in = sorted(r for r, node in trained if node == seen.get("restarted_id"))
+    observed = "; ".join([
+        str(seen["entry"].get("status")),
+        f"rounds {[r['round'] for r in records]}",
+        f"its round averaged {records[died_in - 1]['train_nodes'] if died_in else '?'} of 3",
+        f"dead node averaged after its death: {'yes' if dead_after else 'no'}",
+        ("later rounds 3 of 3, the restarted node in each"
+         if later and set(later) == {3} and back_in == list(range(died_in + 1, 5))
+         else f"later rounds {later} of 3, the restarted node in rounds {back_in}"),
+        f"{seen['summary'].get('num_nodes')} nodes counted"])
+    return ("SuperNode killed mid-round, restarted", "; ".join([
+        "finished:completed", "rounds [1, 2, 3, 4]", "its round averaged 2 of 3",
+        "dead node averaged after its death: no",
+        "later rounds 3 of 3, the restarted node in each", "3 nodes counted"]), observed)
 
 
 def restart_row(root: Path) -> Row:
