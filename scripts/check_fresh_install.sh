@@ -12,6 +12,7 @@ mkdir -p "$work"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --upgrade pip
 "$work/venv/bin/pip" install --quiet "$repo"
+echo "install: ${SECONDS} s, venv $(du -sh "$work/venv" | cut -f1)"
 cd "$work"  # not the checkout: everything must come from the installed package
 "$work/venv/bin/python" - <<'PY'
 import importlib.metadata as md
@@ -23,4 +24,4 @@ PY
     'from fed_a2v.app_dir import default_config; print(default_config())')"
 "$work/venv/bin/fed-a2v" simulate --rounds 2 --output-dir "$work/runs"
 test -f "$work"/runs/*/summary.json
-echo "fresh install: ok ($work)"
+echo "fresh install: ok ($work), ${SECONDS} s in all"
