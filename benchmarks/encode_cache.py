@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from fed_a2v.adapters import build_adapters
+from fed_a2v.adapters import ADAPTERS, build_adapters
 from fed_a2v.audio import load_audio
 from fed_a2v.config import load_config
 from fed_a2v.data import open_corpus, split_for_node
@@ -52,13 +52,13 @@ def main() -> None:
         clips = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config).train
         clips = clips[:args.max_clips] if args.max_clips else clips
         rows = {name: i for i, name in enumerate(targets.names)}
-        d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ("clip", "t5"))
+        d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ADAPTERS)
         local = LocalTrainConfig(
             epochs=args.epochs, batch_size=config.training.batch_size,
             stratified=cfg.use_stratified_batching, per_class_loss=cfg.use_per_class_loss,
             grad_accum_steps=config.training.gradient_accumulation_steps,
-            learning_rates={a: config.adapter_lr(a) for a in ("clip", "t5")},
-            weight_decays={a: config.adapter_weight_decay(a) for a in ("clip", "t5")}, seed=0)
+            learning_rates={a: config.adapter_lr(a) for a in ADAPTERS},
+            weight_decays={a: config.adapter_weight_decay(a) for a in ADAPTERS}, seed=0)
         cpu = torch.device("cpu")
 
         start = time.perf_counter()

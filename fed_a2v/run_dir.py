@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .adapters import ADAPTERS
 from .config import Config, ConfigError
 from .files import atomic_write, atomic_write_text
 
@@ -142,12 +143,12 @@ class RunRecorder:
                adapter_bytes_per_round: int, rounds: int, num_nodes: int,
                extra: dict[str, Any]) -> dict[str, Any]:
         """Final adapters under `final/` and `summary.json`."""
-        for name in ("clip", "t5"):
+        for name in ADAPTERS:
             prefix = f"{name}."
             save_adapters({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                           self.dir / "final" / f"{name}_adapter.safetensors", {"adapter": name})
-        (self.dir / "final" / "adapter_config.json").write_text(
-            json.dumps(adapter_config, indent=2))
+        atomic_write_text(self.dir / "final" / "adapter_config.json",
+                          json.dumps(adapter_config, indent=2))
         summary = {**{k: self.last.get(k) for k in EVAL_KEYS}, "rounds": rounds,
                    "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
