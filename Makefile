@@ -30,3 +30,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache
+
+# Opt-in, not part of `test`: the plain and the TLS compose federations in real containers
+# (needs a Docker engine and the flwr images; see the README's compose section).
+.PHONY: test-compose
+test-compose:
+	bash scripts/test_compose.sh

@@ -1,24 +1,46 @@
-"""No Docker engine runs here, so the compose files are checked for consistency: services,
-commands, ports, mounts and node configs agree with each other, with the recipes and with the
-pinned flwr version."""
+"""Static checks of the compose files: services, commands, ports, mounts and node configs agree
+with each other, with the image recipe and with the pinned flwr version. `make test-compose`
+(scripts/test_compose.sh) runs the federations for real on a Docker engine."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import flwr
 import pytest
 import yaml
 
-from fed_a2v.config import load_node_config
+from fed_a2v.config import load_config, load_node_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR_VERSION = flwr.__version__
+RECIPE = ROOT / "server" / "Dockerfile"
+APP_IMAGE = "feda2v:latest"
+
+
+def with_defaults(node):
+    """Compose's `${VAR:-default}` as it reads with VAR unset."""
+    if isinstance(node, dict):
+        return {k: with_defaults(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [with_defaults(v) for v in node]
+    if isinstance(node, str):
+        return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", node)
+    return node
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / name).read_text())["services"]
+    return with_defaults(yaml.safe_load((ROOT / name).read_text())["services"])
+
+
+def image_folders() -> set[str]:
+    """The folders the FedA2V image makes (and gives to app) for volumes."""
+    made = re.search(r"RUN mkdir -p ([^&]+)&& chown -R app:app /app", RECIPE.read_text())
+    return set(made[1].split())
 
 
 def arg(command: list[str], flag: str) -> str:
@@ -39,18 +61,47 @@ def test_images_and_recipes_pin_the_installed_flwr(services: dict) -> None:
     assert services["superlink"]["image"] == f"flwr/superlink:{FLWR_VERSION}"
     for name in supernodes(services):
         assert services[name]["image"] == f"flwr/supernode:{FLWR_VERSION}"
-    for recipe in ("server/Dockerfile", "client/Dockerfile"):
-        text = (ROOT / recipe).read_text()
-        assert f"ARG FLWR_VERSION={FLWR_VERSION}" in text
-        assert "FROM flwr/superexec:${FLWR_VERSION}" in text
-        assert 'ENTRYPOINT ["flower-superexec"]' in text
+    text = RECIPE.read_text()
+    assert f"ARG FLWR_VERSION={FLWR_VERSION}" in text
+    assert "FROM flwr/superexec:${FLWR_VERSION}" in text
+    assert 'ENTRYPOINT ["flower-superexec"]' in text
     for name, service in services.items():
         if "build" in service:
             assert service["build"]["args"]["FLWR_VERSION"] == FLWR_VERSION, name
-            assert (ROOT / service["build"]["dockerfile"]).exists(), name
+            assert (ROOT / service["build"]["dockerfile"]).resolve() == RECIPE, name
+            assert service["image"] == APP_IMAGE, name  # one image for every FedA2V container
     pins = (ROOT / "pyproject.toml").read_text()
     major_minor = ".".join(FLWR_VERSION.split(".")[:2])
     assert f"flwr[simulation]>={major_minor}" in pins
+
+
+def test_client_recipe_is_the_server_recipe() -> None:
+    assert (ROOT / "client" / "Dockerfile").resolve() == RECIPE
+
+
+def test_every_named_volume_is_mounted_on_a_folder_owned_by_app(services: dict) -> None:
+    """A named volume mounted where the image has no folder is created owned by root, and the
+    images run as app (uid 49999): the SuperLink could not open its database."""
+    declared = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["volumes"])
+    for name, service in services.items():
+        owned = image_folders() if service["image"] == APP_IMAGE else {"/app"}  # flwr images
+        for mount in service.get("volumes", []):
+            source, target = mount.split(":")[:2]
+            if source in declared:
+                assert target in owned, f"{name}: volume {source} on {target}, not in {owned}"
+    database = Path(arg(services["superlink"]["command"], "--database"))
+    assert f"superlink-state:{database.parent}" in services["superlink"]["volumes"]
+
+
+def test_image_requirements_leave_out_ray() -> None:
+    venv_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(["sh", str(ROOT / "scripts" / "install_app_in_image.sh"),
+                           "requirements"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PATH": venv_first}, check=True)
+    names = {re.match(r"[A-Za-z0-9_.-]+(\[[^]]*\])?", line)[0]
+             for line in done.stdout.splitlines()}
+    assert {"flwr", "torch", "transformers"} <= names, names
+    assert not any("simulation" in n or n == "ray" for n in names), names
 
 
 def test_every_process_listens_on_all_interfaces(services: dict) -> None:
@@ -106,10 +157,16 @@ def test_outputs_land_on_a_volume(services: dict) -> None:
 
 
 def test_the_run_service_submits_the_app(services: dict) -> None:
-    script = services["run"]["command"][0]
-    assert "flwr run /app/fed-a2v compose --stream" in script
-    assert "COPY --chown=app:app configs configs" in (ROOT / "server/Dockerfile").read_text()
-    assert set(services["run"]["depends_on"]) >= {"superexec-serverapp",
+    run = services["run"]
+    script = Path(run["entrypoint"][-1])
+    assert script.parent.parent == Path("/app/fed-a2v")  # where the recipe copies the app
+    assert (ROOT / script.relative_to("/app/fed-a2v")).is_file()
+    assert "COPY --chown=app:app . .\n" in RECIPE.read_text()
+    allowed = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {"!fed_a2v", "!server", "!client", "!configs", "!scripts"} <= set(allowed)
+    for config in (run["environment"]["FEDA2V_CONFIG"], "configs/compose_check.json"):
+        assert load_config(ROOT / config).federation.num_clients == len(supernodes(services))
+    assert set(run["depends_on"]) >= {"superexec-serverapp",
                                                   *(f"superexec-clientapp-{n.split('-')[1]}"
                                                     for n in supernodes(services))}
 
@@ -133,5 +190,8 @@ def test_tls_override_uses_what_the_credentials_script_makes(services: dict) -> 
         assert arg(command, "--node-config") == arg(services[name]["command"], "--node-config")
         key = arg(command, "--auth-supernode-private-key")
         assert any(m.endswith(f":{key}:ro") for m in tls[name]["volumes"])
-        assert f"{key}.pub" in tls["run"]["command"][0]
+        assert f"{key}.pub" in tls["run"]["environment"]["SUPERNODE_KEYS"].split()
+        assert any(m.endswith(f":{key}.pub:ro") for m in tls["run"]["volumes"])
+    assert tls["run"]["environment"]["ROOT_CERTIFICATES"] == arg(
+        tls["superexec-serverapp"]["command"], "--root-certificates")
     assert "DNS:superlink" in script  # the certificate is valid for the compose service name
