@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from fed_a2v.audio import AudioError, load_audio
-from fed_a2v.drills import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared scenarios
+from drills import (  # noqa: E402
+    UNUSABLE,
     server_stopped_and_resumed,
     supernode_killed_mid_round,
     updates_aggregated,
@@ -36,12 +39,9 @@ REASONS = ("non-finite", "silent", "no samples", "cannot decode")
 
 
 def audio_rows(root: Path) -> list[Row]:
-    unusable = {"float with NaN": "non-finite", "digital silence": "silent",
-                "no samples": "no samples", "header only": "cannot decode",
-                "empty file": "cannot decode", "text named .wav": "cannot decode"}
     rows = []
     for name, path in write_audio_cases(root).items():
-        expected = f"skipped: {unusable[name]}" if name in unusable else "decoded, 1 s at 16 kHz"
+        expected = f"skipped: {UNUSABLE[name]}" if name in UNUSABLE else "decoded, 1 s at 16 kHz"
         try:
             wave = load_audio(path, 16000, 1.0)
             observed = f"decoded, {wave.shape[0] / 16000:g} s at 16 kHz"

@@ -1,4 +1,5 @@
-"""Fault scenarios on real parts, shared by the tests and `scripts/fault_drill.py`.
+"""Fault scenarios on real parts, shared by the tests and `scripts/fault_drill.py` (test
+scaffolding: it lives beside the tests, not in the product package).
 
 Each scenario sets the fault up, lets FedA2V meet it and returns what happened; callers decide
 what they expected.
@@ -31,8 +32,8 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from .adapters import ADAPTERS
-from .launch import (
+from fed_a2v.adapters import ADAPTERS
+from fed_a2v.launch import (
     Process,
     flower_env,
     free_port,
@@ -42,10 +43,18 @@ from .launch import (
     wait_for_run,
     write_connection,
 )
-from .strategy import FedA2VStrategy
-from .targets import Targets
+from fed_a2v.strategy import FedA2VStrategy
+from fed_a2v.targets import Targets
 
 APP_DIR = Path(__file__).resolve().parent.parent
+
+
+# What FedA2V must make of each case `write_audio_cases` writes: decoded, or skipped and why.
+DECODABLE = ("8-bit 8 kHz", "24-bit 96 kHz", "stereo 44.1 kHz flac", "mp3 named .wav",
+             "truncated")
+UNUSABLE = {"float with NaN": "non-finite", "digital silence": "silent",
+            "no samples": "no samples", "header only": "cannot decode",
+            "empty file": "cannot decode", "text named .wav": "cannot decode"}
 
 
 def write_audio_cases(root: Path, sr: int = 22050) -> dict[str, Path]:
@@ -76,19 +85,30 @@ def write_audio_cases(root: Path, sr: int = 22050) -> dict[str, Path]:
     return paths
 
 
-def small_experiment(root: Path, name: str, feda2v: dict[str, Any] | None = None,
-                     **federation) -> Path:
-    """A quick experiment on a small built-in corpus, written to `root/<name>.json`."""
-    experiment = {
-        "experiment": {"name": name, "seed": 1, "output_dir": str(root / "outputs")},
+def experiment_dict(root: Path, name: str, *, seed: int = 1, output_dir: Path | None = None,
+                    federation: dict[str, Any] | None = None,
+                    dataset: dict[str, Any] | None = None, feda2v: dict[str, Any] | None = None,
+                    nodes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A quick experiment on a small built-in corpus under `root`; each section's keys given
+    here replace the defaults."""
+    return {
+        "experiment": {"name": name, "seed": seed,
+                       "output_dir": str(output_dir or root / "outputs")},
         "federation": {"global_rounds": 4, "num_clients": 3, "local_epochs": 1,
-                       "min_clients": 3, **federation},
+                       "min_clients": 3, **(federation or {})},
         "training": {"batch_size": 8, "learning_rate": 0.003},
         "dataset": {"name": "synthetic", "path": str(root / "server-data"),
                     "clip_seconds": 0.5, "num_classes": 3, "clips_per_class": 15,
-                    "sample_rate": 16000},
+                    "sample_rate": 16000, **(dataset or {})},
         "feda2v": feda2v or {},
+        "nodes": nodes or {},
     }
+
+
+def small_experiment(root: Path, name: str, feda2v: dict[str, Any] | None = None,
+                     **federation) -> Path:
+    """`experiment_dict`, written to `root/<name>.json`."""
+    experiment = experiment_dict(root, name, federation=federation, feda2v=feda2v)
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.json"
     path.write_text(json.dumps(experiment))

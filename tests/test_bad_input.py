@@ -10,15 +10,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from fed_a2v.aggregation import update_problem
 from fed_a2v.audio import AudioError, load_audio
-from fed_a2v.drills import write_audio_cases
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
 
-DECODABLE = ["8-bit 8 kHz", "24-bit 96 kHz", "stereo 44.1 kHz flac", "mp3 named .wav",
-             "truncated"]
-UNUSABLE = {"float with NaN": "non-finite", "digital silence": "silent",
-            "no samples": "no samples", "header only": "cannot decode",
-            "empty file": "cannot decode", "text named .wav": "cannot decode"}
+from drills import DECODABLE, UNUSABLE, write_audio_cases
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.drills import (
+from fed_a2v.launch import (
+    COMPLETED,
+    Process,
+    flower_env,
+    free_port,
+)
+
+from drills import (
     HANG,
     Federation,
     node_files,
     small_experiment,
     supernode_killed_mid_round,
     wait_until,
-)
-from fed_a2v.launch import (
-    COMPLETED,
-    Process,
-    flower_env,
-    free_port,
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 
-from fed_a2v.drills import updates_aggregated
 from fed_a2v.strategy import reply_update
+
+from drills import updates_aggregated
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fault_drill.py"
 REFERENCE = {"clip.w": np.zeros((2, 3), np.float32), "t5.w": np.zeros(4, np.float32)}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fed_a2v.drills import Federation
 from fed_a2v.launch import COMPLETED
+
+from drills import Federation
 
 
 def test_flwr_run_dot_uses_the_shipped_quickstart(tmp_path: Path) -> None:

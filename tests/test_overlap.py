@@ -128,8 +128,9 @@ def test_allowed_overlap_and_a_restarted_node_do_not_fail(task_identity) -> None
 def test_deployed_nodes_holding_the_same_clips_fail_the_run(tmp_path: Path) -> None:
     """Two SuperNodes, each with its own copy of the same corpus and no split keys (so each
     uses all of it): the server finds the overlap from their first replies and fails the run."""
-    from fed_a2v.drills import Federation, small_experiment
     from fed_a2v.launch import COMPLETED
+
+    from drills import Federation, small_experiment
 
     experiment = small_experiment(tmp_path, "overlap", global_rounds=2, num_clients=2,
                                   min_clients=2)

@@ -8,9 +8,10 @@ import itertools
 import numpy as np
 import torch
 
-from fed_a2v.drills import server_identity, train_reply
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
+
+from drills import server_identity, train_reply
 
 REFERENCE = {"clip.w": np.zeros(3, np.float32), "t5.w": np.zeros(2, np.float32)}
 # (node, value of every weight and of its loss, examples): summed in arrival order, the

@@ -14,9 +14,10 @@ from safetensors import safe_open
 
 from fed_a2v.cli import EXIT_CONFIG, main
 from fed_a2v.config import Config, ConfigError, load_config
-from fed_a2v.drills import server_stopped_and_resumed
 from fed_a2v.federation import lr_plan, run_federation
 from fed_a2v.run_dir import RunRecorder, run_to_resume, save_adapters
+
+from drills import server_stopped_and_resumed
 
 ROUNDS = 5
 APP_DIR = Path(__file__).resolve().parent.parent

@@ -16,22 +16,22 @@ from fed_a2v.adapters import build_adapters, load_adapters_state
 from fed_a2v.config import config_from_dict
 from fed_a2v.run_dir import EVAL_KEYS, ROUND_KEYS
 
+from drills import experiment_dict
+
 ROUNDS = 5
 
 
 def small_experiment(tmp_path: Path) -> dict:
-    return {
-        "experiment": {"name": "sim-test", "seed": 3, "output_dir": str(tmp_path / "runs")},
-        "federation": {"global_rounds": ROUNDS, "num_clients": 2, "local_epochs": 6,
-                       "min_clients": 2},
-        "training": {"batch_size": 8, "learning_rate": 0.003},
-        "dataset": {"name": "synthetic", "path": str(tmp_path / "data"), "clip_seconds": 1.0,
-                    "num_classes": 4, "clips_per_class": 40, "sample_rate": 16000},
-        "feda2v": {"clip_adapter_learning_rate_schedule": "constant",
-                   "t5_adapter_learning_rate_schedule": "constant"},
-        "nodes": {"0": {"selected_classes": ["dog", "rooster", "siren"]},
-                  "1": {"excluded_classes": ["dog"]}},
-    }
+    return experiment_dict(
+        tmp_path, "sim-test", seed=3, output_dir=tmp_path / "runs",
+        federation={"global_rounds": ROUNDS, "num_clients": 2, "local_epochs": 6,
+                    "min_clients": 2},
+        dataset={"path": str(tmp_path / "data"), "clip_seconds": 1.0, "num_classes": 4,
+                 "clips_per_class": 40},
+        feda2v={"clip_adapter_learning_rate_schedule": "constant",
+                "t5_adapter_learning_rate_schedule": "constant"},
+        nodes={"0": {"selected_classes": ["dog", "rooster", "siren"]},
+               "1": {"excluded_classes": ["dog"]}})
 
 
 def simulate(experiment: dict, path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
