@@ -91,6 +91,7 @@ def simulate(config: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_local_models_run_offline_and_encode_each_clip_once(offline_experiment: Path) -> None:
     first = simulate(offline_experiment)
     clips = 4 * 20  # every clip of the corpus is train or held-out on one of the two nodes
