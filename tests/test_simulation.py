@@ -47,7 +47,7 @@ def broken_corpus(root: Path) -> Path:
 
     data = ensure_synthetic_corpus(root, 3, 4, 40, 1.0, 16000)
     for wav in (data / "audio").glob("*.wav"):
-        wav.write_bytes(b"broken")
+        wav.write_bytes(b"broken " + wav.name.encode())  # distinct: no overlap between nodes
     return data
 
 
