@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encode_cache.py
+	$(BIN)/python benchmarks/encode_cache.py --full-size-ast --max-clips 8 --threads 2
 	$(BIN)/python benchmarks/real_sizes.py
 
 clean:

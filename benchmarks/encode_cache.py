@@ -6,7 +6,7 @@ The same node, data, targets and 10 epochs of local training, two ways:
 Prints a table of encoder forwards and seconds, and the ratio.
 
     .venv/bin/python benchmarks/encode_cache.py [--config configs/quickstart.json] [--epochs 10]
-        [--audio-model DIR] [--max-clips N]
+        [--audio-model DIR | --full-size-ast] [--max-clips N] [--threads N]
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import argparse
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
+from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
 from fed_a2v.adapters import ADAPTERS, build_adapters
 from fed_a2v.audio import load_audio
@@ -35,6 +37,9 @@ def main() -> None:
     parser.add_argument("--node", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--audio-model", help="override feda2v.audio_model_name (a local dir)")
+    parser.add_argument("--full-size-ast", action="store_true",
+                        help="a full-size AST (AudioSet config, random weights) saved to a "
+                             "temporary dir and loaded from there, as a real one would be")
     parser.add_argument("--max-clips", type=int, help="use only the first N training clips")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,6 +50,10 @@ def main() -> None:
         cfg.audio_model_name = args.audio_model
     with tempfile.TemporaryDirectory() as cache:
         config.experiment.cache_dir = cache
+        if args.full_size_ast:
+            cfg.audio_model_name = str(Path(cache) / "ast-full-size")
+            ASTModel(ASTConfig()).save_pretrained(cfg.audio_model_name)
+            ASTFeatureExtractor().save_pretrained(cfg.audio_model_name)
         corpus = open_corpus(config)
         targets = targets_for(config, corpus)
         ident = NodeIdentity(config.node(args.node), args.node, config.federation.num_clients,
