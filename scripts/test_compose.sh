@@ -19,6 +19,8 @@ export FEDA2V_CONFIG=${FEDA2V_CONFIG:-configs/compose_check.json}
 NODES=3
 TIMEOUT=${TIMEOUT:-1800}
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+docker info >/dev/null 2>&1 || {
+  echo "no Docker engine answers: start one (here: ../shared/docker/flwr-images.sh)" >&2; exit 1; }
 project=""
 files=()
 scratch=$(mktemp -d)
