@@ -32,9 +32,7 @@ def private_cache_dir(tmp_path_factory):
 @pytest.fixture
 def task_identity():
     """Flower Messages need a run identity, as inside a ServerApp."""
-    from flwr.supercore.task_identity import TaskIdentity
+    from drills import server_identity
 
-    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+    with server_identity():
+        yield
