@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fed_a2v.aggregation import update_problem
 from fed_a2v.audio import AudioError, load_audio
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
 
-from drills import DECODABLE, UNUSABLE, write_audio_cases
+from drills import DECODABLE, UNUSABLE, train_reply, write_audio_cases
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +59,6 @@ def test_a_good_update_passes_and_the_bound_is_optional() -> None:
                           None) is None
 
 
-def reply(node: int, state: dict[str, np.ndarray], examples: int) -> Message:
-    message = Message(RecordDict({
-        "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
-        "metrics": MetricRecord({"num-examples": examples, "train_clip_loss": 1.0}),
-        "skipped": ConfigRecord({"files": "[]"}),
-    }), dst_node_id=0, message_type="train")
-    message.metadata.__dict__["_src_node_id"] = node  # as a reply from that node carries
-    return message
-
-
 def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None:
     import torch
 
@@ -81,8 +70,9 @@ def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None
     good_b = {"clip.w": np.full((2, 3), 3.0, np.float32), "t5.w": np.full(4, 3.0, np.float32)}
     poisoned = {**good_a, "t5.w": np.array([np.nan, 0, 0, 0], np.float32)}
     huge = {k: v * 1e6 for k, v in good_a.items()}
-    arrays, metrics = strategy.aggregate_train(3, [reply(11, good_a, 1), reply(12, poisoned, 50),
-                                                   reply(13, good_b, 3), reply(14, huge, 50)])
+    replies = [train_reply(11, good_a, 1), train_reply(12, poisoned, 50),
+               train_reply(13, good_b, 3), train_reply(14, huge, 50)]
+    arrays, _ = strategy.aggregate_train(3, replies)
     averaged = {k: v.numpy() for k, v in arrays.items()}
     np.testing.assert_allclose(averaged["clip.w"], 2.5)  # (1*1 + 3*3) / 4
     assert all(np.isfinite(v).all() for v in averaged.values())
@@ -90,4 +80,4 @@ def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None
     assert "non-finite" in strategy.rejected[0][2] and "max_update_norm" in strategy.rejected[1][2]
     assert strategy.nodes_seen == {"flower node 11", "flower node 13"}  # replies without a key
     # A round where every update is bad leaves the global adapters as they were.
-    assert strategy.aggregate_train(4, [reply(12, poisoned, 5)]) == (None, None)
+    assert strategy.aggregate_train(4, [train_reply(12, poisoned, 5)]) == (None, None)
