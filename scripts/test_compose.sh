@@ -95,9 +95,13 @@ check_intruder() {
     ((SECONDS < deadline)) || fail "the unregistered SuperNode is still running"
     sleep 2
   done
-  docker logs "$id" 2>&1 | grep -q "Failed to activate SuperNode" ||
-    fail "the unregistered SuperNode was not refused: $(docker logs --tail 20 "$id" 2>&1)"
-  dc logs --no-color superlink | grep -q "No SuperNode found with the given public key" ||
+  # Logs go to files first: `grep -q` stops reading at its first match, and under pipefail the
+  # writer's SIGPIPE would fail the check.
+  docker logs "$id" >"$scratch/intruder.log" 2>&1
+  grep -q "Failed to activate SuperNode" "$scratch/intruder.log" ||
+    fail "the unregistered SuperNode was not refused: $(tail -n 20 "$scratch/intruder.log")"
+  dc logs --no-color superlink >"$scratch/superlink.log" 2>&1
+  grep -q "No SuperNode found with the given public key" "$scratch/superlink.log" ||
     fail "the SuperLink did not report the unknown public key"
   echo "  an unregistered SuperNode was refused (exit $(docker inspect -f '{{.State.ExitCode}}' "$id"))"
 }
