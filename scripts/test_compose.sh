@@ -117,7 +117,7 @@ federation() {  # $1: name; $2...: compose files
   run=$(container run)
   if [[ $name == tls ]]; then
     local deadline=$((SECONDS + 600))
-    until docker logs "$run" 2>&1 | grep -q "submitted"; do  # keys registered, run under way
+    until [[ $(docker logs "$run" 2>&1) == *submitted* ]]; do  # keys registered, run under way
       [[ $(state "$run") != exited ]] || break
       ((SECONDS < deadline)) || fail "the run was not submitted"
       sleep 2
