@@ -28,12 +28,20 @@ def _rule(**kw: Any) -> dict[str, Any]:
     return {"rule": kw}
 
 
+DEVICE_PATTERN = r"cpu|auto|cuda(:[0-9]+)?"
+# Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
+DATASETS = ("synthetic", "esc50", "csv", "vegas", "vggsound")
+DIFFUSION_TYPES = ("flux", "sd")
+AGGREGATION_MODES = ("weighted_average", "avg", "none")
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "feda2v"
     seed: int = 0
     output_dir: str = "runs"
-    device: str = field(default="cpu", metadata=_rule(choices=("cpu", "cuda", "auto")))
+    device: str = field(default="cpu", metadata=_rule(pattern=DEVICE_PATTERN,
+                                                          shown="cpu, auto, cuda, cuda:N"))
     # Precision of the frozen encoders (the adapters always train in fp32).
     dtype: str = field(default="fp32", metadata=_rule(choices=("fp32", "fp16", "bf16")))
     # Encoded audio tokens and text targets; "" means $FEDA2V_CACHE_DIR or ~/.cache/fed_a2v.
@@ -42,11 +50,17 @@ class ExperimentConfig:
 
 @dataclass
 class FederationConfig:
+    # The only algorithm FedA2V runs; upstream configs name it.
+    algorithm: str = field(default="FedA2V", metadata=_rule(choices=("FedA2V",)))
     global_rounds: int = field(default=5, metadata=_rule(min=1))
-    num_clients: int = field(default=3, metadata=_rule(min=1))
+    # None: the number of `nodes` entries (3 without any).
+    num_clients: int | None = field(default=None, metadata=_rule(min=1))
     local_epochs: int = field(default=2, metadata=_rule(min=1))
     join_ratio: float = field(default=1.0, metadata=_rule(min_exclusive=0.0, max=1.0))
-    min_clients: int = field(default=2, metadata=_rule(min=1))
+    # None: 2, or fewer where the federation has fewer nodes.
+    min_clients: int | None = field(default=None, metadata=_rule(min=1))
+    # Nodes evaluate the global adapters every `eval_gap` rounds (and after the last round).
+    eval_gap: int = field(default=1, metadata=_rule(min=1))
     # A node's update is dropped for the round if an adapter moved further than this (L2).
     max_update_norm: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
     # Seconds a round waits for replies; the replies in by then are aggregated. None: an hour
@@ -68,18 +82,36 @@ class TrainingConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = field(default="synthetic", metadata=_rule(choices=("synthetic", "esc50", "csv")))
+    # mixed: nodes name their own corpus (`nodes.*.dataset`), each found in `paths`.
+    name: str = field(default="synthetic", metadata=_rule(choices=(*DATASETS, "mixed")))
     # synthetic/esc50: a folder with meta/esc50.csv and audio/; csv: a manifest file, or a
-    # folder holding manifest.csv (columns path,label and optional caption, split, fold).
+    # folder holding manifest.csv (columns path,label and optional caption, split, fold);
+    # vegas/vggsound: the folder layouts of docs/upstream-config.md.
     # Empty: the built-in corpus goes to a folder named by its settings (`Config.dataset_path`).
     path: str = ""
+    # Where each kind of corpus is, by dataset name, for federations that mix them.
+    paths: dict[str, str] = field(default_factory=dict)
     # nodes: each node's classes come from its `nodes` entry, its clips from a stratified shard;
-    # dirichlet: shards draw each class's clips in Dirichlet(dirichlet_alpha) proportions.
-    partition: str = field(default="nodes", metadata=_rule(choices=("nodes", "dirichlet")))
+    # dirichlet: shards draw each class's clips in Dirichlet(dirichlet_alpha) proportions;
+    # classes (upstream's way): a node holds every clip of its classes, cut only by its own
+    # node_split_id / num_nodes / samples_per_node.
+    partition: str = field(default="nodes",
+                           metadata=_rule(choices=("nodes", "dirichlet", "classes")))
     dirichlet_alpha: float = field(default=0.5, metadata=_rule(min_exclusive=0.0))
     prompt_template: str = "{label}"
+    # true: train/val/test by folds (numbered as in the corpus: ESC-50's CSV counts 1-5);
+    # false: by ratios, per node, seeded by node_split_seed.
+    use_folds: bool = True
     train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    val_folds: list[int] | None = None  # None: val_ratio of the training folds (0: no val)
     test_folds: list[int] = field(default_factory=lambda: [5])
+    train_ratio: float = field(default=0.8, metadata=_rule(min=0.0, max=1.0))
+    # None: 0.1 with ratio splits, 0 with fold splits.
+    val_ratio: float | None = field(default=None, metadata=_rule(min=0.0, max=1.0))
+    test_ratio: float = field(default=0.1, metadata=_rule(min=0.0, max=1.0))
+    stratify: bool = True
+    node_split_seed: int = 42
+    num_samples_per_class: int | None = field(default=None, metadata=_rule(min=1))
     clip_seconds: float = field(default=5.0, metadata=_rule(min_exclusive=0.0))
     # Only for name == "synthetic": what the generator writes on first use.
     num_classes: int = field(default=10, metadata=_rule(min=2, max=12))
@@ -89,6 +121,26 @@ class DatasetConfig:
 
 @dataclass
 class FedA2VConfig:
+    # flux: CLIP pooled (768) + T5 sequence targets; sd: the CLIP text encoder's token sequence
+    # (clip_max_length x 768), one adapter, as Stable Diffusion is conditioned.
+    diffusion_type: str = field(default="flux", metadata=_rule(choices=DIFFUSION_TYPES))
+    clip_max_length: int = field(default=77, metadata=_rule(min=1))
+    # The adapters see only the AST's first (CLS) token.
+    use_cls_token_only: bool = False
+    # weighted_average: FedAvg by examples; avg: unweighted mean; none: standalone nodes (each
+    # trains alone, nothing is exchanged after the first message).
+    adapter_aggregation_mode: str = field(default="weighted_average",
+                                          metadata=_rule(choices=AGGREGATION_MODES))
+    # Adapters saved every `adapter_checkpoint_frequency` rounds (and at the end) under
+    # <adapter_checkpoint_dir>/<adapter_checkpoint_base_name>_round<N>.safetensors (per adapter
+    # with adapter_checkpoint_per_type); with adapter_load_checkpoint the run starts from the
+    # latest one there.
+    adapter_checkpoint_dir: str = "checkpoints/adapters"
+    adapter_checkpoint_base_name: str = "adapter"
+    adapter_save_checkpoint: bool = False
+    adapter_load_checkpoint: bool = False
+    adapter_checkpoint_frequency: int = field(default=5, metadata=_rule(min=1))
+    adapter_checkpoint_per_type: bool = True
     audio_model_name: str = "builtin:tiny-ast"
     clip_model_name: str = "builtin:tiny-clip"
     t5_model_name: str = "builtin:tiny-t5"
@@ -125,19 +177,45 @@ class FedA2VConfig:
 
 
 @dataclass
-class NodeConfig:
-    """One node's own settings: which data it holds and how it runs."""
+class WandbConfig:
+    """Weights & Biases logging beside TensorBoard (`pip install fed-a2v[wandb]`)."""
 
+    disabled: bool = True
+    project: str = "fed-a2v"
+    entity: str | None = None
+    # None: wandb's own default (or $WANDB_MODE).
+    mode: str | None = field(default=None, metadata=_rule(choices=("online", "offline",
+                                                                     "disabled")))
+
+
+@dataclass
+class NodeConfig:
+    """One node's own settings: which data it holds and how it runs. Unset keys take the
+    experiment's (`dataset`, `feda2v`) value."""
+
+    dataset: str | None = field(default=None, metadata=_rule(choices=DATASETS))
     selected_classes: list[str] | None = None
     excluded_classes: list[str] | None = None
-    use_folds: list[int] | None = None  # the only folds this node may use at all
+    # true/false: fold or ratio splits; a list: fold splits using only these folds.
+    use_folds: bool | list[int] | None = None
     train_folds: list[int] | None = None
+    val_folds: list[int] | None = None
     test_folds: list[int] | None = None
+    train_ratio: float | None = field(default=None, metadata=_rule(min=0.0, max=1.0))
+    val_ratio: float | None = field(default=None, metadata=_rule(min=0.0, max=1.0))
+    test_ratio: float | None = field(default=None, metadata=_rule(min=0.0, max=1.0))
+    stratify: bool | None = None
+    num_samples_per_class: int | None = field(default=None, metadata=_rule(min=1))
+    samples_per_node: int | None = field(default=None, metadata=_rule(min=1))
+    node_split_seed: int | None = None
     node_split_id: int | None = field(default=None, metadata=_rule(min=0))
     num_nodes: int | None = field(default=None, metadata=_rule(min=1))
+    diffusion_type: str | None = field(default=None, metadata=_rule(choices=DIFFUSION_TYPES))
+    use_cls_token_only: bool | None = None
     dataset_path: str | None = None
     cache_dir: str | None = None
-    device: str | None = field(default=None, metadata=_rule(choices=("cpu", "cuda", "auto")))
+    device: str | None = field(default=None, metadata=_rule(pattern=DEVICE_PATTERN,
+                                                             shown="cpu, auto, cuda, cuda:N"))
     batch_size: int | None = field(default=None, metadata=_rule(min=1))
 
     def own_shard(self, source: str) -> tuple[int, int]:
@@ -164,6 +242,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     feda2v: FedA2VConfig = field(default_factory=FedA2VConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +267,14 @@ class Config:
     def node(self, partition_id: int) -> NodeConfig:
         """The `nodes` entry of a simulated node, or an empty one."""
         return self.nodes.get(str(partition_id), NodeConfig())
+
+    def for_node(self, node: NodeConfig, key: str) -> Any:
+        """A node's own value of `key`, else the experiment's (`dataset` or `feda2v`)."""
+        value = getattr(node, key)
+        if value is not None:
+            return value
+        section = self.dataset if hasattr(self.dataset, key) else self.feda2v
+        return getattr(section, key)
 
     def adapter_lr(self, adapter: str) -> float:
         value = getattr(self.feda2v, f"{adapter}_adapter_learning_rate")
@@ -253,6 +340,9 @@ def _check_rule(value: Any, rule: dict[str, Any], where: str) -> None:
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: {value} is not a finite number")
+    if "pattern" in rule and not re.fullmatch(rule["pattern"], str(value)):
+        raise ConfigError(f"{where}: {json.dumps(value)} is not allowed; use one of "
+                          f"{rule['shown']}")
     if "choices" in rule and value not in rule["choices"]:
         allowed = ", ".join(json.dumps(c) for c in rule["choices"])
         hint = suggest(str(value), [str(c) for c in rule["choices"]])
@@ -292,7 +382,9 @@ def _build(cls: type, data: Any, path: str, source: str) -> Any:
             kwargs[key] = _build(tp, value, key_path, source)
             continue
         if typing.get_origin(tp) is dict:
-            kwargs[key] = _build_nodes(value, key_path, source)
+            value_tp = typing.get_args(tp)[1]
+            kwargs[key] = (_build_nodes(value, key_path, source) if value_tp is NodeConfig
+                           else _build_map(value, value_tp, key_path, source))
             continue
         ok, coerced = _matches(value, tp)
         if not ok:
@@ -302,6 +394,13 @@ def _build(cls: type, data: Any, path: str, source: str) -> Any:
         _check_rule(coerced, fields[key].metadata.get("rule", {}), f"{source}: '{key_path}'")
         kwargs[key] = coerced
     return cls(**kwargs)
+
+
+def _build_map(data: Any, value_tp: type, path: str, source: str) -> dict[str, Any]:
+    if not isinstance(data, dict) or not all(isinstance(v, value_tp) for v in data.values()):
+        raise ConfigError(f"{source}: '{path}' must be a JSON object of {_describe(value_tp)} "
+                          "values")
+    return dict(data)
 
 
 def _build_nodes(data: Any, path: str, source: str) -> dict[str, NodeConfig]:
@@ -354,6 +453,14 @@ def check_consistency(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'dataset.prompt_template' may use only {{label}}: "
                           f"{config.dataset.prompt_template!r} ({err!r})") from err
     fed = config.federation
+    if fed.num_clients is None:
+        fed.num_clients = len(config.nodes) or 3
+    if fed.min_clients is None:
+        fed.min_clients = min(2, fed.num_clients)
+    for name in config.dataset.paths:
+        if name not in DATASETS:
+            raise ConfigError(f"{source}: 'dataset.paths.{name}': no such dataset"
+                              f"{suggest(name, list(DATASETS))}; use one of {', '.join(DATASETS)}")
     if fed.min_clients > fed.num_clients:
         raise ConfigError(
             f"{source}: 'federation.min_clients' ({fed.min_clients}) exceeds "

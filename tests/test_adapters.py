@@ -64,13 +64,14 @@ def test_channel_group_norm_normalises_channels_per_token():
 
 def test_channel_group_norm_positions_are_independent():
     norm = ChannelGroupNorm(16, 4)
-    x = torch.randn(2, 6, 16)
+    x = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(0))
     changed = x.clone()
     changed[:, 2] = changed[:, 2] * 100 + 50
     with torch.no_grad():
         y, y_changed = norm(x), norm(changed)
     others = [i for i in range(6) if i != 2]
-    assert torch.equal(y[:, others], y_changed[:, others])
+    # Equal up to float rounding: vectorised kernels may sum a row in another order.
+    assert torch.allclose(y[:, others], y_changed[:, others], atol=1e-6)
     assert not torch.allclose(y[:, 2], y_changed[:, 2])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def _error(tmp_path: Path, data) -> str:
 
 def test_empty_config_gives_defaults():
     config = config_from_dict({})
-    assert config == Config()
+    assert dataclasses.replace(config, federation=Config().federation) == Config()
+    # Unset counts are resolved on load: 3 nodes without entries, a quorum of 2.
+    assert (config.federation.num_clients, config.federation.min_clients) == (3, 2)
     assert config.training.batch_size == 16
     assert config.training.optimizer == "AdamW"
     assert config.feda2v.t5_max_length == 17
