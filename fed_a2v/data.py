@@ -40,6 +40,7 @@ class Corpus:
 @dataclass(frozen=True)
 class NodeSplit:
     train: list[Clip]
+    val: list[Clip]  # validation clips, disjoint from train and test (may be empty)
     test: list[Clip]
     classes: list[str]  # the classes this node holds
 
@@ -275,7 +276,7 @@ def split_for_node(corpus: Corpus, node: NodeConfig, node_index: int, num_nodes:
         return clip.split == split if clip.split is not None else clip.fold in split_folds
 
     chosen = [c for c in corpus.clips if c in mine and c.label in keep]
-    return NodeSplit([c for c in chosen if in_split(c, "train", train_folds)],
+    return NodeSplit([c for c in chosen if in_split(c, "train", train_folds)], [],
                      [c for c in chosen if in_split(c, "test", test_folds)], classes)
 
 
