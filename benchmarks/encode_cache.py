@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
-from fed_a2v.adapters import ADAPTERS, build_adapters
+from fed_a2v.adapters import adapter_names, adapters_for_targets
 from fed_a2v.audio import load_audio
 from fed_a2v.config import load_config
 from fed_a2v.data import open_corpus, split_for_node
@@ -61,27 +61,27 @@ def main() -> None:
         clips = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config).train
         clips = clips[:args.max_clips] if args.max_clips else clips
         rows = {name: i for i, name in enumerate(targets.names)}
-        d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ADAPTERS)
+        names = adapter_names(cfg)
         local = LocalTrainConfig(
             epochs=args.epochs, batch_size=config.training.batch_size,
             stratified=cfg.use_stratified_batching, per_class_loss=cfg.use_per_class_loss,
             grad_accum_steps=config.training.gradient_accumulation_steps,
-            learning_rates={a: config.adapter_lr(a) for a in ADAPTERS},
-            weight_decays={a: config.adapter_weight_decay(a) for a in ADAPTERS}, seed=0)
+            learning_rates={a: config.adapter_lr(a) for a in names},
+            weight_decays={a: config.adapter_weight_decay(a) for a in names}, seed=0)
         cpu = torch.device("cpu")
 
         start = time.perf_counter()
         encoding = Encoding(config, ident)
         kept, arrays = encoding.encode(clips)
         data = encoded_set(kept, arrays, corpus, rows, int(arrays[0].shape[-1]))
-        adapters = build_adapters(data.tokens.arrays[0].shape[-1], d_clip, d_t5, cfg)
+        adapters = adapters_for_targets(data.tokens.arrays[0].shape[-1], targets.tensors, cfg)
         train_local(adapters, data, targets.tensors, local, cpu)
         cached_s = time.perf_counter() - start
         cached_forwards = encoding.counts["encoded-clips"]
 
         start = time.perf_counter()
         encoder = AudioEncoder.load(cfg.audio_model_name, "cpu", config.experiment.dtype)
-        adapters = build_adapters(encoder.hidden_size, d_clip, d_t5, cfg)
+        adapters = adapters_for_targets(encoder.hidden_size, targets.tensors, cfg)
         forwards = 0
         for epoch in range(args.epochs):
             waves = [load_audio(c.path, encoder.settings.sampling_rate,

@@ -61,33 +61,59 @@ class MAPBlock(nn.Module):
 
 
 class Adapter(nn.Module):
-    """Audio tokens `(B, T, d_audio)` to `(B, d_out)` (one latent) or `(B, n_latents, d_out)`."""
+    """Audio tokens `(B, T, d_audio)` to `(B, d_out)` (`n_latents` None: one pooled vector) or
+    `(B, n_latents, d_out)` (a sequence)."""
 
-    def __init__(self, d_audio: int, d_out: int, n_latents: int, cfg: FedA2VConfig) -> None:
+    def __init__(self, d_audio: int, d_out: int, n_latents: int | None,
+                 cfg: FedA2VConfig) -> None:
         super().__init__()
-        self.n_latents = n_latents
-        self.pool = MAPBlock(d_audio, n_latents, cfg.adapter_num_heads, cfg.adapter_mlp_ratio,
-                             cfg.adapter_norm_groups, cfg.adapter_dropout)
+        self.pooled = n_latents is None
+        self.pool = MAPBlock(d_audio, n_latents or 1, cfg.adapter_num_heads,
+                             cfg.adapter_mlp_ratio, cfg.adapter_norm_groups, cfg.adapter_dropout)
         self.head = MLP(d_audio, cfg.adapter_hidden_dim, d_out, cfg.adapter_norm_groups,
                         cfg.adapter_dropout)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.head(self.pool(tokens))
-        return out[:, 0] if self.n_latents == 1 else out
+        return out[:, 0] if self.pooled else out
 
 
-ADAPTERS = ("clip", "t5")
+# What each diffusion model is conditioned on, so which adapters a federation trains: FLUX on
+# CLIP's pooled output and T5's sequence, Stable Diffusion 1.x on CLIP's token sequence alone.
+ADAPTERS_BY_DIFFUSION = {"flux": ("clip", "t5"), "sd": ("clip",)}
 
 
-def build_adapters(d_audio: int, d_clip: int, d_t5: int, cfg: FedA2VConfig,
+def adapter_names(cfg: FedA2VConfig) -> tuple[str, ...]:
+    """The adapters an experiment trains (and the target tensors it needs), in order."""
+    return ADAPTERS_BY_DIFFUSION[cfg.diffusion_type]
+
+
+def build_adapters(d_audio: int, d_clip: int, d_t5: int | None, cfg: FedA2VConfig,
                    seed: int = 0) -> dict[str, Adapter]:
-    """The CLIP adapter `(B, d_clip)` and the T5 adapter `(B, t5_max_length, d_t5)`."""
+    """flux: the CLIP adapter `(B, d_clip)` and the T5 adapter `(B, t5_max_length, d_t5)`;
+    sd: the CLIP adapter `(B, clip_max_length, d_clip)` only (`d_t5` unused)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if cfg.diffusion_type == "sd":
+            return {"clip": Adapter(d_audio, d_clip, cfg.clip_max_length, cfg)}
+        if d_t5 is None:
+            raise ValueError("diffusion_type 'flux' needs the T5 targets' width (d_t5)")
         return {
-            "clip": Adapter(d_audio, d_clip, 1, cfg),
+            "clip": Adapter(d_audio, d_clip, None, cfg),
             "t5": Adapter(d_audio, d_t5, cfg.t5_max_length, cfg),
         }
+
+
+def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: FedA2VConfig,
+                         seed: int = 0) -> dict[str, Adapter]:
+    """The adapters `cfg` trains, as wide as their `targets` (`(N, ..., width)` each)."""
+    missing = [name for name in adapter_names(cfg) if name not in targets]
+    if missing:
+        raise ValueError(f"diffusion_type '{cfg.diffusion_type}' trains adapters "
+                         f"{', '.join(adapter_names(cfg))}, but the targets have no "
+                         f"{', '.join(missing)} (targets: {', '.join(sorted(targets))})")
+    d_t5 = targets["t5"].shape[-1] if "t5" in targets else None
+    return build_adapters(d_audio, targets["clip"].shape[-1], d_t5, cfg, seed)
 
 
 def adapters_state(adapters: dict[str, Adapter]) -> dict[str, torch.Tensor]:

@@ -89,15 +89,22 @@ class TokenCache:
 class TokenStore:
     """A node's encoded clips: memory-mapped arrays, gathered into float32 batches on demand."""
 
-    def __init__(self, arrays: list[np.ndarray]) -> None:
+    def __init__(self, arrays: list[np.ndarray], keep_tokens: int | None = None) -> None:
         self.arrays = arrays
+        self.keep_tokens = keep_tokens  # None: every token; n: each clip's first n
 
     def __len__(self) -> int:
         return len(self.arrays)
 
     def batch(self, indices: list[int] | torch.Tensor) -> torch.Tensor:
         idx = indices.tolist() if isinstance(indices, torch.Tensor) else indices
-        return torch.from_numpy(np.stack([self.arrays[i] for i in idx])).float()
+        # Slicing a memory map reads only the rows kept.
+        return torch.from_numpy(np.stack([self.arrays[i][:self.keep_tokens]
+                                          for i in idx])).float()
+
+    def first_tokens(self, n: int) -> TokenStore:
+        """The same arrays, batched to each clip's first `n` tokens."""
+        return TokenStore(self.arrays, n)
 
     @classmethod
     def from_tensor(cls, tokens: torch.Tensor) -> TokenStore:

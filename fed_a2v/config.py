@@ -445,6 +445,18 @@ def load_node_config(path: str | Path) -> NodeConfig:
     return _build(NodeConfig, _read_json(Path(path)), "", str(path))
 
 
+def check_node_diffusion(config: Config, node: NodeConfig, where: str) -> None:
+    """A node's `diffusion_type`, if set, is the experiment's: every node trains (and the
+    server averages) the adapters of `feda2v.diffusion_type`, as upstream builds them."""
+    wanted = config.feda2v.diffusion_type
+    if node.diffusion_type is not None and node.diffusion_type != wanted:
+        raise ConfigError(
+            f"{where}: 'diffusion_type' is {json.dumps(node.diffusion_type)} but "
+            f"'feda2v.diffusion_type' is {json.dumps(wanted)}; a federation cannot mix sd and "
+            f"flux nodes (their adapters differ and cannot be averaged): use "
+            f"{json.dumps(wanted)} or leave the node's key out")
+
+
 def check_consistency(config: Config, source: str) -> None:
     """Rules that span several keys."""
     try:
@@ -467,6 +479,7 @@ def check_consistency(config: Config, source: str) -> None:
             f"'federation.num_clients' ({fed.num_clients})"
         )
     for node_id, node in config.nodes.items():
+        check_node_diffusion(config, node, f"{source}: 'nodes.{node_id}'")
         if node.selected_classes is not None and node.excluded_classes is not None:
             raise ConfigError(
                 f"{source}: 'nodes.{node_id}': use either 'selected_classes' or "

@@ -32,12 +32,18 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def first_tokens(self, n: int) -> EncodedSet:
+        """The same clips whose batches hold only each clip's first `n` tokens."""
+        return EncodedSet(self.tokens.first_tokens(n), self.labels, self.target_ids)
+
     def digest(self) -> str:
         """A hash of every clip's tokens, class id and target row, in order: equal digests
         mean the same training or held-out data."""
         h = hashlib.sha256()
         for values in (self.labels, self.target_ids):
             h.update(values.cpu().numpy().astype("<i8").tobytes())
+        if self.tokens.keep_tokens is not None:
+            h.update(f"first {self.tokens.keep_tokens} tokens".encode())
         for array in self.tokens.arrays:
             h.update(str((array.shape, array.dtype.str)).encode())
             h.update(array.tobytes())

@@ -225,13 +225,26 @@ def load_text_encoder(name: str, model_cls: type[PreTrainedModel], subfolder: st
 
 @torch.no_grad()
 def clip_targets(name: str, prompts: list[str], device: str = "cpu", subfolder: str | None = None,
-                 tokenizer_subfolder: str | None = None, dtype: str = "fp32") -> torch.Tensor:
-    """CLIP text pooled output per prompt, `(len(prompts), hidden)`: FLUX's pooled embeds."""
+                 tokenizer_subfolder: str | None = None, dtype: str = "fp32",
+                 sequence_length: int | None = None) -> torch.Tensor:
+    """CLIP text encoder output per prompt. `sequence_length` None: the pooled output,
+    `(len(prompts), hidden)`, FLUX's pooled embeds; a length: the last hidden states of the
+    prompt padded/truncated to it, `(len(prompts), sequence_length, hidden)`, what Stable
+    Diffusion 1.x is conditioned on."""
     model, tokenizer = load_text_encoder(name, CLIPTextModel, subfolder, tokenizer_subfolder,
                                          dtype)
     model = model.to(resolve_device(device))
-    return torch.cat([model(input_ids=ids).pooler_output.float().cpu() for ids in
-                      _token_batches(tokenizer, prompts, CLIP_MAX_LENGTH, model.device, "CLIP")])
+    if sequence_length is None:
+        return torch.cat([model(input_ids=ids).pooler_output.float().cpu() for ids in
+                          _token_batches(tokenizer, prompts, CLIP_MAX_LENGTH, model.device,
+                                         "CLIP")])
+    positions = model.config.max_position_embeddings
+    if sequence_length > positions:
+        raise ValueError(f"{name}: 'feda2v.clip_max_length' {sequence_length} exceeds the "
+                         f"CLIP text encoder's {positions} positions")
+    # SD 1.x runs CLIP without an attention mask and keeps every position, padding included.
+    return torch.cat([model(input_ids=ids).last_hidden_state.float().cpu() for ids in
+                      _token_batches(tokenizer, prompts, sequence_length, model.device, "CLIP")])
 
 
 @torch.no_grad()

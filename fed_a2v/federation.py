@@ -11,7 +11,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
-from .adapters import ADAPTERS, adapters_state, build_adapters
+from .adapters import adapter_names, adapters_for_targets, adapters_state
 from .config import Config, load_config
 from .data import corpus_index
 from .encoders import describe_audio_encoder
@@ -51,7 +51,7 @@ def lr_plan(config: Config):
         return {name: round_lr(config.adapter_lr(name), config.adapter_schedule(name),
                                server_round, rounds, config.feda2v.lr_warmup_rounds,
                                config.feda2v.lr_min_ratio)
-                for name in ADAPTERS}
+                for name in adapter_names(config.feda2v)}
 
     return lr_for_round
 
@@ -71,9 +71,9 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     fed = config.federation
     corpus = corpus_index(config)
     targets = targets_for(config, corpus)
-    d_clip, d_t5 = targets.tensors["clip"].shape[-1], targets.tensors["t5"].shape[-1]
     d_audio = describe_audio_encoder(config.feda2v.audio_model_name)[0].hidden_size
-    adapters = build_adapters(d_audio, d_clip, d_t5, config.feda2v, seed=config.experiment.seed)
+    adapters = adapters_for_targets(d_audio, targets.tensors, config.feda2v,
+                                    seed=config.experiment.seed)
     initial = ArrayRecord(adapters_state(adapters))
     payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
     log.info("run directory: %s", run_dir)
@@ -118,7 +118,9 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         if not strategy.nodes_seen:
             raise RuntimeError("no node completed a training round; see the errors above")
         final = result.arrays
-    adapter_config = {"d_audio": d_audio, "d_clip": d_clip, "d_t5": d_t5,
+    widths = {f"d_{name}": targets.tensors[name].shape[-1] for name in adapters}
+    adapter_config = {"d_audio": d_audio, "diffusion_type": config.feda2v.diffusion_type,
+                      **widths,
                       "targets": targets.names, "prompts": targets.prompts,
                       "feda2v": config.to_dict()["feda2v"]}
     extra = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from tqdm import tqdm
 
-from .adapters import adapters_state, build_adapters, load_adapters_state
+from .adapters import adapters_for_targets, adapters_state, load_adapters_state
 from .audio import AudioError, load_audio
 from .cache import TokenCache, TokenStore, cache_root, fingerprint
-from .config import Config, NodeConfig, config_from_dict, load_node_config
+from .config import (
+    Config,
+    NodeConfig,
+    check_node_diffusion,
+    config_from_dict,
+    load_node_config,
+)
 from .data import Clip, Corpus, open_corpus, split_for_node
 from .encoded import EncodedSet
 from .encoders import AudioEncoder, audio_encoder_key, resolve_device
@@ -82,6 +88,13 @@ class NodeData:
     skipped: list[str] = field(default_factory=list)  # "path: why" of every unusable clip
     # "train"/"test": content digests of the clips used (for the server's overlap check)
     digests: dict[str, list[str]] = field(default_factory=dict)
+
+    def first_tokens(self, n: int) -> NodeData:
+        """The same clips, the adapters seeing only each clip's first `n` tokens (n=1: the
+        AST's CLS token). The token cache and this process's copy keep every token."""
+        return replace(self, **{f.name: getattr(self, f.name).first_tokens(n)
+                                for f in fields(self)
+                                if isinstance(getattr(self, f.name), EncodedSet)})
 
 
 class Encoding:
@@ -239,15 +252,17 @@ class NodeRound:
         self.server_round = int(cfg_record["server-round"])
         self.record = cfg_record
         self.ident = identify(context, self.config)
+        check_node_diffusion(self.config, self.ident.settings, self.ident.name)
         self.device = resolve_device(_device(self.config, self.ident))
         self.targets = receive_targets(msg, str(cfg_record["targets-key"]),
                                        node_cache_root(self.config, self.ident), self.ident.name)
         self.data, fresh = node_data(self.config, self.ident, self.targets)
         self.counts = self.data.counts if fresh else dict.fromkeys(COUNT_KEYS, 0)
         self.skipped = self.data.skipped if fresh else []
-        tensors = self.targets.tensors
-        self.adapters = build_adapters(self.data.hidden_size, tensors["clip"].shape[-1],
-                                       tensors["t5"].shape[-1], self.config.feda2v)
+        if self.config.for_node(self.ident.settings, "use_cls_token_only"):
+            self.data = self.data.first_tokens(1)
+        self.adapters = adapters_for_targets(self.data.hidden_size, self.targets.tensors,
+                                             self.config.feda2v)
         load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
 
     def reports(self, msg: Message) -> dict[str, ConfigRecord]:

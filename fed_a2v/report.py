@@ -32,6 +32,8 @@ def write_report(run_dir: str | Path) -> Path:
     if not rounds:
         raise ValueError(f"{run_dir}: no metrics.jsonl with rounds in it")
     nodes = _read_jsonl(run_dir / "nodes.jsonl")
+    # The per-node grid shows only the adapters the run trained: an sd run has no t5.
+    recorded = {k for r in rounds + nodes for k, v in r.items() if v is not None}
     images = []
     for name, (title, keys) in SERIES.items():
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -43,10 +45,13 @@ def write_report(run_dir: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
         images.append(_save(fig, run_dir / f"plot_{name}.png", plt))
-    if nodes:
-        keys = [k for _, series in SERIES.values() for k in series if not k.endswith("_lr")]
-        fig, axes = plt.subplots(2, 4, figsize=(18, 7))
-        for ax, key in zip(axes.T.flat, keys, strict=True):
+    keys = [k for _, series in SERIES.values() for k in series
+            if not k.endswith("_lr") and k in recorded]
+    if nodes and keys:
+        rows = len({k.split("_")[1] for k in keys}) or 1  # one row per adapter
+        cols = -(-len(keys) // rows)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+        for ax, key in zip(axes.T.flat, keys, strict=False):
             for node in sorted({n["node"] for n in nodes}):
                 points = [(n["round"], n[key]) for n in nodes
                           if n["node"] == node and n.get(key) is not None]

@@ -13,17 +13,26 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .adapters import ADAPTERS
+from .adapters import adapter_names
 from .config import Config, ConfigError
 from .files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-ROUND_KEYS = ("train_clip_loss", "train_t5_loss", "eval_clip_mse", "eval_t5_mse",
-              "eval_clip_cosine", "eval_t5_cosine", "eval_clip_top1", "eval_t5_top1",
-              "clip_lr", "t5_lr", "train_nodes")
-EVAL_KEYS = tuple(k for k in ROUND_KEYS if k.startswith("eval_"))
 CONFIG_FILE = "config.json"
+
+
+def round_keys(config: Config) -> tuple[str, ...]:
+    """What `metrics.jsonl` records each round, for the adapters the experiment trains."""
+    names = adapter_names(config.feda2v)
+    return (*(f"train_{a}_loss" for a in names),
+            *(f"eval_{a}_{m}" for m in ("mse", "cosine", "top1") for a in names),
+            *(f"{a}_lr" for a in names), "train_nodes")
+
+
+def eval_keys(config: Config) -> tuple[str, ...]:
+    """The held-out metrics among `round_keys`: what `summary.json` reports."""
+    return tuple(k for k in round_keys(config) if k.startswith("eval_"))
 
 
 def new_run_dir(config: Config) -> Path:
@@ -86,7 +95,7 @@ class RunRecorder:
         """Record one finished round: a checkpoint, a metrics line, each node's own metrics
         (`nodes.jsonl`) and TensorBoard scalars, global and per node. `progress` (what the
         summary adds up over the run) is kept in the checkpoint with the wall time so far."""
-        record = {"round": server_round, **{k: metrics.get(k) for k in ROUND_KEYS}}
+        record = {"round": server_round, **{k: metrics.get(k) for k in round_keys(self.config)}}
         progress = {**(progress or {}), "wall_seconds": self.seconds()}
         # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
         save_adapters(state, self.checkpoint(server_round),
@@ -143,13 +152,13 @@ class RunRecorder:
                adapter_bytes_per_round: int, rounds: int, num_nodes: int,
                extra: dict[str, Any]) -> dict[str, Any]:
         """Final adapters under `final/` and `summary.json`."""
-        for name in ADAPTERS:
+        for name in adapter_names(self.config.feda2v):
             prefix = f"{name}."
             save_adapters({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                           self.dir / "final" / f"{name}_adapter.safetensors", {"adapter": name})
         atomic_write_text(self.dir / "final" / "adapter_config.json",
                           json.dumps(adapter_config, indent=2))
-        summary = {**{k: self.last.get(k) for k in EVAL_KEYS}, "rounds": rounds,
+        summary = {**{k: self.last.get(k) for k in eval_keys(self.config)}, "rounds": rounds,
                    "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))

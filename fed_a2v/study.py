@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .adapters import ADAPTERS, build_adapters
+from .adapters import adapter_names, adapters_for_targets
 from .config import Config, NodeConfig
 from .data import open_corpus
 from .encoded import EncodedSet
@@ -61,12 +61,12 @@ def run_arm(arm: Arm, config: Config, train: EncodedSet, test: EncodedSet, targe
     """Train `arm` once per seed on `train`, evaluating on `test` after every epoch. The record
     names the data it used by digest (`split`), computed from `train` and `test` themselves."""
     cpu = torch.device("cpu")
-    d_clip, d_t5 = (targets.tensors[k].shape[-1] for k in ADAPTERS)
+    names = adapter_names(config.feda2v)
     runs = []
     for seed in seeds:
-        adapters = build_adapters(train.tokens.arrays[0].shape[-1], d_clip, d_t5, config.feda2v,
-                                  seed=seed)
-        curves: dict[str, list[float]] = {"eval_clip_top1": [], "eval_t5_top1": []}
+        adapters = adapters_for_targets(train.tokens.arrays[0].shape[-1], targets.tensors,
+                                        config.feda2v, seed=seed)
+        curves: dict[str, list[float]] = {f"eval_{n}_top1": [] for n in names}
 
         def after_epoch(_: int, adapters=adapters, curves=curves) -> None:
             metrics = evaluate_adapters(adapters, test, targets.tensors,
@@ -78,12 +78,11 @@ def run_arm(arm: Arm, config: Config, train: EncodedSet, test: EncodedSet, targe
             epochs=epochs, batch_size=arm.batch_size, stratified=arm.stratified,
             per_class_loss=arm.per_class_loss, grad_accum_steps=arm.grad_accum_steps,
             learning_rates=lr,
-            weight_decays={n: config.adapter_weight_decay(n) for n in ADAPTERS}, seed=seed)
+            weight_decays={n: config.adapter_weight_decay(n) for n in names}, seed=seed)
         history = train_local(adapters, train, targets.tensors, local, cpu, on_epoch=after_epoch)
-        runs.append({"seed": seed, "train_clip_loss": history["clip"],
-                     "train_t5_loss": history["t5"], **curves})
+        runs.append({"seed": seed, **{f"train_{n}_loss": history[n] for n in names}, **curves})
     final = {key: _mean_std([r[key][-1] for r in runs])
-             for key in ("train_clip_loss", "train_t5_loss", "eval_clip_top1", "eval_t5_top1")}
+             for key in (*(f"train_{n}_loss" for n in names), *curves)}
     log.info("%s: %s", arm.name, {k: round(v["mean"], 4) for k, v in final.items()})
     return {"arm": asdict(arm), "name": arm.name, "epochs": epochs,
             "train_clips": len(train), "test_clips": len(test),
@@ -106,7 +105,9 @@ def run_study(config: Config, arms: list[Arm], seeds: list[int], epochs: int,
     targets = targets_for(config, corpus)
     ident = NodeIdentity(NodeConfig(), 0, 1, "study")  # one node holding every clip
     data, _ = node_data(config, ident, targets)
-    lr = lr or {name: config.adapter_lr(name) for name in ADAPTERS}
+    if config.feda2v.use_cls_token_only:
+        data = data.first_tokens(1)
+    lr = lr or {name: config.adapter_lr(name) for name in adapter_names(config.feda2v)}
     results = [run_arm(arm, config, data.train, data.test, targets, seeds, epochs, lr)
                for arm in arms]
     check_same_split(results)
@@ -119,14 +120,19 @@ def _cell(stat: dict[str, float], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _final_keys(study: dict[str, Any], kind: str) -> list[str]:
+    """The study's `train_*_loss` (kind "train") or `eval_*_top1` ("eval") keys, in order."""
+    return [k for k in study["arms"][0]["final"] if k.startswith(f"{kind}_")]
+
+
 def study_table(study: dict[str, Any]) -> str:
-    lines = [f"| arm | CLIP loss (epoch {study['epochs']}) | T5 loss (epoch {study['epochs']}) "
-             "| eval_clip_top1 | eval_t5_top1 |", "|---|---|---|---|---|"]
+    losses, top1 = _final_keys(study, "train"), _final_keys(study, "eval")
+    heads = [f"{k.split('_')[1].upper()} loss (epoch {study['epochs']})" for k in losses] + top1
+    lines = [f"| arm | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
     for arm in study["arms"]:
         f = arm["final"]
-        lines.append(f"| {arm['name']} | {_cell(f['train_clip_loss'], 4)} | "
-                     f"{_cell(f['train_t5_loss'], 4)} | {_cell(f['eval_clip_top1'])} | "
-                     f"{_cell(f['eval_t5_top1'])} |")
+        cells = [_cell(f[k], 4) for k in losses] + [_cell(f[k]) for k in top1]
+        lines.append(f"| {arm['name']} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -140,8 +146,7 @@ def effect(study: dict[str, Any], factor: str) -> dict[str, float]:
     pairs = [(d[False], d[True]) for d in by_key.values() if False in d and True in d]
     return {metric: statistics.fmean(on[metric]["mean"] - off[metric]["mean"]
                                      for off, on in pairs)
-            for metric in ("train_clip_loss", "train_t5_loss", "eval_clip_top1",
-                           "eval_t5_top1")} if pairs else {}
+            for metric in study["arms"][0]["final"]} if pairs else {}
 
 
 def one_class_pairs(study: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -166,9 +171,11 @@ def plot_study(study: dict[str, Any], out: Path) -> list[Path]:
 
     sizes = sorted({(a["arm"]["batch_size"], a["arm"]["grad_accum_steps"]) for a in study["arms"]})
     written = []
-    for name, keys in (("loss", ("train_clip_loss", "train_t5_loss")),
-                       ("accuracy", ("eval_clip_top1", "eval_t5_top1"))):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    for name, keys in (("loss", _final_keys(study, "train")),
+                       ("accuracy", _final_keys(study, "eval"))):
+        fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), sharex=True,
+                                 squeeze=False)
+        axes = axes[0]
         for ax, key in zip(axes, keys, strict=True):
             for arm in study["arms"]:
                 curves = torch.tensor([r[key] for r in arm["runs"]])
@@ -181,7 +188,7 @@ def plot_study(study: dict[str, Any], out: Path) -> list[Path]:
             ax.set_title(key)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=6, ncol=2)
+        axes[-1].legend(fontsize=6, ncol=2)
         fig.tight_layout()
         path = out / f"study_{name}.png"
         fig.savefig(path, dpi=110)

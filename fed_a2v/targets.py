@@ -1,4 +1,6 @@
-"""Text targets: one CLIP and one T5 embedding per prompt, made once where the text encoders are.
+"""Text targets, one per prompt per adapter, made once where the text encoders are: CLIP pooled
+and T5 sequence for FLUX (`feda2v.diffusion_type` "flux"), CLIP sequence for Stable Diffusion
+("sd").
 
 A prompt is a class name through `dataset.prompt_template`, or a clip's own caption when the
 corpus has captions. Targets are cached on disk by models and prompts, or read from a file that
@@ -37,7 +39,9 @@ log = logging.getLogger(__name__)
 class Targets:
     names: list[str]  # what a clip looks its row up by: its class, or its caption
     prompts: list[str]
-    tensors: dict[str, torch.Tensor]  # "clip": (N, d_clip), "t5": (N, t5_max_length, d_t5)
+    # flux: "clip" (N, d_clip), "t5" (N, t5_max_length, d_t5); sd: "clip" (N, clip_max_length,
+    # d_clip)
+    tensors: dict[str, torch.Tensor]
     source: str = "computed"
 
     @cached_property
@@ -79,13 +83,35 @@ def target_prompts(corpus: Corpus, config: Config) -> tuple[list[str], list[str]
 
 
 def compute_targets(config: Config, names: list[str], prompts: list[str]) -> Targets:
+    """The targets of `feda2v.diffusion_type`; sd loads no T5 encoder."""
     fa, ex = config.feda2v, config.experiment
-    log.info("computing text targets for %d prompts", len(prompts))
+    log.info("computing %s text targets for %d prompts", fa.diffusion_type, len(prompts))
+    sd = fa.diffusion_type == "sd"
     clip = clip_targets(fa.clip_model_name, prompts, ex.device, fa.clip_model_subfolder,
-                        fa.clip_tokenizer_subfolder, ex.dtype)
+                        fa.clip_tokenizer_subfolder, ex.dtype,
+                        sequence_length=fa.clip_max_length if sd else None)
+    if sd:
+        return Targets(names, prompts, {"clip": clip})
     t5 = t5_targets(fa.t5_model_name, prompts, fa.t5_max_length, ex.device,
                     fa.t5_model_subfolder, fa.t5_tokenizer_subfolder, ex.dtype)
     return Targets(names, prompts, {"clip": clip, "t5": t5})
+
+
+def check_targets(targets: Targets, config: Config, source: str) -> None:
+    """Targets fit the experiment's adapters: one tensor per adapter, sequences as long as
+    the adapter's latents (a targets file made for the other diffusion type does not)."""
+    fa = config.feda2v
+    expected = {"flux": {"clip": 2, "t5": 3}, "sd": {"clip": 3}}[fa.diffusion_type]
+    lengths = {"t5": fa.t5_max_length, "clip": fa.clip_max_length}
+    shapes = {name: tuple(t.shape) for name, t in targets.tensors.items()}
+    ok = set(shapes) == set(expected) and all(
+        len(shapes[n]) == dims and (dims == 2 or shapes[n][1] == lengths[n])
+        for n, dims in expected.items())
+    if not ok:
+        raise ConfigError(
+            f"{source}: targets of shapes {shapes} do not fit 'feda2v.diffusion_type' "
+            f"'{fa.diffusion_type}' (clip_max_length {fa.clip_max_length}, t5_max_length "
+            f"{fa.t5_max_length}); make them again with `fed-a2v targets`")
 
 
 def text_encoder_identity(name: str, subfolder: str | None,
@@ -103,16 +129,21 @@ def targets_for(config: Config, corpus: Corpus) -> Targets:
     fa = config.feda2v
     if fa.targets_file:
         targets = Targets.load(Path(fa.targets_file), f"file:{fa.targets_file}")
+        check_targets(targets, config, fa.targets_file)
         unknown = sorted(set(names) - set(targets.names))
         if unknown:
             raise ConfigError(f"{fa.targets_file}: has no target for {len(unknown)} of the "
                               f"corpus's prompts, e.g. '{unknown[0]}'; make it again")
         return targets
-    key = fingerprint(text_encoder_identity(fa.clip_model_name, fa.clip_model_subfolder,
-                                            fa.clip_tokenizer_subfolder),
-                      text_encoder_identity(fa.t5_model_name, fa.t5_model_subfolder,
-                                            fa.t5_tokenizer_subfolder),
-                      fa.t5_max_length, config.experiment.dtype, names, prompts)
+    clip = text_encoder_identity(fa.clip_model_name, fa.clip_model_subfolder,
+                                 fa.clip_tokenizer_subfolder)
+    if fa.diffusion_type == "sd":
+        key = fingerprint("sd", clip, fa.clip_max_length, config.experiment.dtype, names,
+                          prompts)
+    else:
+        key = fingerprint("flux", clip, text_encoder_identity(
+            fa.t5_model_name, fa.t5_model_subfolder, fa.t5_tokenizer_subfolder),
+            fa.t5_max_length, config.experiment.dtype, names, prompts)
     path = cache_root(config.experiment.cache_dir) / "targets" / f"{key}.safetensors"
     if path.exists():
         return Targets.load(path, "cache")

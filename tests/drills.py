@@ -32,7 +32,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from fed_a2v.adapters import ADAPTERS
+from fed_a2v.adapters import ADAPTERS_BY_DIFFUSION
 from fed_a2v.launch import (
     Process,
     flower_env,
@@ -246,7 +246,8 @@ def supernode_killed_mid_round(root: Path, rounds: int = 4, nodes: int = 3,
 def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
     """`fed-a2v simulate` is stopped (SIGTERM) after round 2, then run with `--resume`. The
     adapters' LR follows a cosine schedule, so each round has its own."""
-    cosine = {f"{name}_adapter_learning_rate_schedule": "cosine" for name in ADAPTERS}
+    cosine = {f"{name}_adapter_learning_rate_schedule": "cosine"
+              for name in ADAPTERS_BY_DIFFUSION["flux"]}
     experiment = small_experiment(root, "resume", feda2v=cosine, global_rounds=rounds,
                                   num_clients=2, min_clients=2, local_epochs=15)
     outputs = root / "outputs"
