@@ -35,8 +35,9 @@ EXIT_CONFIG = 2
 
 
 def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = None,
-          output_dir: str | None = None) -> Config:
-    config = load_config(args_config)
+          output_dir: str | None = None, overrides: list[str] | None = None,
+          strict: bool = False) -> Config:
+    config = load_config(args_config, overrides or (), strict)
     if rounds is not None:
         config.federation.global_rounds = rounds
     if num_nodes is not None:
@@ -50,7 +51,7 @@ def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = N
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the config, a node's JSON, and, where the corpus is on disk, every node's share."""
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides, args.strict)
     nodes = {f"{args.config}: 'nodes.{k}'": (v, int(k), config.federation.num_clients)
              for k, v in config.nodes.items()}
     if args.node:
@@ -73,7 +74,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         resolved = run_dir / "config.json"
         config = _load(str(resolved))
     else:
-        config = _load(args.config, args.rounds, args.num_nodes, args.output_dir)
+        config = _load(args.config, args.rounds, args.num_nodes, args.output_dir,
+                       args.overrides, args.strict)
     num = config.federation.num_clients
     source = args.resume or args.config
     # Generates the built-in corpus once, before nodes start.
@@ -120,6 +122,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Print (or write) the experiment in FedA2V's own format, with a notes file beside it."""
+    from .upstream import convert, notes
+
+    native, translation = convert(args.config, args.overrides)
+    text = json.dumps(native, indent=2) + "\n"
+    if args.out:
+        out = Path(args.out)
+        out.write_text(text, encoding="utf-8")
+        notes_file = out.with_name(out.name + ".notes.md")
+    else:
+        sys.stdout.write(text)
+        notes_file = Path(f"{Path(args.config).stem}.fed-a2v.notes.md")
+    notes_file.write_text(notes(translation, args.out or "stdout"), encoding="utf-8")
+    print(f"{args.out or 'stdout'}: FedA2V's format; what was mapped and dropped: {notes_file}",
+          file=sys.stderr)
+    return 0
+
+
+def _add_overrides(p: argparse.ArgumentParser, strict: bool = True) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the config, e.g. --set dataset.path=/data/ESC-50 "
+                        "(VALUE is read as JSON when it parses, else as a string); repeatable")
+    if strict:
+        p.add_argument("--strict", action="store_true",
+                       help="keys FedA2V does not support are errors, not a warning")
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     """Compute the text targets of a config's corpus into a file, for `feda2v.targets_file`."""
     config = _load(args.config)
@@ -158,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check an experiment config (and a node's JSON)")
     p.add_argument("config")
     p.add_argument("--node", help="a node's own JSON file")
+    _add_overrides(p)
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("simulate", help="run a simulated federation (Flower simulation engine)")
     p.add_argument("--config", default=str(default_config()))
@@ -169,7 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped run after its last finished round (its config)")
+    _add_overrides(p)
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("convert", help="write an experiment (e.g. upstream's) in FedA2V's format")
+    p.add_argument("config")
+    p.add_argument("--out", help="the JSON file to write (default: stdout); notes go beside it "
+                                 "(<out>.notes.md, or <config stem>.fed-a2v.notes.md here)")
+    _add_overrides(p, strict=False)
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser("targets", help="compute text targets once, for offline use")
     p.add_argument("config")
     p.add_argument("--out", required=True, help="a .safetensors file to write")

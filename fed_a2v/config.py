@@ -15,6 +15,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,11 @@ class Config:
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The resolved config in FedA2V's own format. `federation.algorithm` is left out: in a
+        file it marks upstream's format (docs/upstream-config.md), and there is one value."""
+        data = dataclasses.asdict(self)
+        del data["federation"]["algorithm"]
+        return data
 
     def dataset_path(self) -> str:
         """`dataset.path`; unset for the built-in corpus, `data/synthetic-<its settings>`, so
@@ -435,9 +440,13 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate an experiment JSON file."""
-    return config_from_dict(_read_json(Path(path)), str(path))
+def load_config(path: str | Path, overrides: Iterable[str] = (), strict: bool = False) -> Config:
+    """Read an experiment JSON file (FedA2V's format or upstream's), apply `--set KEY=VALUE`
+    overrides, translate and validate it; one warning names what is not supported (`strict`:
+    an error). See docs/upstream-config.md."""
+    from .upstream import resolve  # it builds on this module
+
+    return resolve(path, overrides, strict)[0]
 
 
 def load_node_config(path: str | Path) -> NodeConfig:

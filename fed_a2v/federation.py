@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ def resolve_path(value: str, app_dir: Path) -> Path:
 
 
 def config_for_run(run_config: dict[str, Any], app_dir: Path) -> Config:
-    """The experiment JSON named by the run config, with its overrides and absolute paths."""
+    """The experiment JSON named by the run config, with its overrides and absolute paths.
+    `set` holds `--set` items separated by spaces (shell quoting), e.g.
+    `flwr run --run-config "set='federation.global_rounds=3 dataset.path=/x'"`."""
     config = load_config(resolve_path(str(run_config.get("config", "configs/quickstart.json")),
-                                      app_dir))
+                                      app_dir), shlex.split(str(run_config.get("set") or "")))
     if int(run_config.get("rounds", 0) or 0) > 0:
         config.federation.global_rounds = int(run_config["rounds"])
     if run_config.get("output-dir"):
