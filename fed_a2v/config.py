@@ -263,9 +263,12 @@ class Config:
                 f"{ds.clips_per_class}-{ds.clip_seconds:g}s-{ds.sample_rate}hz")
 
     def make_paths_absolute(self) -> None:
-        """Resolve the output and dataset paths against this process's working directory,
-        so processes started elsewhere (nodes, the ServerApp) read the same places."""
+        """Resolve the output, dataset and adapter checkpoint paths against this process's
+        working directory, so processes started elsewhere (nodes, the ServerApp) read the
+        same places."""
         self.experiment.output_dir = str(Path(self.experiment.output_dir).resolve())
+        self.feda2v.adapter_checkpoint_dir = str(Path(self.feda2v.adapter_checkpoint_dir)
+                                                 .expanduser().resolve())
         if self.dataset_path():
             self.dataset.path = str(Path(self.dataset_path()).resolve())
 
@@ -473,6 +476,12 @@ def check_consistency(config: Config, source: str) -> None:
     except (KeyError, IndexError, ValueError) as err:
         raise ConfigError(f"{source}: 'dataset.prompt_template' may use only {{label}}: "
                           f"{config.dataset.prompt_template!r} ({err!r})") from err
+    if config.feda2v.adapter_load_checkpoint and config.feda2v.adapter_aggregation_mode == "none":
+        raise ConfigError(
+            f"{source}: 'feda2v.adapter_load_checkpoint' cannot be true with "
+            "'feda2v.adapter_aggregation_mode' \"none\": a standalone run has no global "
+            "adapters to start from (each node builds and keeps its own); use \"avg\" or "
+            "\"weighted_average\", or set adapter_load_checkpoint to false")
     fed = config.federation
     if fed.num_clients is None:
         fed.num_clients = len(config.nodes) or 3

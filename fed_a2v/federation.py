@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
 from .adapters import adapter_names, adapters_for_targets, adapters_state
+from .checkpoints import AdapterCheckpoints
 from .config import Config, load_config
 from .data import corpus_index
 from .encoders import describe_audio_encoder
@@ -21,6 +22,7 @@ from .run_dir import CONFIG_FILE, RunRecorder, new_run_dir, run_to_resume
 from .schedule import round_lr
 from .strategy import FedA2VStrategy
 from .targets import targets_for
+from .wandb_log import require_wandb
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     if resume:
         run_config["config"] = str(run_to_resume(run_dir_value) / CONFIG_FILE)
     config = config_for_run(run_config, app_dir)
+    require_wandb(config)  # a missing package fails now, not after the targets are computed
     run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
     fed = config.federation
     corpus = corpus_index(config)
@@ -78,6 +81,13 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     adapters = adapters_for_targets(d_audio, targets.tensors, config.feda2v,
                                     seed=config.experiment.seed)
     initial = ArrayRecord(adapters_state(adapters))
+    dims = {"d_audio": d_audio, **{f"d_{n}": targets.tensors[n].shape[-1] for n in adapters}}
+    checkpoints = AdapterCheckpoints(config, run_dir, dims)
+    started_from = None
+    if config.feda2v.adapter_load_checkpoint:
+        loaded_round, state, files = checkpoints.load_latest(adapters_state(adapters))
+        initial = ArrayRecord(state)
+        started_from = {"round": loaded_round, "files": [str(f) for f in files]}
     payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
     log.info("run directory: %s", run_dir)
     log.info("%d targets (%s); adapters: %.2f MB per node per round each way",
@@ -103,10 +113,11 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         if server_round == 0:
             return None
         server_round += strategy.round_offset
+        state = arrays.to_torch_state_dict()
         record = recorder.end_round(server_round, strategy.round_metrics.get(server_round, {}),
-                                    arrays.to_torch_state_dict(),
-                                    strategy.node_metrics.get(server_round, {}),
+                                    state, strategy.node_metrics.get(server_round, {}),
                                     strategy.progress())
+        checkpoints.save_if_due(server_round, state)
         return MetricRecord({k: v for k, v in record.items() if v is not None})
 
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
@@ -136,6 +147,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "failed_replies": [{"round": r, "stage": stage, "node": n, "why": why}
                            for r, stage, n, why in strategy.failed],
         "targets_source": targets.source,
+        "started_from_checkpoint": started_from,
         "targets_bytes": strategy.targets_bytes,
         "control_bytes_per_round": max(strategy.control_bytes.values(), default=0),
     }

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from .adapters import adapter_names
 from .config import Config, ConfigError
 from .files import atomic_write, atomic_write_text
+from .wandb_log import start_wandb
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class RunRecorder:
         if not resume:
             atomic_write_text(self.dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2))
         self.tb = SummaryWriter(str(self.dir / "tb"))
+        self.wandb = start_wandb(config, self.dir, resume)
 
     def seconds(self) -> float:
         """Wall time of the whole run so far, resumed parts included."""
@@ -93,8 +95,9 @@ class RunRecorder:
                   nodes: dict[int, dict[str, float]] | None = None,
                   progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record one finished round: a checkpoint, a metrics line, each node's own metrics
-        (`nodes.jsonl`) and TensorBoard scalars, global and per node. `progress` (what the
-        summary adds up over the run) is kept in the checkpoint with the wall time so far."""
+        (`nodes.jsonl`) and scalars, global and per node, to TensorBoard and (if enabled) W&B.
+        `progress` (what the summary adds up over the run) is kept in the checkpoint with the
+        wall time so far."""
         record = {"round": server_round, **{k: metrics.get(k) for k in round_keys(self.config)}}
         progress = {**(progress or {}), "wall_seconds": self.seconds()}
         # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
@@ -102,15 +105,17 @@ class RunRecorder:
                       {"round": str(server_round), "progress": json.dumps(progress)})
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "round" and value is not None:
-                self.tb.add_scalar(key.replace("_", "/", 1), value, server_round)
+        scalars = {key.replace("_", "/", 1): value for key, value in record.items()
+                   if key != "round" and value is not None}
         with open(self.dir / "nodes.jsonl", "a") as f:
             for node, values in sorted((nodes or {}).items()):
                 f.write(json.dumps({"round": server_round, "node": node, **values}) + "\n")
-                for key, value in values.items():
-                    self.tb.add_scalar(f"node_{node}/{key}", value, server_round)
+                scalars.update({f"node_{node}/{key}": value for key, value in values.items()})
+        for tag, value in scalars.items():
+            self.tb.add_scalar(tag, value, server_round)
         self.tb.flush()
+        if self.wandb:
+            self.wandb.log(scalars, server_round)
         self.last = record
         log.info("round %d | %s", server_round, " ".join(
             f"{k}={v:.4g}" for k, v in record.items() if k != "round" and v is not None))
@@ -163,4 +168,6 @@ class RunRecorder:
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
         self.tb.close()
+        if self.wandb:
+            self.wandb.finish(summary)
         return summary
