@@ -109,7 +109,8 @@ class DatasetConfig:
     train_ratio: float = field(default=0.8, metadata=_rule(min=0.0, max=1.0))
     # None: 0.1 with ratio splits, 0 with fold splits.
     val_ratio: float | None = field(default=None, metadata=_rule(min=0.0, max=1.0))
-    test_ratio: float = field(default=0.1, metadata=_rule(min=0.0, max=1.0))
+    # None: what train_ratio and val_ratio leave (1 - train - val), as upstream computed it.
+    test_ratio: float | None = field(default=None, metadata=_rule(min=0.0, max=1.0))
     stratify: bool = True
     node_split_seed: int = 42
     num_samples_per_class: int | None = field(default=None, metadata=_rule(min=1))
@@ -271,6 +272,7 @@ class Config:
                                                  .expanduser().resolve())
         if self.dataset_path():
             self.dataset.path = str(Path(self.dataset_path()).resolve())
+        self.dataset.paths = {k: str(Path(v).resolve()) for k, v in self.dataset.paths.items()}
 
     def node(self, partition_id: int) -> NodeConfig:
         """The `nodes` entry of a simulated node, or an empty one."""

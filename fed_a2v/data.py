@@ -1,206 +1,189 @@
-"""Corpora and each node's share of them: ESC-50 folders, CSV manifests, disjoint node splits."""
+"""Which corpus each node reads, where it is, and checks of every node's share before a run.
+
+A node's corpus kind is its `dataset`, else `dataset.name`; its folder is its `dataset_path`,
+else `dataset.paths[kind]`, else `dataset.path` (for the experiment's own kind), else
+`<dataset.path>/<FOLDERS[kind]>`. The readers are in `corpora`, the splits in `splits`.
+"""
 
 from __future__ import annotations
 
-import csv
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .cache import file_digest
-from .config import Config, ConfigError, NodeConfig, suggest
-from .overlap import ClipSets, find_overlaps, report
+from .config import DATASETS, Config, ConfigError, NodeConfig
+from .corpora import EXPECTED, Clip, Corpus, corpus_present, read_corpus, read_esc50, read_manifest
+from .overlap import ClipSets, OverlapError, find_overlaps, report
+from .splits import NodeSplit, node_classes, shard_clips, split_for_node
 from .synthetic import SOUNDS, ensure_synthetic_corpus
 
-SPLITS = ("train", "test")
+__all__ = ["Clip", "Corpus", "NodeSplit", "check_node_shares", "corpus_index", "corpus_on_disk",
+           "node_classes", "node_corpus", "node_kind", "open_corpus", "read_esc50",
+           "read_manifest", "require_corpus", "shard_clips", "split_for_node"]
+
+# Folder names under `dataset.path` in a mixed federation (upstream's folder names).
+FOLDERS = {"esc50": "esc50-v2.0.0-full", "vegas": "VEGAS", "vggsound": "vggsound"}
 
 
-@dataclass(frozen=True)
-class Clip:
-    path: Path
-    label: str
-    fold: int
-    caption: str | None = None  # its own text target, where the corpus has one
-    split: str | None = None  # "train"/"test" when the manifest decides, else folds do
+def node_kind(config: Config, node: NodeConfig, where: str = "node") -> str:
+    """The kind of corpus `node` reads: its `dataset`, else the experiment's."""
+    kind = node.dataset or config.dataset.name
+    if kind == "mixed":
+        raise ConfigError(f"{where}: 'dataset' is not set: with 'dataset.name' \"mixed\" each "
+                          f"node names its corpus, one of {', '.join(DATASETS)}")
+    return kind
 
 
-@dataclass(frozen=True)
-class Corpus:
-    root: Path
-    classes: list[str]  # index = class id
-    clips: list[Clip]
-
-    @property
-    def has_captions(self) -> bool:
-        return any(c.caption for c in self.clips)
+def _root_key(config: Config, kind: str) -> str:
+    """The config key that gives the folder of `kind` (for error messages)."""
+    if kind in config.dataset.paths:
+        return f"'dataset.paths.{kind}'"
+    return "'dataset.path'"
 
 
-@dataclass(frozen=True)
-class NodeSplit:
-    train: list[Clip]
-    val: list[Clip]  # validation clips, disjoint from train and test (may be empty)
-    test: list[Clip]
-    classes: list[str]  # the classes this node holds
-
-
-def read_esc50(root: str | Path) -> Corpus:
-    """Read `meta/esc50.csv` (filename, fold, target, category, ...) under `root`."""
-    root = Path(root)
-    meta = root / "meta" / "esc50.csv"
-    if not meta.exists():
-        raise ConfigError(f"{meta}: not found; 'dataset.path' must be an ESC-50 layout folder")
-    names: dict[int, str] = {}
-    clips = []
-    for line, row in _rows(meta, ("filename", "fold", "target", "category")):
-        try:
-            target, fold = int(row["target"]), int(row["fold"])
-        except ValueError as err:
-            raise ConfigError(f"{meta}: line {line}: bad row ({err})") from err
-        names[target] = row["category"]
-        clips.append(Clip(root / "audio" / row["filename"], row["category"], fold))
-    return Corpus(root, [names[t] for t in sorted(names)], clips)
-
-
-def read_manifest(path: str | Path, seed: int = 0) -> Corpus:
-    """Read a CSV manifest: `path,label` and optional `caption`, `split`, `fold` columns.
-
-    Audio paths are relative to the manifest's folder unless absolute. Without `split` or
-    `fold`, clips are dealt into folds 1-5 per class, seeded, so the fold settings apply.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.csv"
-    if not path.exists():
-        raise ConfigError(f"{path}: manifest not found")
-    clips = []
-    for line, row in _rows(path, ("path", "label")):
-        split = (row.get("split") or "").strip().lower() or None
-        if split is not None and split not in SPLITS:
-            raise ConfigError(f"{path}: line {line}: split '{split}' must be train or test")
-        try:
-            fold = int(row["fold"]) if row.get("fold") else 0
-        except ValueError as err:
-            raise ConfigError(f"{path}: line {line}: fold '{row['fold']}' is not a number") from err
-        audio = Path(row["path"])
-        clips.append(Clip(audio if audio.is_absolute() else path.parent / audio,
-                          row["label"].strip(), fold, (row.get("caption") or "").strip() or None,
-                          split))
-    if any(c.fold == 0 and c.split is None for c in clips):
-        clips = _assign_folds(clips, seed)
-    return Corpus(path.parent, sorted({c.label for c in clips}), clips)
-
-
-def _rows(path: Path, required: tuple[str, ...]):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; "
-                              f"found {', '.join(reader.fieldnames or [])}")
-        for line, row in enumerate(reader, start=2):
-            if any(not (row.get(c) or "").strip() for c in required):
-                raise ConfigError(f"{path}: line {line}: empty {'/'.join(required)}")
-            yield line, row
-
-
-def _assign_folds(clips: list[Clip], seed: int) -> list[Clip]:
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, clip in enumerate(clips):
-        by_label[clip.label].append(i)
-    folds = [c.fold for c in clips]
-    for label in sorted(by_label):
-        for rank, i in enumerate(rng.permutation(by_label[label])):
-            folds[i] = folds[i] or rank % 5 + 1
-    return [Clip(c.path, c.label, f, c.caption, c.split) for c, f in zip(clips, folds, strict=True)]
-
-
-EXPECTED = {"synthetic": "a folder with meta/esc50.csv (generated on first use)",
-            "esc50": "a folder with meta/esc50.csv and audio/",
-            "csv": "a CSV manifest, or a folder holding manifest.csv"}
-
-
-def _root(config: Config, path: str | Path | None) -> Path:
-    value = path or config.dataset_path()
-    if not value:
-        raise ConfigError(f"'dataset.path' is not set: dataset '{config.dataset.name}' needs "
-                          f"{EXPECTED[config.dataset.name]}")
-    return Path(value)
-
-
-def open_corpus(config: Config, path: str | Path | None = None) -> Corpus:
-    """The configured corpus, generating the built-in one on first use."""
+def corpus_root(config: Config, kind: str, path: str | Path | None = None) -> Path:
+    """The folder of the corpus of `kind`: `path` if given (a node's `dataset_path`), else as
+    the module docstring says."""
     ds = config.dataset
-    root = _root(config, path)
-    if ds.name == "csv":
-        return read_manifest(root, config.experiment.seed)
-    if ds.name == "synthetic":
+    if path:
+        return Path(path)
+    if kind in ds.paths:
+        return Path(ds.paths[kind])
+    if kind == ds.name:
+        if not config.dataset_path():
+            raise ConfigError(f"'dataset.path' is not set: dataset '{kind}' needs "
+                              f"{EXPECTED[kind]}")
+        return Path(config.dataset_path())
+    if ds.path and kind in FOLDERS:
+        return Path(ds.path) / FOLDERS[kind]
+    folder = f", or 'dataset.path' holding {FOLDERS[kind]}/" if kind in FOLDERS else ""
+    raise ConfigError(f"no folder for the {kind} corpus: set 'dataset.paths.{kind}'{folder} "
+                      "or the node's 'dataset_path'")
+
+
+def located(config: Config, kind: str, path: str | Path | None, where: str) -> Path:
+    """`corpus_root`, with `where` (file and key) in front of its error."""
+    try:
+        return corpus_root(config, kind, path)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def open_corpus(config: Config, path: str | Path | None = None,
+                kind: str | None = None) -> Corpus:
+    """The corpus of `kind` (default: `dataset.name`) at `path` (default: its configured
+    folder), generating the built-in one on first use."""
+    kind = kind or node_kind(config, NodeConfig(), "'dataset.name'")
+    root = corpus_root(config, kind, path)
+    if kind == "synthetic":
+        ds = config.dataset
         ensure_synthetic_corpus(root, config.experiment.seed, ds.num_classes,
                                 ds.clips_per_class, ds.clip_seconds, ds.sample_rate)
-    return read_esc50(root)
+    return read_corpus(kind, root, config.experiment.seed)
+
+
+def node_corpus(config: Config, node: NodeConfig, where: str = "node") -> Corpus:
+    """The corpus `node` reads (its kind, at its folder)."""
+    return open_corpus(config, node.dataset_path, node_kind(config, node, where))
+
+
+def index_kinds(config: Config) -> list[str]:
+    """The kinds of corpus the server indexes: the experiment's own (unless mixed), then those
+    `nodes` entries name, in node order."""
+    kinds = [] if config.dataset.name == "mixed" else [config.dataset.name]
+    for key in sorted(config.nodes, key=int):
+        kinds.append(node_kind(config, config.nodes[key], f"'nodes.{key}'"))
+    if not kinds:
+        raise ConfigError("'dataset.name' is \"mixed\" but no 'nodes' entry names its "
+                          "'dataset'")
+    return list(dict.fromkeys(kinds))
 
 
 def corpus_index(config: Config) -> Corpus:
-    """What the server needs of the corpus: its classes and captions, not its audio. It reads
-    the metadata file only (`meta/esc50.csv` or the manifest); the built-in corpus's classes
-    are known without generating it."""
+    """What the server needs of the corpora: classes and captions, not audio. It reads the
+    metadata files only; the built-in corpus's classes are known without generating it. With
+    several kinds, the classes are the union in order of `index_kinds` (a class name shared
+    by two corpora is one class, one target)."""
     ds = config.dataset
-    if ds.name == "synthetic":
-        return Corpus(_root(config, None), list(SOUNDS)[:ds.num_classes], [])
-    return open_corpus(config)
+    corpora = [Corpus(corpus_root(config, kind), list(SOUNDS)[:ds.num_classes], [])
+               if kind == "synthetic" else open_corpus(config, kind=kind)
+               for kind in index_kinds(config)]
+    if len(corpora) == 1:
+        return corpora[0]
+    classes = list(dict.fromkeys(name for corpus in corpora for name in corpus.classes))
+    return Corpus(Path(ds.path), classes, [clip for corpus in corpora for clip in corpus.clips])
 
 
-def corpus_on_disk(config: Config, path: str | Path | None = None) -> Corpus | None:
+def corpus_on_disk(config: Config, path: str | Path | None = None,
+                   kind: str | None = None) -> Corpus | None:
     """The corpus's metadata if it is already on disk (never generates), else None."""
-    root = _root(config, path)
-    if config.dataset.name == "csv":
-        manifest = root / "manifest.csv" if root.is_dir() else root
-        return read_manifest(manifest, config.experiment.seed) if manifest.exists() else None
-    return read_esc50(root) if (root / "meta" / "esc50.csv").exists() else None
+    kind = kind or node_kind(config, NodeConfig(), "'dataset.name'")
+    root = corpus_root(config, kind, path)
+    return read_corpus(kind, root, config.experiment.seed) if corpus_present(kind, root) else None
 
 
 def require_corpus(config: Config, path: str | Path | None, where: str,
-                   generate: bool = False) -> Corpus | None:
-    """The metadata of the corpus at `path` (default: the experiment's). An esc50 or csv corpus
-    must be there; the built-in one is generated if `generate`, else None until it is.
-    `where` names the file and key in errors, e.g. "exp.json: 'dataset.path'"."""
-    name = config.dataset.name
-    if not (path or config.dataset_path()):
-        raise ConfigError(f"{where} is not set: dataset '{name}' needs {EXPECTED[name]}")
-    if name == "synthetic" and generate:
-        return open_corpus(config, path)
-    corpus = corpus_on_disk(config, path)
-    if corpus is None and name != "synthetic":
-        raise ConfigError(f"{where}: {_root(config, path)}: no {name} corpus there "
-                          f"(expected {EXPECTED[name]})")
+                   generate: bool = False, kind: str | None = None) -> Corpus | None:
+    """The metadata of the corpus of `kind` (default: `dataset.name`) at `path` (default: its
+    configured folder). A real corpus must be there; the built-in one is generated if
+    `generate`, else None until it is. `where` names the file and key in errors, e.g.
+    "exp.json: 'dataset.path'"."""
+    kind = kind or node_kind(config, NodeConfig(), "'dataset.name'")
+    root = located(config, kind, path, where)
+    if kind == "synthetic" and generate:
+        return open_corpus(config, path, kind)
+    corpus = corpus_on_disk(config, path, kind)
+    if corpus is None and kind != "synthetic":
+        raise ConfigError(f"{where}: {root}: no {kind} corpus there (expected {EXPECTED[kind]})")
     return corpus
 
 
 def check_node_shares(config: Config, nodes: dict[str, tuple[NodeConfig, int, int]],
-                      source: str, generate: bool = False) -> list[str]:
-    """Each node's share where its corpus is on disk: `where: N train / M held-out clips`.
+                      source: str, generate: bool = False,
+                      allow_overlap: bool = False) -> list[str]:
+    """Each node's share where its corpus is on disk: `where: N train / V val / M test clips`.
 
-    The experiment's own corpus (read by the server) and each node's `dataset_path` must exist
-    unless built-in (generated here if `generate`). Raises ConfigError for a missing corpus,
-    classes or folds it lacks, a node left with nothing, or nodes sharing clips where the
-    config does not allow it (`fed_a2v.overlap`).
+    The corpora the server reads and each node's own must exist unless built-in (generated
+    here if `generate`). Raises ConfigError for a missing corpus, classes or folds it lacks, a
+    node left with nothing, or nodes sharing clips (val and test clips are held out) where
+    neither the config nor `allow_overlap` allows it (`fed_a2v.overlap`).
     """
-    shared = require_corpus(config, None, f"{source}: 'dataset.path'", generate)
+    corpora: dict[tuple[str, Path], Corpus | None] = {}
+
+    def load(kind: str, path: str | None, where: str) -> Corpus | None:
+        key = (kind, located(config, kind, path, where))
+        if key not in corpora:
+            corpora[key] = require_corpus(config, path, where, generate, kind)
+        return corpora[key]
+
+    for kind in index_kinds(config):
+        load(kind, None, f"{source}: {_root_key(config, kind)}")
     found, clip_sets = [], {}
     for where, (node, index, num_nodes) in nodes.items():
-        corpus = (require_corpus(config, node.dataset_path, f"{where}: 'dataset_path'", generate)
-                  if node.dataset_path else shared)
+        kind = node_kind(config, node, where)
+        corpus = load(kind, node.dataset_path, f"{where}: 'dataset_path'" if node.dataset_path
+                      else f"{source}: {_root_key(config, kind)}")
         if corpus is None:
             continue
         split = split_for_node(corpus, node, index, num_nodes, config, where)
         if not split.train:
             raise ConfigError(f"{where}: no training clip in its classes, folds and shard")
-        found.append(f"{where}: {len(split.train)} train / {len(split.test)} held-out clips")
+        found.append(f"{where}: {len(split.train)} train / {len(split.val)} val / "
+                     f"{len(split.test)} test clips")
         clip_sets[where] = ClipSets(frozenset(map(_content_id, split.train)),
-                                    frozenset(map(_content_id, split.test)))
-    report(find_overlaps(clip_sets), config.federation.allow_overlap, source)
+                                    frozenset(map(_content_id, split.val + split.test)))
+    # Standalone nodes (aggregation "none") never exchange adapters, so one node's test clip
+    # in another's training set leaks nothing: each is evaluated on its own adapters only.
+    allow = (allow_overlap or config.federation.allow_overlap
+             or config.feda2v.adapter_aggregation_mode == "none")
+    try:
+        report(find_overlaps(clip_sets), allow, source)
+    except OverlapError as err:
+        if config.dataset.partition != "classes":
+            raise
+        hint = ("with 'dataset.partition' \"classes\" a node holds every clip of its classes: "
+                "give nodes sharing a class a 'node_split_id' with 'num_nodes' or "
+                "'samples_per_node', or use partition \"nodes\"")
+        raise OverlapError(f"{err}\n{hint}") from None
     return found
 
 
@@ -210,110 +193,3 @@ def _content_id(clip: Clip) -> str:
         return file_digest(clip.path)
     except OSError:
         return f"path:{clip.path.resolve()}"
-
-
-def _check_names(asked: list[str], known: list[str], what: str, where: str) -> None:
-    for name in asked:
-        if name not in known:
-            raise ConfigError(f"{where}: '{what}' names '{name}', which the corpus does not "
-                              f"have{suggest(name, known)}; it has: {', '.join(known)}")
-
-
-def _check_folds(asked: list[int], known: set[int], what: str, where: str) -> None:
-    for fold in asked:
-        if fold not in known:
-            raise ConfigError(f"{where}: '{what}' has fold {fold}, which the corpus does not "
-                              f"have (folds: {sorted(known)})")
-
-
-def node_classes(corpus: Corpus, node: NodeConfig, where: str) -> list[str]:
-    classes = list(corpus.classes)
-    if node.selected_classes is not None:
-        _check_names(node.selected_classes, corpus.classes, "selected_classes", where)
-        classes = [c for c in classes if c in node.selected_classes]
-    if node.excluded_classes is not None:
-        _check_names(node.excluded_classes, corpus.classes, "excluded_classes", where)
-        classes = [c for c in classes if c not in node.excluded_classes]
-    return classes
-
-
-def split_for_node(corpus: Corpus, node: NodeConfig, node_index: int, num_nodes: int,
-                   config: Config, where: str = "node") -> NodeSplit:
-    """This node's train and held-out clips.
-
-    The corpus is cut into `num_nodes` disjoint shards (stratified per class and fold, or in
-    Dirichlet proportions per class), seeded by the experiment seed; the node keeps shard
-    `node_split_id` (default: its own index), restricted to its classes and folds. Nodes with
-    different split ids never share a clip, whatever classes they select.
-    """
-    classes = node_classes(corpus, node, where)
-    ds = config.dataset
-    train_folds = ds.train_folds if node.train_folds is None else node.train_folds
-    test_folds = ds.test_folds if node.test_folds is None else node.test_folds
-    folds = {c.fold for c in corpus.clips if c.split is None}
-    if folds:
-        for what, asked in (("train_folds", train_folds), ("test_folds", test_folds),
-                            ("use_folds", node.use_folds or [])):
-            _check_folds(asked, folds, what, where)
-    if node.use_folds is not None:
-        train_folds = [f for f in train_folds if f in node.use_folds]
-        test_folds = [f for f in test_folds if f in node.use_folds]
-    if set(train_folds) & set(test_folds):
-        raise ConfigError(f"{where}: train folds {train_folds} and test folds {test_folds} overlap")
-
-    shards = node.num_nodes or num_nodes
-    shard = node.node_split_id if node.node_split_id is not None else node_index
-    if shard >= shards:
-        raise ConfigError(f"{where}: node_split_id {shard} must be below num_nodes {shards}")
-    if ds.partition == "dirichlet":
-        dealt = dirichlet_shards(corpus, shards, ds.dirichlet_alpha, config.experiment.seed)
-    else:
-        dealt = shard_clips(corpus, shards, config.experiment.seed)
-    mine = set(dealt[shard])
-    keep = set(classes)
-
-    def in_split(clip: Clip, split: str, split_folds: list[int]) -> bool:
-        return clip.split == split if clip.split is not None else clip.fold in split_folds
-
-    chosen = [c for c in corpus.clips if c in mine and c.label in keep]
-    return NodeSplit([c for c in chosen if in_split(c, "train", train_folds)], [],
-                     [c for c in chosen if in_split(c, "test", test_folds)], classes)
-
-
-def _groups(corpus: Corpus) -> dict[tuple[str, str], list[Clip]]:
-    """Clips by (class, fold or split): shards are cut within each group."""
-    groups: dict[tuple[str, str], list[Clip]] = defaultdict(list)
-    for clip in corpus.clips:
-        groups[(clip.label, clip.split or str(clip.fold))].append(clip)
-    return groups
-
-
-def shard_clips(corpus: Corpus, num_shards: int, seed: int) -> list[list[Clip]]:
-    """Deal each (class, fold) group's clips, shuffled by `seed`, round-robin into shards."""
-    shards: list[list[Clip]] = [[] for _ in range(num_shards)]
-    rng = np.random.default_rng(seed)
-    offset = 0
-    groups = _groups(corpus)
-    for key in sorted(groups):
-        group = groups[key]
-        for i, j in enumerate(rng.permutation(len(group))):
-            shards[(offset + i) % num_shards].append(group[j])
-        offset += len(group)  # rotate so small groups do not all favour shard 0
-    return shards
-
-
-def dirichlet_shards(corpus: Corpus, num_shards: int, alpha: float,
-                     seed: int) -> list[list[Clip]]:
-    """Each class's clips go to shards in proportions drawn from Dirichlet(alpha), the same
-    proportions in every fold of the class, so a node's held-out clips match its training mix."""
-    rng = np.random.default_rng(seed)
-    shares = {label: rng.dirichlet(np.full(num_shards, alpha)) for label in corpus.classes}
-    shards: list[list[Clip]] = [[] for _ in range(num_shards)]
-    groups = _groups(corpus)
-    for key in sorted(groups):
-        group = groups[key]
-        order = rng.permutation(len(group))
-        cuts = np.round(np.cumsum(shares[key[0]])[:-1] * len(group)).astype(int)
-        for shard, part in enumerate(np.split(order, cuts)):
-            shards[shard] += [group[j] for j in part]
-    return shards

@@ -68,7 +68,7 @@ def test_manifest_folds_column_is_used(tmp_path: Path) -> None:
     (["file", "label"], [{"file": "a.wav", "label": "x"}], "missing column"),
     (["path", "label"], [{"path": "clips/a.wav", "label": ""}], "line 2"),
     (["path", "label", "split"], [{"path": "clips/a.wav", "label": "x", "split": "dev"}],
-     "train or test"),
+     "train, val, test"),
 ])
 def test_bad_manifests_name_file_and_line(tmp_path: Path, columns, rows, message) -> None:
     (tmp_path / "clips").mkdir()
