@@ -23,7 +23,7 @@ from .config import (
     config_from_dict,
     load_node_config,
 )
-from .data import Clip, Corpus, open_corpus, split_for_node
+from .data import Clip, Corpus, node_corpus, split_for_node
 from .encoded import EncodedSet
 from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
@@ -182,7 +182,7 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
                       ident.num_nodes, targets.key])
     if key in _DATA:
         return _DATA[key], False
-    corpus = open_corpus(config, ident.settings.dataset_path)
+    corpus = node_corpus(config, ident.settings, ident.name)
     split = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config,
                            where=ident.name)
     rows = {name: i for i, name in enumerate(targets.names)}
