@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .app_dir import default_config, flower_app_dir
-from .config import Config, ConfigError, load_config, load_node_config
+from .config import Config, ConfigError, check_node_diffusion, load_config, load_node_config
 from .data import check_node_shares, corpus_index
 from .launch import (
     COMPLETED,
@@ -56,6 +56,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
              for k, v in config.nodes.items()}
     if args.node:
         node = load_node_config(args.node)
+        check_node_diffusion(config, node, args.node)
         nodes = {args.node: (node, *node.own_shard(args.node))}
     found = check_node_shares(config, nodes, args.config)
     fed = config.federation

@@ -1,4 +1,4 @@
-"""Local training of both adapters on a node's encoded clips."""
+"""Local training of every adapter the experiment builds on a node's encoded clips."""
 
 from __future__ import annotations
 

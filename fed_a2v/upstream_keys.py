@@ -27,8 +27,9 @@ REASONS: dict[str, tuple[str, str]] = {
     "image": ("image-generation keys", "image generation lands with issue #11 "
                                        "(`fed-a2v generate`)"),
     "runs": ("runs", "one run per call: start `fed-a2v simulate` once per repetition"),
-    "node_adapter": ("per-node adapter settings", "FedA2V trains every node with one learning "
-                                                  "rate and weight decay per adapter (feda2v.*)"),
+    "node_adapter": ("per-node adapter settings", "every node trains with the same adapter "
+                                                  "settings (feda2v.*: learning rates, weight "
+                                                  "decay, dropout)"),
     "official_split": ("use_official_split", "VGGSound is split by ratios (as upstream did "
                                              "when the key was absent)"),
     "optimizer": ("training.optimizer", "upstream built no adapter optimizer for it, so its "

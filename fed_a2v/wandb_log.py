@@ -41,12 +41,17 @@ class WandbRun:
 
     def __init__(self, wandb: ModuleType, config: Config, run_dir: Path, resume: bool) -> None:
         settings = config.wandb
+        if wandb.run is not None:  # an earlier run in this process stopped without finishing
+            log.warning("wandb: closing run %s, left unfinished in this process", wandb.run.id)
+            wandb.run.finish(exit_code=1)
         self.run = wandb.init(
-            project=settings.project, entity=settings.entity, mode=settings.mode,
+            project=settings.project, entity=settings.entity,
+            mode=settings.mode or os.environ.get("WANDB_MODE"),
             name=run_dir.name, group=run_dir.name, config=config.to_dict(),
             job_type="resume" if resume else "train",
-            # Beside the run's other files unless the user chose a place ($WANDB_DIR).
-            dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
+            # Beside the run's other files unless the user chose a place ($WANDB_DIR, read
+            # here: wandb reads it once per process).
+            dir=os.environ.get("WANDB_DIR") or str(run_dir),
         )
         log.info("wandb: run %s (%s), files in %s", self.run.id, self.run.settings.mode,
                  self.run.dir)

@@ -24,6 +24,7 @@ from fed_a2v.adapters import (
     build_adapters,
     load_adapters_state,
 )
+from fed_a2v.cli import main
 from fed_a2v.config import Config, ConfigError, FedA2VConfig, config_from_dict
 from fed_a2v.data import open_corpus
 from fed_a2v.encoded import EncodedSet
@@ -195,6 +196,17 @@ def test_a_node_of_another_diffusion_type_is_a_config_error() -> None:
     assert config.nodes["0"].diffusion_type == "sd"
     with pytest.raises(ConfigError, match="nodes.0"):
         config_from_dict({"nodes": {"0": {"diffusion_type": "sd"}}})  # flux by default
+
+
+def test_validate_refuses_a_node_json_of_another_diffusion_type(tmp_path: Path,
+                                                               capsys) -> None:
+    experiment = tmp_path / "exp.json"
+    experiment.write_text(json.dumps({"feda2v": {"diffusion_type": "sd"}}))
+    node = tmp_path / "node.json"
+    node.write_text(json.dumps({"diffusion_type": "flux"}))
+    assert main(["validate", str(experiment), "--node", str(node)]) == 2
+    err = capsys.readouterr().err
+    assert str(node) in err and "cannot mix sd and flux" in err
 
 
 # --- CLS token only ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from fed_a2v.adapters import adapters_state, build_adapters
 from fed_a2v.checkpoints import AdapterCheckpoints
+from fed_a2v.cli import EXIT_CONFIG, main
 from fed_a2v.config import Config, ConfigError, config_from_dict
 from fed_a2v.run_dir import RunRecorder
 from fed_a2v.wandb_log import require_wandb
@@ -94,6 +96,26 @@ def test_without_wandb_dir_the_offline_run_stays_in_the_run_directory(
     assert not (tmp_path / "wandb").exists()
 
 
+def test_a_resumed_run_logs_its_remaining_rounds_to_a_new_wandb_run_in_the_same_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    state = {"clip.w": torch.ones(2)}
+    RunRecorder(tmp_path / "run", wandb_config()).end_round(1, {"train_clip_loss": 1.0}, state)
+    # The first part stopped without finishing (a killed server); wandb closes it at exit.
+    resumed = RunRecorder(tmp_path / "run", wandb_config(), resume=True)
+    resumed.resume_point()
+    resumed.end_round(2, {"train_clip_loss": 0.5}, state)
+    resumed.finish(state, {}, 0, 2, 1, {})
+    parts = []
+    for run in offline_runs(tmp_path / "wb"):
+        records = wandb_records(run)
+        [start] = [r["run"] for r in records if r["type"] == "run"]
+        steps = [r["history"]["step"]["num"] for r in records if r["type"] == "history"]
+        parts.append((start["run_group"], start["job_type"], steps))
+    assert sorted(parts, key=lambda p: p[2]) == [("run", "train", [1]), ("run", "resume", [2])]
+
+
 def test_wandb_asked_for_but_not_installed_is_a_config_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails
@@ -101,6 +123,16 @@ def test_wandb_asked_for_but_not_installed_is_a_config_error(
         require_wandb(wandb_config())
     with pytest.raises(ConfigError, match="wandb.disabled"):
         RunRecorder(tmp_path / "run", wandb_config())
+    # `fed-a2v simulate` says so before it starts anything.
+    experiment = experiment_dict(tmp_path, "wb", output_dir=tmp_path / "out")
+    experiment["wandb"] = {"disabled": False}
+    (tmp_path / "wb.json").write_text(json.dumps(experiment))
+    handler = signal.getsignal(signal.SIGTERM)  # `simulate` sets its own
+    try:
+        assert main(["simulate", "--config", str(tmp_path / "wb.json")]) == EXIT_CONFIG
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert not (tmp_path / "out").exists()
     # Disabled (the default): wandb is never imported, so its absence is fine.
     assert require_wandb(Config()) is None
     RunRecorder(tmp_path / "other", Config()).end_round(1, {}, {"clip.w": torch.ones(1)})

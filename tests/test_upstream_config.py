@@ -1,0 +1,349 @@
+"""Upstream's config files read as they are: the key table, translation, `--set`, `convert`.
+
+The fixtures under tests/fixtures/upstream/ are ours, written in upstream's format; together
+they use every key of the table (fed_a2v/upstream_keys.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fed_a2v.cli import main
+from fed_a2v.config import ConfigError, load_config
+from fed_a2v.federation import config_for_run
+from fed_a2v.upstream import (
+    BEGIN,
+    END,
+    apply_overrides,
+    is_metadata,
+    markdown_table,
+    parse_override,
+    pattern_of,
+    resolve,
+)
+from fed_a2v.upstream_keys import KEYS, METADATA, TABLE
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "upstream"
+ALL = sorted(FIXTURES.glob("*.json"))
+
+
+def _paths(data: dict, prefix: str = "") -> set[str]:
+    """Every key path of a raw config, nodes as `nodes.*.key`, metadata left out."""
+    out = set()
+    for key, value in data.items():
+        if is_metadata(key) or (prefix == "nodes." and isinstance(value, str)):
+            continue
+        path = f"{prefix}{key}"
+        if prefix == "nodes.":
+            out |= {f"nodes.*.{k}" for k in value if not is_metadata(k)}
+        elif isinstance(value, dict) and (not prefix or path == "nodes"):
+            out |= _paths(value, f"{path}.")
+        else:
+            out.add(path)
+    return out
+
+
+def _write(tmp_path: Path, data: dict, name: str = "exp.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _upstream(**sections) -> dict:
+    base = {"federation": {"algorithm": "FedA2V"}, "model": {"backbone": "a2v"},
+            "dataset": {"name": "ESC50"}, "nodes": {"0": {"dataset": "ESC50"}}}
+    for name, body in sections.items():
+        base[name] = {**base.get(name, {}), **body}
+    return base
+
+
+def test_the_fixtures_use_every_key_of_the_table_and_no_other():
+    used = set().union(*(_paths(json.loads(f.read_text())) for f in ALL))
+    assert sorted(used - set(TABLE)) == []  # a fixture key the table lacks
+    assert sorted(set(TABLE) - used) == []  # a table row no fixture exercises
+    assert len(TABLE) == 181  # 173 keys of upstream files and defaults, 8 read only in code
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
+def test_every_fixture_loads_in_the_upstream_profile(path):
+    config, t = resolve(path, quiet=True)
+    assert t.upstream
+    assert config.federation.num_clients == len(config.nodes)
+    assert config.dataset.partition == "classes" and config.dataset.use_folds is False
+
+
+def test_upstream_defaults_and_mappings():
+    esc50, _ = resolve(FIXTURES / "esc50_3n_avg.json", quiet=True)
+    assert esc50.experiment.device == "cuda:1" and esc50.experiment.seed == 7
+    assert esc50.federation.num_clients == 3  # the file says 5: the nodes count, as upstream
+    assert esc50.federation.min_clients == 3
+    assert esc50.dataset.name == "esc50" and esc50.feda2v.adapter_aggregation_mode == "avg"
+    assert (esc50.wandb.project, esc50.wandb.entity, esc50.wandb.mode) == (
+        "esc50-study", "my-team", "offline")
+    assert esc50.feda2v.clip_model_name == "black-forest-labs/FLUX.1-schnell"
+    assert esc50.feda2v.t5_model_subfolder == "text_encoder_2"
+    assert esc50.feda2v.audio_model_name == "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+    vegas, _ = resolve(FIXTURES / "vegas_2n_sa.json", quiet=True)
+    assert vegas.experiment.device == "cpu" and vegas.experiment.seed == 0  # -1: unseeded
+    assert vegas.federation.min_clients == 1  # max(1, round(0.5 x 2))
+    assert vegas.training.optimizer == "AdamW"
+    assert vegas.feda2v.diffusion_type == "sd"
+    assert (vegas.feda2v.clip_model_name, vegas.feda2v.clip_model_subfolder) == (
+        "runwayml/stable-diffusion-v1-5", "text_encoder")
+    assert vegas.feda2v.adapter_aggregation_mode == "none"
+    assert vegas.feda2v.adapter_load_checkpoint is False  # standalone nodes start fresh
+    assert vegas.feda2v.adapter_dropout == 0.3  # the nodes differ: the largest
+    assert vegas.nodes["0"].num_samples_per_class == 30  # legacy alias num_samples
+    assert vegas.wandb.disabled is False and vegas.wandb.project == "FedA2V"
+    assert (vegas.dataset.train_ratio, vegas.dataset.val_ratio, vegas.dataset.test_ratio) == (
+        0.7, 0.15, 0.15)
+    assert vegas.training.batch_size == 4 and vegas.federation.eval_gap == 1
+
+    mixed, _ = resolve(FIXTURES / "mixed_generators_kd.json", quiet=True)
+    assert mixed.dataset.name == "mixed"
+    assert [n.dataset for n in mixed.nodes.values()] == ["esc50", "vegas", "vggsound"]
+    vgg = mixed.nodes["2"]
+    assert (vgg.train_ratio, vgg.val_ratio, vgg.test_ratio) == (0.7, 0.1, 0.2)
+    assert mixed.feda2v.adapter_aggregation_mode == "weighted_average"  # kd falls back
+    assert mixed.training.batch_size == 2 and mixed.training.learning_rate == 0.005
+    assert mixed.feda2v.clip_adapter_learning_rate == 1e-4  # upstream's defaults
+    assert mixed.feda2v.t5_adapter_weight_decay == 1e-3
+    assert mixed.federation.local_epochs == 1 and mixed.experiment.device == "auto"
+
+
+def test_the_nodes_decide_the_corpus_whatever_dataset_name_says(tmp_path):
+    data = _upstream(dataset={"name": "VEGAS"}, nodes={"1": {"dataset": "ESC50"}})
+    assert load_config(_write(tmp_path, data)).dataset.name == "esc50"
+    data = _upstream(dataset={"name": "cifar10"}, nodes={"1": {}})
+    with pytest.raises(ConfigError, match=r"'dataset.name' \(\"cifar10\"\) names no corpus"):
+        load_config(_write(tmp_path, data))
+    data = _upstream(nodes={"1": {"dataset": "AudioSet"}})
+    with pytest.raises(ConfigError, match=r"'nodes.1.dataset': \"AudioSet\" is no corpus"):
+        load_config(_write(tmp_path, data))
+
+
+def test_a_file_without_a_global_diffusion_type_takes_its_nodes(tmp_path):
+    data = _upstream(nodes={"0": {"dataset": "ESC50", "diffusion_type": "flux"}})
+    assert load_config(_write(tmp_path, data)).feda2v.diffusion_type == "flux"
+    assert load_config(_write(tmp_path, _upstream())).feda2v.diffusion_type == "sd"
+
+
+def test_metadata_strings_under_nodes_are_not_nodes():
+    config = load_config(FIXTURES / "mixed_generators_kd.json")
+    assert sorted(config.nodes) == ["0", "1", "2"]
+    assert config.federation.num_clients == 3
+
+
+def test_metadata_keys_anywhere_are_ignored(tmp_path):
+    data = _upstream(experiment={"description": "d", "goal": "g", "notes": "n", "//": "c"},
+                     feda2v={"_comment_x": "c"})
+    data["nodes"]["0"].update({"_available_classes": "dog", "comment": "c"})
+    data.update({"_comment_top": "c", "comments": {"a": 1}, "_instructions": {"s": "x"}})
+    _, t = resolve(_write(tmp_path, data), quiet=True)
+    assert t.metadata == 10 and not t.unsupported
+
+
+def test_one_warning_line_names_only_the_keys_that_ask(caplog):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+        load_config(FIXTURES / "esc50_3n_avg.json")
+    # optimize_memory_usage is always silent; the image keys are silent with frequency 0.
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+        load_config(FIXTURES / "vegas_2n_sa.json")
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert "\n" not in line and "not supported, ignored" in line
+    for named in ("experiment.runs=3", "training.optimizer=Adam", "nodes.1.adapter_dropout=0.3",
+                  "feda2v.adapter_load_checkpoint"):
+        assert named in line
+    for silent in ("model_aggregation", "text_losses_summed", "optimize_memory_usage",
+                   "adapter_aggregation_method", "use_text_loss", "mode"):
+        assert f"{silent}" not in line.replace("adapter_aggregation_mode", "")
+
+
+def test_the_warning_groups_many_keys_of_one_reason():
+    _, t = resolve(FIXTURES / "mixed_generators_kd.json", quiet=True)
+    line = t.warning_line()
+    assert "generator keys (17 keys:" in line and "image generation lands with issue #11" in line
+    assert "weighted_average is used instead" in line
+    assert "rewind" not in line and "fedgfe" not in line and "img_pipe_name" not in line
+
+
+def test_strict_turns_the_named_keys_into_an_error():
+    with pytest.raises(ConfigError) as info:
+        load_config(FIXTURES / "vegas_2n_sa.json", strict=True)
+    assert "--strict" in str(info.value) and "experiment.runs=3" in str(info.value)
+    load_config(FIXTURES / "esc50_3n_avg.json", strict=True)  # nothing asked: no error
+
+
+def test_an_unknown_key_is_still_an_error_with_a_suggestion(tmp_path):
+    data = _upstream(feda2v={"generate_node_images_frequency": 1})
+    with pytest.raises(ConfigError, match="did you mean 'generate_nodes_images_frequency'"):
+        load_config(_write(tmp_path, data))
+    data = _upstream()
+    data["nodes"]["0"]["selected_clases"] = ["dog"]
+    with pytest.raises(ConfigError, match=r"'nodes.0.selected_clases'.*selected_classes"):
+        load_config(_write(tmp_path, data))
+    data = {**_upstream(), "modle": {}}
+    with pytest.raises(ConfigError, match="did you mean 'model'"):
+        load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match="unknown key 'experiment.gaol'"):
+        load_config(_write(tmp_path, {"experiment": {"gaol": "x"}}))
+
+
+def test_upstream_fold_lists_are_shifted_by_one(caplog):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+        config = load_config(FIXTURES / "esc50_3n_avg.json")
+    node0, node2 = config.nodes["0"], config.nodes["2"]
+    assert (node0.train_folds, node0.test_folds) == ([1, 2, 3, 4], [5])
+    assert (node2.use_folds, node2.train_folds, node2.val_folds, node2.test_folds) == (
+        True, [1, 2, 3], [4], [5])
+    assert caplog.records == []  # lists with a 0 are unambiguous
+
+
+def test_fold_lists_without_a_zero_warn_once_how_they_were_read(caplog):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+        config = load_config(FIXTURES / "esc50_folds_ambiguous.json")
+    assert (config.nodes["0"].train_folds, config.nodes["0"].test_folds) == ([2, 3, 4], [5])
+    (record,) = caplog.records
+    assert "nodes.0.train_folds=[1, 2, 3]" in record.getMessage()
+    assert "upstream fold k = corpus fold k+1" in record.getMessage()
+
+
+def test_native_files_keep_their_defaults_and_fold_numbers(tmp_path):
+    data = {"dataset": {"name": "ESC50", "train_folds": [1, 2, 3]},
+            "feda2v": {"project": "p", "_comment": "x"}, "nodes": {"0": {"test_folds": [5]}}}
+    config, t = resolve(_write(tmp_path, data), quiet=True)
+    assert not t.upstream
+    assert config.dataset.name == "esc50" and config.dataset.train_folds == [1, 2, 3]
+    assert config.nodes["0"].test_folds == [5] and config.wandb.project == "p"
+    assert config.training.batch_size == 16 and config.dataset.partition == "nodes"
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("federation.global_rounds=3", ("federation.global_rounds", 3)),
+    ("training.learning_rate=1e-4", ("training.learning_rate", 1e-4)),
+    ("wandb.disabled=true", ("wandb.disabled", True)),
+    ("wandb.entity=null", ("wandb.entity", None)),
+    ('nodes.0.selected_classes=["dog", "cat"]', ("nodes.0.selected_classes", ["dog", "cat"])),
+    ("dataset.path=/data/ESC-50", ("dataset.path", "/data/ESC-50")),
+    ('experiment.name="3"', ("experiment.name", "3")),
+    ("experiment.name=a=b", ("experiment.name", "a=b")),
+])
+def test_set_values_are_json_when_they_parse(item, expected):
+    assert parse_override(item) == expected
+
+
+@pytest.mark.parametrize("item", ["federation.global_rounds", "=3", "federation..x=1"])
+def test_set_needs_key_equals_value(item):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override(item)
+
+
+def test_set_creates_sections_and_rejects_unknown_keys():
+    raw = apply_overrides({}, ["dataset.paths.vegas=/data/VEGAS", "nodes.3.dataset=VEGAS"])
+    assert raw == {"dataset": {"paths": {"vegas": "/data/VEGAS"}}, "nodes": {"3": {
+        "dataset": "VEGAS"}}}
+    with pytest.raises(ConfigError, match=r"--set federation.global_round=3: unknown key "
+                                          r"'federation.global_round' \(did you mean"):
+        apply_overrides({}, ["federation.global_round=3"])
+
+
+def test_set_overrides_a_file_before_translation(tmp_path):
+    config = load_config(FIXTURES / "esc50_3n_avg.json", [
+        "dataset.path=/data/ESC-50", "federation.global_rounds=3",
+        'nodes.0.selected_classes=["dog"]', "nodes.0.train_folds=[0]"])
+    assert config.dataset.path == "/data/ESC-50" and config.federation.global_rounds == 3
+    assert config.nodes["0"].selected_classes == ["dog"] and config.nodes["0"].train_folds == [1]
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(FIXTURES / "esc50_3n_avg.json", ["federation.global_rounds=three"])
+
+
+def test_the_run_config_set_key_applies_overrides(tmp_path):
+    config = config_for_run({"config": str(FIXTURES / "vegas_2n_sa.json"),
+                             "set": "federation.global_rounds=7 'dataset.path=/data/my VEGAS'"},
+                            tmp_path)
+    assert config.federation.global_rounds == 7 and config.dataset.path == "/data/my VEGAS"
+
+
+@pytest.mark.parametrize("path", [*ALL, ROOT / "configs" / "quickstart.json",
+                                  ROOT / "configs" / "esc50_flux.json"], ids=lambda p: p.stem)
+def test_convert_round_trips(path, tmp_path, monkeypatch):
+    out = tmp_path / "native.json"
+    assert main(["convert", str(path), "--out", str(out)]) == 0
+    native = json.loads(out.read_text())
+    assert "model" not in native and "algorithm" not in native.get("federation", {})
+    assert load_config(out) == load_config(path)
+    notes = (tmp_path / "native.json.notes.md").read_text()
+    assert notes.startswith(f"# {path} -> {out}")
+
+
+def test_convert_keeps_the_defaults_that_differ_and_says_what_it_did(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", str(FIXTURES / "mixed_generators_kd.json"),
+                 "--set", "federation.global_rounds=9"]) == 0
+    native = json.loads(capsys.readouterr().out)
+    assert native["dataset"]["partition"] == "classes" and native["dataset"]["use_folds"] is False
+    assert native["federation"]["global_rounds"] == 9
+    assert native["wandb"] == {"disabled": False, "project": "FedA2V"}
+    notes = (tmp_path / "mixed_generators_kd.fed-a2v.notes.md").read_text()
+    assert "`feda2v.project`" not in notes  # the fixture has none
+    assert "- `nodes.1.dataset` -> `nodes.1.dataset`" in notes
+    assert "`feda2v.use_generator` = true: server-side VAE embedding generators" in notes
+    assert "`rewind.epochs`: never read by upstream's FedA2V" in notes
+
+
+def test_a_resolved_config_reads_back_as_itself(tmp_path):
+    config = load_config(FIXTURES / "esc50_3n_avg.json")
+    assert "algorithm" not in config.to_dict()["federation"]
+    assert load_config(_write(tmp_path, config.to_dict())) == config
+
+
+def test_the_doc_shows_the_table_of_the_code():
+    doc = (ROOT / "docs" / "upstream-config.md").read_text()
+    assert doc.split(BEGIN, 1)[1].split(END, 1)[0] == "\n" + markdown_table(), (
+        "regenerate: python -m fed_a2v.upstream --update-doc docs/upstream-config.md")
+    for row in KEYS:
+        assert f"| `{row.path}` |" in doc
+    assert sum(row.status == METADATA for row in KEYS) == 9
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    fixture = str(FIXTURES / "vegas_2n_sa.json")
+    syn = ["--set", "dataset.name=synthetic", "--set", f"dataset.path={tmp_path / 'syn'}",
+           "--set", "nodes.0.dataset=synthetic", "--set", "nodes.1.dataset=synthetic",
+           "--set", 'nodes.0.selected_classes=["dog"]', "--set",
+           'nodes.1.selected_classes=["dog"]']
+    assert main(["validate", fixture, *syn]) == 0
+    assert main(["validate", fixture, *syn, "--strict"]) == 2
+    assert "--strict" in capsys.readouterr().err
+    assert main(["validate", fixture, "--set", "nodes.0.datset=VEGAS"]) == 2
+    assert "did you mean 'dataset'" in capsys.readouterr().err
+    assert main(["validate", fixture, "--set", f"dataset.path={tmp_path / 'none'}"]) == 2
+
+
+def test_the_check_script_reports_files_and_keys(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_upstream_configs.py"),
+                             str(FIXTURES), "--pattern", "*.json"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"{len(ALL)} files: {len(ALL)} ok, 0 failed")
+    assert "feda2v.use_generator" in result.stdout
+    bad = _write(tmp_path, _upstream(feda2v={"nope": 1}), "a2v_bad.json")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_upstream_configs.py"),
+                             str(bad.parent)], capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "FAILED a2v_bad.json" in result.stdout
+
+
+def test_pattern_of_names_nodes_by_star():
+    assert pattern_of("nodes.12.dataset") == "nodes.*.dataset"
+    assert pattern_of("feda2v.mode") == "feda2v.mode"
