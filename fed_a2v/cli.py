@@ -28,6 +28,7 @@ from .launch import (
 from .process import setup_process
 from .run_dir import new_run_dir, run_to_resume
 from .targets import compute_targets, target_prompts
+from .wandb_log import require_wandb
 
 log = logging.getLogger("fed_a2v.cli")
 
@@ -77,6 +78,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         config = _load(args.config, args.rounds, args.num_nodes, args.output_dir,
                        args.overrides, args.strict)
+    require_wandb(config)  # here, not minutes later in the ServerApp
     num = config.federation.num_clients
     source = args.resume or args.config
     # Generates the built-in corpus once, before nodes start.
