@@ -44,15 +44,21 @@ class WandbRun:
         if wandb.run is not None:  # an earlier run in this process stopped without finishing
             log.warning("wandb: closing run %s, left unfinished in this process", wandb.run.id)
             wandb.run.finish(exit_code=1)
-        self.run = wandb.init(
-            project=settings.project, entity=settings.entity,
-            mode=settings.mode or os.environ.get("WANDB_MODE"),
-            name=run_dir.name, group=run_dir.name, config=config.to_dict(),
-            job_type="resume" if resume else "train",
-            # Beside the run's other files unless the user chose a place ($WANDB_DIR, read
-            # here: wandb reads it once per process).
-            dir=os.environ.get("WANDB_DIR") or str(run_dir),
-        )
+        mode = settings.mode or os.environ.get("WANDB_MODE")
+        try:
+            self.run = wandb.init(
+                project=settings.project, entity=settings.entity, mode=mode,
+                name=run_dir.name, group=run_dir.name, config=config.to_dict(),
+                job_type="resume" if resume else "train",
+                # Beside the run's other files unless the user chose a place ($WANDB_DIR,
+                # read here: wandb reads it once per process).
+                dir=os.environ.get("WANDB_DIR") or str(run_dir),
+            )
+        except wandb.errors.UsageError as err:  # e.g. online without credentials
+            raise ConfigError(
+                f"wandb could not start a run ({err}): log in (`wandb login` or "
+                "$WANDB_API_KEY), or set 'wandb.mode' to \"offline\" (upload later with "
+                "`wandb sync`), or set 'wandb.disabled' to true") from err
         log.info("wandb: run %s (%s), files in %s", self.run.id, self.run.settings.mode,
                  self.run.dir)
 

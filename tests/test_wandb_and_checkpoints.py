@@ -116,6 +116,17 @@ def test_a_resumed_run_logs_its_remaining_rounds_to_a_new_wandb_run_in_the_same_
     assert sorted(parts, key=lambda p: p[2]) == [("run", "train", [1]), ("run", "resume", [2])]
 
 
+def test_online_without_credentials_is_a_config_error_naming_the_ways_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    with pytest.raises(ConfigError, match=r"wandb login.*'wandb.mode'.*offline.*"
+                                          r"'wandb.disabled'"):
+        RunRecorder(tmp_path / "run", wandb_config(mode="online"))
+
+
 def test_wandb_asked_for_but_not_installed_is_a_config_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails
