@@ -347,3 +347,39 @@ def test_the_check_script_reports_files_and_keys(tmp_path):
 def test_pattern_of_names_nodes_by_star():
     assert pattern_of("nodes.12.dataset") == "nodes.*.dataset"
     assert pattern_of("feda2v.mode") == "feda2v.mode"
+
+
+@pytest.mark.slow
+def test_simulate_runs_an_upstream_file_and_records_it_natively(tmp_path, monkeypatch):
+    """An upstream-format file, pointed at the built-in corpus and models with --set, runs; the
+    run directory's config.json is FedA2V's format and reads back as the same experiment."""
+    data = _upstream(
+        experiment={"goal": "sim", "device": "cpu", "runs": 1, "seed": 3},
+        federation={"num_clients": 9, "global_rounds": 2, "local_epochs": 2, "eval_gap": 1},
+        training={"optimizer": "AdamW", "batch_size": 8},
+        dataset={"name": "ESC50", "path": str(tmp_path / "data")},
+        feda2v={"adapter_aggregation_mode": "avg", "generate_nodes_images_frequency": 0},
+        nodes={"0": {"dataset": "synthetic", "selected_classes": ["dog", "rooster"]},
+               "_comment": "the second node holds the other classes",
+               "1": {"dataset": "synthetic", "excluded_classes": ["dog", "rooster"],
+                     "val_ratio": 0.2}})
+    path = _write(tmp_path, data, "upstream.json")
+    sets = ["dataset.num_classes=4", "dataset.clips_per_class=20", "dataset.clip_seconds=1.0",
+            f"experiment.output_dir={tmp_path / 'runs'}", "wandb.disabled=true",
+            "feda2v.audio_model_name=builtin:tiny-ast", "feda2v.clip_model_name=builtin:tiny-clip",
+            "feda2v.t5_model_name=builtin:tiny-t5", "feda2v.diffusion_type=flux"]
+    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path),
+                           *[a for s in sets for a in ("--set", s)]],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-5000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert "algorithm" not in recorded["federation"] and "model" not in recorded
+    monkeypatch.chdir(tmp_path)  # relative paths resolve as simulate resolved them
+    expected = load_config(path, sets)
+    expected.make_paths_absolute()
+    again = load_config(run_dir / "config.json")
+    assert again.to_dict() == {**expected.to_dict(), "experiment": again.to_dict()["experiment"]}
+    assert (again.federation.num_clients, again.dataset.partition,
+            again.feda2v.adapter_aggregation_mode) == (2, "classes", "avg")
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 2
