@@ -132,9 +132,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         if not strategy.nodes_seen:
             raise RuntimeError("no node completed a training round; see the errors above")
         final = result.arrays
-    widths = {f"d_{name}": targets.tensors[name].shape[-1] for name in adapters}
-    adapter_config = {"d_audio": d_audio, "diffusion_type": config.feda2v.diffusion_type,
-                      **widths,
+    adapter_config = {**dims, "diffusion_type": config.feda2v.diffusion_type,
                       "targets": targets.names, "prompts": targets.prompts,
                       "feda2v": config.to_dict()["feda2v"]}
     extra = {
