@@ -238,3 +238,26 @@ def test_a_node_of_another_kind_beside_the_experiments_corpus(mixed_root: Path) 
                               "exp.json")
     # Folds 1-4 / 5 of one class; 0.8 / 0.1 / 0.1 of three classes of 6 clips.
     assert found == ["n0: 8 train / 0 val / 2 test clips", "n1: 12 train / 3 val / 3 test clips"]
+
+
+def test_mixed_federation_runs_in_process(tmp_path: Path) -> None:
+    """The ServerApp's and the nodes' code in one process: an ESC-50 node (upstream's layout)
+    and a VEGAS node under one `dataset.path`; the server's targets are the union of classes."""
+    from drills import LoopbackGrid, experiment_dict, run_in_process
+
+    audio = tmp_path / "Audio"
+    _write(audio / "esc50-v2.0.0-full", "esc50-upstream", ["siren", "dog"], 5, clip_seconds=0.2)
+    _write(audio / "VEGAS", "vegas", ["dog", "drum"], 5, seed=1, clip_seconds=0.2)
+    experiment = experiment_dict(
+        tmp_path, "mixed", federation={"global_rounds": 2, "num_clients": 2, "min_clients": 2},
+        nodes={"0": {"dataset": "esc50"}, "1": {"dataset": "vegas"}})
+    experiment["dataset"] = {"name": "mixed", "path": str(audio), "use_folds": False,
+                             "partition": "classes"}
+    experiment["experiment"]["cache_dir"] = str(tmp_path / "cache")
+    run_dir = run_in_process(experiment, tmp_path / "mixed.json", LoopbackGrid(2))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["num_nodes"] == 2 and not summary["failed_replies"]
+    assert summary["encoded_clips"] == 20  # 10 clips a node: 8 train, 1 val, 1 test
+    assert "val_clip_mse" in summary
+    targets = json.loads((run_dir / "final" / "adapter_config.json").read_text())["targets"]
+    assert targets == ["siren", "dog", "drum"]
