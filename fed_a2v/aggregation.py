@@ -1,4 +1,4 @@
-"""FedAvg, one adapter at a time."""
+"""FedAvg, one adapter at a time: weighted by examples or not."""
 
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def fedavg_per_adapter(states: Sequence[dict[str, np.ndarray]],
     for adapter in per_node[0]:
         out |= fedavg([groups[adapter] for groups in per_node], weights)
     return out
+
+
+def aggregate_adapters(states: Sequence[dict[str, np.ndarray]], examples: Sequence[float],
+                       mode: str) -> dict[str, np.ndarray]:
+    """`feda2v.adapter_aggregation_mode` for train updates: `weighted_average` weights each
+    node by its example count, `avg` gives every node the same weight (upstream's mean)."""
+    if mode == "weighted_average":
+        return fedavg_per_adapter(states, examples)
+    if mode == "avg":
+        return fedavg_per_adapter(states, [1.0] * len(states))
+    raise ValueError(f"adapter aggregation mode '{mode}' averages nothing (standalone nodes "
+                     "keep their own adapters)")
 
 
 def update_problem(update: dict[str, np.ndarray], reference: dict[str, np.ndarray],

@@ -13,8 +13,9 @@ from .losses import batch_targets, per_sample_mse
 @torch.no_grad()
 def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
                       class_targets: dict[str, torch.Tensor], batch_size: int,
-                      device: torch.device) -> dict[str, float]:
-    """`eval_<adapter>_mse|cosine|top1`, means over the samples of `data`.
+                      device: torch.device, prefix: str = "eval") -> dict[str, float]:
+    """`<prefix>_<adapter>_mse|cosine|top1`, means over the samples of `data` (`eval`: the
+    held-out clips, `val`: the validation clips).
 
     Top-1: whether the target nearest to the prediction by cosine, among all targets (every
     class, or every caption), is the sample's own.
@@ -36,6 +37,6 @@ def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
             nearest = (F.normalize(pred.flatten(1), dim=1) @ flat_targets.T).argmax(dim=1)
             hits += (nearest == rows).sum().item()
         n = max(len(data), 1)
-        sums |= {f"eval_{name}_mse": mse / n, f"eval_{name}_cosine": cos / n,
-                 f"eval_{name}_top1": hits / n}
+        sums |= {f"{prefix}_{name}_mse": mse / n, f"{prefix}_{name}_cosine": cos / n,
+                 f"{prefix}_{name}_top1": hits / n}
     return sums

@@ -89,13 +89,17 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         initial = ArrayRecord(state)
         started_from = {"round": loaded_round, "files": [str(f) for f in files]}
     payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
+    mode = config.feda2v.adapter_aggregation_mode
+    standalone = mode == "none"
+    if standalone:  # every node builds the same init from the seed and keeps its own adapters
+        initial, payload = ArrayRecord(), 0
     log.info("run directory: %s", run_dir)
-    log.info("%d targets (%s); adapters: %.2f MB per node per round each way",
-             len(targets.names), targets.source, payload / 2**20)
+    log.info("%d targets (%s); adapters (%s): %.2f MB per node per round each way",
+             len(targets.names), targets.source, mode, payload / 2**20)
 
     strategy = FedA2VStrategy(
         targets=targets, lr_for_round=lr_plan(config), max_update_norm=fed.max_update_norm,
-        allow_overlap=fed.allow_overlap,
+        allow_overlap=fed.allow_overlap, aggregation_mode=mode, eval_gap=fed.eval_gap,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -148,7 +152,16 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "started_from_checkpoint": started_from,
         "targets_bytes": strategy.targets_bytes,
         "control_bytes_per_round": max(strategy.control_bytes.values(), default=0),
+        "adapter_aggregation_mode": mode,
+        "adapter_bytes_sent_per_round": strategy.adapter_bytes_per_round(fed.global_rounds),
+        "eval_gap": fed.eval_gap,
     }
+    if standalone:
+        extra["standalone"] = {
+            "node_adapters": strategy.node_adapters,
+            "overlap_check": "skipped: standalone nodes never share a model, so a clip two "
+                             "nodes hold cannot leak from one node's training into another's "
+                             "evaluation"}
     summary = recorder.finish(final.to_torch_state_dict(), adapter_config, payload,
                               fed.global_rounds, len(strategy.nodes_seen), extra)
     log.info("finished %d rounds in %.1fs: %s", fed.global_rounds, time.time() - started,

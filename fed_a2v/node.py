@@ -34,9 +34,12 @@ from .protocol import (
     DIGESTS_REQUEST,
     NODE,
     SKIPPED,
+    STANDALONE,
     TARGET_NAMES,
     TARGETS,
+    VAL_EXAMPLES,
 )
+from .standalone import load_own_adapters, own_adapters_path, save_own_adapters
 from .targets import Targets
 from .train import LocalTrainConfig, train_local
 
@@ -82,11 +85,12 @@ def node_seed(seed: int, server_round: int, node_key: str) -> int:
 @dataclass
 class NodeData:
     train: EncodedSet
-    test: EncodedSet
+    test: EncodedSet  # held out: `eval_*` metrics
+    val: EncodedSet  # validation, possibly empty: `val_*` metrics
     hidden_size: int
     counts: dict[str, int] = field(default_factory=dict)  # encoded / cached / skipped clips
     skipped: list[str] = field(default_factory=list)  # "path: why" of every unusable clip
-    # "train"/"test": content digests of the clips used (for the server's overlap check)
+    # "train"/"val"/"test": content digests of the clips used (the server's overlap check)
     digests: dict[str, list[str]] = field(default_factory=dict)
 
     def first_tokens(self, n: int) -> NodeData:
@@ -186,7 +190,7 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
     split = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config,
                            where=ident.name)
     rows = {name: i for i, name in enumerate(targets.names)}
-    for clip in split.train + split.test:
+    for clip in split.train + split.val + split.test:
         needed = clip.caption if corpus.has_captions else clip.label
         if needed not in rows:
             raise ValueError(f"{ident.name}: '{needed}' ({clip.path.name}) has no target on "
@@ -194,6 +198,7 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
     encoding = Encoding(config, ident)
     train_clips, train_arrays = encoding.encode(split.train)
     test_clips, test_arrays = encoding.encode(split.test)
+    val_clips, val_arrays = encoding.encode(split.val)
     encoding.counts["skipped-clips"] = len(encoding.skipped)
     if encoding.skipped:
         log.warning("%s: skipped %d unreadable clips:\n  %s", ident.name, len(encoding.skipped),
@@ -202,12 +207,13 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
         raise ValueError(f"{ident.name}: no usable training clip (classes {split.classes})")
     hidden = int(train_arrays[0].shape[-1])
     data = NodeData(encoded_set(train_clips, train_arrays, corpus, rows, hidden),
-                    encoded_set(test_clips, test_arrays, corpus, rows, hidden), hidden,
+                    encoded_set(test_clips, test_arrays, corpus, rows, hidden),
+                    encoded_set(val_clips, val_arrays, corpus, rows, hidden), hidden,
                     encoding.counts, encoding.skipped,
-                    {"train": [encoding.digests[c.path] for c in train_clips],
-                     "test": [encoding.digests[c.path] for c in test_clips]})
-    log.info("%s: %d train / %d held-out clips of %d classes (%s)", ident.name,
-             len(data.train), len(data.test), len(split.classes),
+                    {name: [encoding.digests[c.path] for c in clips] for name, clips in
+                     (("train", train_clips), ("val", val_clips), ("test", test_clips))})
+    log.info("%s: %d train / %d val / %d held-out clips of %d classes (%s)", ident.name,
+             len(data.train), len(data.val), len(data.test), len(split.classes),
              ", ".join(f"{k} {v}" for k, v in encoding.counts.items()))
     _DATA[key] = data
     return data, True
@@ -244,7 +250,8 @@ def receive_targets(msg: Message, key: str, cache_dir: Path, name: str) -> Targe
 
 
 class NodeRound:
-    """What one instruction message tells a node: config, targets, global adapters."""
+    """What one instruction message tells a node: config, targets, global adapters (or, for a
+    standalone node, that it goes on with its own: see `fed_a2v.standalone`)."""
 
     def __init__(self, msg: Message, context: Context) -> None:
         cfg_record = msg.content["config"]
@@ -261,9 +268,18 @@ class NodeRound:
         self.skipped = self.data.skipped if fresh else []
         if self.config.for_node(self.ident.settings, "use_cls_token_only"):
             self.data = self.data.first_tokens(1)
+        # Built from the experiment seed: the server's init, which a standalone node never
+        # receives; a federated node's are replaced by the global adapters at once.
         self.adapters = adapters_for_targets(self.data.hidden_size, self.targets.tensors,
-                                             self.config.feda2v)
-        load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
+                                             self.config.feda2v, seed=self.config.experiment.seed)
+        self.standalone = self.config.feda2v.adapter_aggregation_mode == "none"
+        self.own_path, self.own_rounds = None, 0
+        if self.standalone:
+            self.own_path = own_adapters_path(node_cache_root(self.config, self.ident),
+                                              msg.metadata.run_id, self.ident.key)
+            self.own_rounds = load_own_adapters(self.adapters, self.own_path, self.ident.name)
+        else:
+            load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
 
     def reports(self, msg: Message) -> dict[str, ConfigRecord]:
         """What a reply tells besides metrics: the node's key, the clips this node could not
@@ -271,10 +287,13 @@ class NodeRound:
         for them."""
         records = {SKIPPED: ConfigRecord({"files": json.dumps(self.skipped)}),
                    NODE: ConfigRecord({"key": self.ident.key})}
+        if self.standalone:
+            records[STANDALONE] = ConfigRecord({"path": str(self.own_path),
+                                                "rounds": self.own_rounds})
         if DIGESTS_REQUEST in msg.content:
             records[DIGESTS] = digests_record(
                 str(msg.content[DIGESTS_REQUEST]["salt"]), self.ident.key, self.ident.name,
-                self.data.digests["train"], self.data.digests["test"])
+                self.data.digests["train"], self.data.digests["test"] + self.data.digests["val"])
         return records
 
 
@@ -292,16 +311,29 @@ def train_reply(msg: Message, context: Context) -> Message:
         seed=node_seed(cfg.experiment.seed, rnd.server_round, rnd.ident.key),
     )
     history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
-    state = {k: v.detach().cpu() for k, v in adapters_state(rnd.adapters).items()}
+    if rnd.standalone:  # the adapters stay here: on this node's disk, for its next message
+        rnd.own_rounds += 1
+        save_own_adapters(rnd.adapters, rnd.own_path, rnd.own_rounds)
+        arrays = ArrayRecord()
+    else:
+        arrays = ArrayRecord({k: v.detach().cpu()
+                              for k, v in adapters_state(rnd.adapters).items()})
     metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics,
-                               **rnd.reports(msg)}), reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **rnd.reports(msg)}),
+                   reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context) -> Message:
+    """`eval_*` metrics on the held-out clips and, if the node has val clips, `val_*` on
+    those (with their count, `VAL_EXAMPLES`)."""
     rnd = NodeRound(msg, context)
-    metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors,
-                                rnd.config.training.eval_batch_size, rnd.device)
+    batch = rnd.config.training.eval_batch_size
+    metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors, batch,
+                                rnd.device)
+    if len(rnd.data.val):
+        metrics |= {VAL_EXAMPLES: len(rnd.data.val),
+                    **evaluate_adapters(rnd.adapters, rnd.data.val, rnd.targets.tensors, batch,
+                                        rnd.device, prefix="val")}
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
     return Message(RecordDict({"metrics": record, **rnd.reports(msg)}), reply_to=msg)

@@ -12,3 +12,5 @@ COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")  # metrics: audi
 SKIPPED = "skipped"  # ConfigRecord: the unusable audio files, as "path: why"
 NODE = "node"  # ConfigRecord {"key"}: the node's stable key, to count nodes over restarts
 DIGESTS = "clip-digests"  # ConfigRecord {"key", "name", "train", "test"} (fed_a2v.overlap)
+VAL_EXAMPLES = "val-examples"  # evaluate metrics: the val clips behind the `val_*` metrics
+STANDALONE = "standalone-adapters"  # ConfigRecord {"path", "rounds"}: a standalone node's own

@@ -1,5 +1,6 @@
 """A run as pictures: PNG plots of every per-round series, per adapter and per node, and the
-learning-rate schedules, with `report.md` holding the final numbers."""
+learning-rate schedules, with `report.md` holding the final numbers. Rounds without a value
+(no evaluation there: `eval_gap`; no val clips) are left out of a series, never drawn as 0."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any
 
 SERIES = {
     "losses": ("training loss (last local epoch)", ["train_clip_loss", "train_t5_loss"]),
-    "mse": ("held-out MSE", ["eval_clip_mse", "eval_t5_mse"]),
-    "cosine": ("held-out cosine to own target", ["eval_clip_cosine", "eval_t5_cosine"]),
-    "top1": ("held-out top-1", ["eval_clip_top1", "eval_t5_top1"]),
+    "mse": ("MSE (eval: held-out clips, val: validation clips)",
+            ["eval_clip_mse", "eval_t5_mse", "val_clip_mse", "val_t5_mse"]),
+    "cosine": ("cosine to own target (eval: held-out, val: validation)",
+               ["eval_clip_cosine", "eval_t5_cosine", "val_clip_cosine", "val_t5_cosine"]),
+    "top1": ("top-1 (eval: held-out, val: validation)",
+             ["eval_clip_top1", "eval_t5_top1", "val_clip_top1", "val_t5_top1"]),
     "lr": ("learning rate", ["clip_lr", "t5_lr"]),
 }
 
@@ -63,19 +67,36 @@ def write_report(run_dir: str | Path) -> Path:
         images.append(_save(fig, run_dir / "plot_nodes.png", plt))
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    last = rounds[-1]
+    # A metric's final value is its last recorded one (evaluated rounds only, with eval_gap).
+    final = {k: (r["round"], v) for r in rounds for k, v in r.items()
+             if k != "round" and isinstance(v, (int, float))}
     lines = [f"# Run {run_dir.name}", "",
              f"{len(rounds)} rounds recorded" + (f" of {summary['rounds']}, "
                                                  f"{summary['num_nodes']} nodes, "
                                                  f"{summary['wall_seconds']} s"
                                                  if summary else " (no summary: unfinished)"),
-             "", "| metric | final |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in last.items()
-              if k != "round" and isinstance(v, (int, float))]
+             "", *_mode_lines(summary), "| metric | final | round |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.4g} | {r} |" for k, (r, v) in final.items()]
     lines += ["", *[f"![{p.stem}]({p.name})" for p in images]]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def _mode_lines(summary: dict[str, Any]) -> list[str]:
+    """How the nodes' adapters were combined and evaluated, from the summary."""
+    lines = []
+    if summary.get("adapter_aggregation_mode"):
+        lines.append(f"Adapter aggregation: {summary['adapter_aggregation_mode']}; nodes "
+                     f"evaluated every {summary.get('eval_gap', 1)} rounds and after the last.")
+    standalone = summary.get("standalone")
+    if standalone:
+        lines += ["", "Standalone run: every node trained its own adapters and kept them; no "
+                  "adapter crossed the network. Overlap check " + standalone["overlap_check"]
+                  + ".", "", "| node | its adapters | rounds trained |", "|---|---|---|"]
+        lines += [f"| {node} | `{own['path']}` | {own['rounds']} |"
+                  for node, own in sorted(standalone["node_adapters"].items())]
+    return [*lines, ""] if lines else []
 
 
 def _save(fig, path: Path, plt) -> Path:

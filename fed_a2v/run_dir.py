@@ -24,16 +24,25 @@ CONFIG_FILE = "config.json"
 
 
 def round_keys(config: Config) -> tuple[str, ...]:
-    """What `metrics.jsonl` records each round, for the adapters the experiment trains."""
+    """What `metrics.jsonl` records each round, for the adapters the experiment trains. Rounds
+    without evaluation (`eval_gap`) have null `eval_*`/`val_*`; runs without val clips, null
+    `val_*`."""
     names = adapter_names(config.feda2v)
     return (*(f"train_{a}_loss" for a in names),
-            *(f"eval_{a}_{m}" for m in ("mse", "cosine", "top1") for a in names),
+            *(f"{stage}_{a}_{m}" for stage in ("eval", "val") for m in ("mse", "cosine", "top1")
+              for a in names),
             *(f"{a}_lr" for a in names), "train_nodes")
 
 
 def eval_keys(config: Config) -> tuple[str, ...]:
     """The held-out metrics among `round_keys`: what `summary.json` reports."""
     return tuple(k for k in round_keys(config) if k.startswith("eval_"))
+
+
+def val_keys(config: Config) -> tuple[str, ...]:
+    """The validation metrics among `round_keys` (null without val clips): reported in
+    `summary.json` beside `eval_keys`."""
+    return tuple(k for k in round_keys(config) if k.startswith("val_"))
 
 
 def new_run_dir(config: Config) -> Path:
@@ -156,14 +165,16 @@ class RunRecorder:
     def finish(self, state: dict[str, torch.Tensor], adapter_config: dict[str, Any],
                adapter_bytes_per_round: int, rounds: int, num_nodes: int,
                extra: dict[str, Any]) -> dict[str, Any]:
-        """Final adapters under `final/` and `summary.json`."""
-        for name in adapter_names(self.config.feda2v):
+        """Final adapters under `final/` (none for standalone nodes, whose adapters stay on
+        their own disks: an empty `state`) and `summary.json`."""
+        for name in adapter_names(self.config.feda2v) if state else ():
             prefix = f"{name}."
             save_adapters({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                           self.dir / "final" / f"{name}_adapter.safetensors", {"adapter": name})
         atomic_write_text(self.dir / "final" / "adapter_config.json",
                           json.dumps(adapter_config, indent=2))
-        summary = {**{k: self.last.get(k) for k in eval_keys(self.config)}, "rounds": rounds,
+        summary = {**{k: self.last.get(k) for k in eval_keys(self.config)
+                      + val_keys(self.config)}, "rounds": rounds,
                    "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))

@@ -1,6 +1,7 @@
-"""The server's Flower strategy: FedAvg per adapter, a learning rate per adapter each round,
-the text targets delivered once to each node, and rounds that do not wait for nodes gone away
-(see `fed_a2v.rounds`)."""
+"""The server's Flower strategy: FedAvg per adapter (weighted by examples, unweighted, or none at
+all for standalone nodes), a learning rate per adapter each round, the text targets delivered
+once to each node, evaluation every `eval_gap` rounds, and rounds that do not wait for nodes gone
+away (see `fed_a2v.rounds`)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,18 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from .aggregation import fedavg_per_adapter, update_problem
+from .aggregation import aggregate_adapters, update_problem
 from .overlap import OverlapCheck
-from .protocol import COUNT_KEYS, NODE, SKIPPED, TARGET_NAMES, TARGETS
+from .protocol import (
+    COUNT_KEYS,
+    NODE,
+    SKIPPED,
+    STANDALONE,
+    TARGET_NAMES,
+    TARGETS,
+    VAL_EXAMPLES,
+)
 from .rounds import RoundGrid, RoundTimeout, sample_nodes
 from .targets import Targets
 
@@ -33,12 +41,26 @@ log = logging.getLogger(__name__)
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted means, except clip counts, which add up over nodes."""
-    metrics = aggregate_metricrecords(records, weight_key)
-    for key in COUNT_KEYS:
-        if key in metrics:
-            metrics[key] = sum(int(next(iter(r.metric_records.values()))[key]) for r in records)
-    return metrics
+    """Each metric's mean over the nodes that report it, weighted by the clips behind it
+    (`val_*`: the node's val clips, `VAL_EXAMPLES`; the rest: `weight_key`), as Flower's
+    `aggregate_metricrecords` computes it; clip counts add up over nodes. A node without val
+    clips reports no `val_*` keys, so the nodes' keys may differ."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    out = MetricRecord()
+    for key in dict.fromkeys(k for m in metrics for k in m):
+        if key in (weight_key, VAL_EXAMPLES):
+            continue
+        having = [m for m in metrics if key in m]
+        if key in COUNT_KEYS:
+            out[key] = sum(int(m[key]) for m in having)
+            continue
+        by = VAL_EXAMPLES if key.startswith("val_") else weight_key
+        weights = [float(m.get(by, 0)) for m in having]
+        total = sum(weights)
+        if total > 0:
+            out[key] = sum(float(m[key]) * (w / total) for m, w in zip(having, weights,
+                                                                       strict=True))
+    return out
 
 
 def reply_update(content: RecordDict, weight_key: str) -> tuple[dict[str, np.ndarray], str | None]:
@@ -55,12 +77,19 @@ class FedA2VStrategy(FedAvg):
     node has answered once, the targets. Each round's aggregated train and evaluate metrics are
     kept in `round_metrics`; clip counts summed over the run in `totals`.
 
+    `aggregation_mode` (`feda2v.adapter_aggregation_mode`): `weighted_average` (FedAvg by
+    examples), `avg` (every accepted update weighs the same) or `none`: standalone nodes, each
+    training its own adapters, which never leave it; instructions then carry an empty
+    ArrayRecord and so do the replies. Nodes evaluate after every `eval_gap`-th round and after
+    the last one.
+
     `min_train_nodes` is the quorum: a round's adapters are averaged only from that many usable
     updates. Training waits (at most a round timeout) for that many nodes to be connected, then
     goes on with those that are; evaluation takes the nodes connected."""
 
     def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
                  max_update_norm: float | None = None, allow_overlap: bool = False,
+                 aggregation_mode: str = "weighted_average", eval_gap: int = 1,
                  **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
@@ -83,7 +112,15 @@ class FedA2VStrategy(FedAvg):
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
-        self.overlap = OverlapCheck(allow_overlap)  # clips shared between nodes fail the run
+        self.aggregation_mode = aggregation_mode
+        self.standalone = aggregation_mode == "none"
+        self.eval_gap = eval_gap
+        self.last_round: int | None = None  # known once `start` is called
+        self.adapter_bytes: dict[int, int] = {}  # round -> adapter bytes sent to all its nodes
+        self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
+        # Clips shared between nodes fail the run; standalone nodes never share a model, so a
+        # clip in two nodes' sets cannot leak from one node's evaluation to another's.
+        self.overlap = None if self.standalone else OverlapCheck(allow_overlap)
 
     @property
     def targets_bytes(self) -> int:
@@ -95,7 +132,7 @@ class FedA2VStrategy(FedAvg):
         for message in messages:
             node = message.metadata.dst_node_id
             extra = {**({} if node in self.has_targets else self.targets_records),
-                     **self.overlap.request(node)}
+                     **(self.overlap.request(node) if self.overlap else {})}
             if extra:
                 content = RecordDict({**dict(message.content.items()), **extra})
                 message = Message(content, dst_node_id=node,
@@ -104,13 +141,21 @@ class FedA2VStrategy(FedAvg):
             key = (server_round, node)
             self.control_bytes[key] = (self.control_bytes.get(key, 0)
                                        + message.content["config"].count_bytes())
+            arrays = message.content.array_records.get(self.arrayrecord_key)
+            self.adapter_bytes[server_round] = (self.adapter_bytes.get(server_round, 0)
+                                                + (arrays.count_bytes() if arrays else 0))
         return out
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether nodes evaluate after `server_round`: every `eval_gap`-th and the last."""
+        return server_round % self.eval_gap == 0 or server_round == self.last_round
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float | None = None, **kwargs: Any) -> Result:
         """FedAvg's rounds on a `RoundGrid`. `timeout`: seconds a round stage waits for replies;
         None: a timeout that follows the rounds observed (`RoundTimeout`)."""
         self.timeouts = RoundTimeout(timeout)
+        self.last_round = self.round_offset + num_rounds
         return super().start(RoundGrid(grid, self.timeouts), initial_arrays, num_rounds,
                              None, **kwargs)
 
@@ -126,6 +171,8 @@ class FedA2VStrategy(FedAvg):
         nodes = sample_nodes(grid, fraction, minimum, minimum if train else 1,
                              self.timeouts.seconds(kind))
         log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
+        if self.standalone:
+            arrays = ArrayRecord()  # each node holds its own adapters
         record = RecordDict({self.arrayrecord_key: arrays,
                              self.configrecord_key: ConfigRecord(
                                  {**config, "server-round": server_round})})
@@ -144,10 +191,14 @@ class FedA2VStrategy(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
+        if not self.evaluates(server_round):
+            log.info("round %d: no evaluation (eval_gap %d)", server_round, self.eval_gap)
+            return []
         return self._instructions(server_round, arrays, config, grid, MessageType.EVALUATE)
 
     def _note_replies(self, server_round: int, replies: list[Message]) -> None:
-        self.overlap.note(replies)
+        if self.overlap:
+            self.overlap.note(replies)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -158,6 +209,10 @@ class FedA2VStrategy(FedAvg):
                 self.has_targets.add(node)
                 if SKIPPED in msg.content:
                     self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
+                if self.standalone and STANDALONE in msg.content:
+                    own = msg.content[STANDALONE]
+                    self.node_adapters[node_key(msg)] = {"path": str(own["path"]),
+                                                         "rounds": int(own["rounds"])}
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -170,7 +225,7 @@ class FedA2VStrategy(FedAvg):
         accepted, states = [], []
         for msg in valid:
             state, problem = reply_update(msg.content, self.weighted_by_key)
-            problem = problem or update_problem(state, self.global_state, self.max_update_norm)
+            problem = problem or self._update_problem(state)
             if problem:
                 node = msg.metadata.src_node_id
                 log.warning("round %d: dropped the update of node %d: %s", server_round, node,
@@ -188,32 +243,56 @@ class FedA2VStrategy(FedAvg):
             return None, None
         self.nodes_seen.update(node_key(m) for m in accepted)
         contents = [m.content for m in accepted]
-        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
-                   for c in contents]
-        averaged = fedavg_per_adapter(states, weights)
-        arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
+        if self.standalone:
+            arrays = ArrayRecord()  # nothing to average: the nodes keep their own
+        else:
+            weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
+                       for c in contents]
+            averaged = aggregate_adapters(states, weights, self.aggregation_mode)
+            arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self._record(server_round, metrics)
         return arrays, metrics
+
+    def _update_problem(self, state: dict[str, np.ndarray]) -> str | None:
+        """Why a train reply's adapters cannot be taken in this mode, or None."""
+        if self.standalone:
+            return (f"a standalone node keeps its adapters, yet sent {len(state)} arrays"
+                    if state else None)
+        if not state:
+            return ("the reply holds no adapters (only standalone nodes, adapter_aggregation_"
+                    "mode 'none', keep theirs)")
+        return update_problem(state, self.global_state, self.max_update_norm)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         server_round += self.round_offset
         replies = sorted(replies, key=node_key)  # float sums must not follow arrival order
         self._note_replies(server_round, replies)
-        for msg in replies:
-            if not msg.has_error():
-                self._note_node(server_round, msg)
-        metrics = super().aggregate_evaluate(server_round, replies)
-        if metrics is not None:
-            self._record(server_round, metrics)
+        # Not Flower's consistency check: nodes without val clips report no val_* keys.
+        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        usable = []
+        for msg in valid:
+            metrics = list(msg.content.metric_records.values())
+            if len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
+                log.warning("round %d: node %d's evaluate reply has no MetricRecord with '%s'",
+                            server_round, msg.metadata.src_node_id, self.weighted_by_key)
+                continue
+            usable.append(msg)
+            self._note_node(server_round, msg)
+        if not usable:
+            return None
+        metrics = self.evaluate_metrics_aggr_fn([m.content for m in usable],
+                                                self.weighted_by_key)
+        self._record(server_round, metrics)
         return metrics
 
     def progress(self) -> dict[str, Any]:
         """What the summary adds up over the whole run, for a resumed run to go on from."""
         return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
-                "failed": self.failed}
+                "failed": self.failed, "adapter_bytes": self.adapter_bytes,
+                "node_adapters": self.node_adapters}
 
     def restore(self, progress: dict[str, Any]) -> None:
         """Go on from `progress()` as saved by the stopped part of a resumed run."""
@@ -222,12 +301,20 @@ class FedA2VStrategy(FedAvg):
         self.skipped_files.update(progress.get("skipped_files", []))
         self.rejected.extend(tuple(x) for x in progress.get("rejected", []))
         self.failed.extend(tuple(x) for x in progress.get("failed", []))
+        self.adapter_bytes.update({int(r): int(b)
+                                   for r, b in progress.get("adapter_bytes", {}).items()})
+        self.node_adapters.update(progress.get("node_adapters", {}))
+
+    def adapter_bytes_per_round(self, rounds: int) -> list[int]:
+        """Adapter bytes the server sent in each of rounds 1..`rounds` (all of the round's train
+        and evaluate messages together)."""
+        return [self.adapter_bytes.get(r, 0) for r in range(1, rounds + 1)]
 
     def _note_node(self, server_round: int, msg: Message) -> None:
         """Keep one node's own train or eval metrics for the round (per-node curves)."""
         metrics = next(iter(msg.content.metric_records.values()))
         own = {k: float(v) for k, v in metrics.items()
-               if k.startswith(("train_", "eval_")) and isinstance(v, (int, float))}
+               if k.startswith(("train_", "eval_", "val_")) and isinstance(v, (int, float))}
         nodes = self.node_metrics.setdefault(server_round, {})
         nodes.setdefault(msg.metadata.src_node_id, {}).update(own)
 

@@ -72,7 +72,9 @@ def test_every_round_is_recorded(sim_run: Path) -> None:
     assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
     for m in metrics:
         assert set(m) == {"round", *keys}
-        assert all(isinstance(m[k], float) for k in keys if k != "train_nodes"), m
+        assert all(isinstance(m[k], float) for k in keys
+                   if k != "train_nodes" and not k.startswith("val_")), m
+        assert all(m[k] is None for k in keys if k.startswith("val_"))  # no val clips
         assert m["train_nodes"] == 2
     assert {m["clip_lr"] for m in metrics} == {0.003}  # constant schedule, training LR
     checkpoints = sorted(p.name for p in (sim_run / "checkpoints").iterdir())
