@@ -166,7 +166,9 @@ def check_node_shares(config: Config, nodes: dict[str, tuple[NodeConfig, int, in
             continue
         split = split_for_node(corpus, node, index, num_nodes, config, where)
         if not split.train:
-            raise ConfigError(f"{where}: no training clip in its classes, folds and shard")
+            held = sum(c.label in split.classes for c in corpus.clips)
+            raise ConfigError(f"{where}: no training clip in its classes, folds and shard (its "
+                              f"{len(split.classes)} classes have {held} clips in {corpus.root})")
         found.append(f"{where}: {len(split.train)} train / {len(split.val)} val / "
                      f"{len(split.test)} test clips")
         clip_sets[where] = ClipSets(frozenset(map(_content_id, split.train)),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import Config, ConfigError, NodeConfig, suggest
-from .corpora import Clip, Corpus
+from .corpora import Clip, Corpus, vggsound_class
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,17 @@ class NodeSplit:
     classes: list[str]  # the classes this node holds
 
 
-def _check_names(asked: list[str], known: list[str], what: str, where: str) -> None:
+def _resolve_names(asked: list[str], known: list[str], what: str, where: str) -> set[str]:
+    """The corpus's names for `asked`: exact, else compared as upstream's VGGSound reader did
+    (lower case, spaces as underscores: "Dog barking" is dog_barking)."""
+    normal = {vggsound_class(name): name for name in known}
+    found = set()
     for name in asked:
-        if name not in known:
+        if name not in known and vggsound_class(name) not in normal:
             raise ConfigError(f"{where}: '{what}' names '{name}', which the corpus does not "
                               f"have{suggest(name, known)}; it has: {', '.join(known)}")
+        found.add(name if name in known else normal[vggsound_class(name)])
+    return found
 
 
 def _check_folds(asked: Iterable[int], known: set[int], what: str, where: str) -> None:
@@ -47,11 +53,12 @@ def _check_folds(asked: Iterable[int], known: set[int], what: str, where: str) -
 def node_classes(corpus: Corpus, node: NodeConfig, where: str) -> list[str]:
     classes = list(corpus.classes)
     if node.selected_classes is not None:
-        _check_names(node.selected_classes, corpus.classes, "selected_classes", where)
-        classes = [c for c in classes if c in node.selected_classes]
+        chosen = _resolve_names(node.selected_classes, corpus.classes, "selected_classes", where)
+        classes = [c for c in classes if c in chosen]
     if node.excluded_classes is not None:
-        _check_names(node.excluded_classes, corpus.classes, "excluded_classes", where)
-        classes = [c for c in classes if c not in node.excluded_classes]
+        left_out = _resolve_names(node.excluded_classes, corpus.classes, "excluded_classes",
+                                  where)
+        classes = [c for c in classes if c not in left_out]
     return classes
 
 

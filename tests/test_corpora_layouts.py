@@ -151,6 +151,9 @@ def test_vggsound_layout(tmp_path: Path) -> None:
     assert all(c.path.parent.parent.name == c.split for c in corpus.clips)
     assert corpus.clips[0].path.name == "yt_00-0000_000000.wav"  # ytid with "_", padded start
     assert corpus.clips[0].caption == "dog barking sound, take 0"
+    # Selected as upstream wrote VGGSound's classes: the label, any case, spaces for "_".
+    chosen = split_for_node(corpus, NodeConfig(selected_classes=["Dog barking"]), 0, 1, Config())
+    assert chosen.classes == ["dog_barking"] and len(chosen.train) == 8
     # Fold splits and ratio splits alike follow the CSV's train/test.
     split = split_for_node(corpus, NodeConfig(), 0, 1, Config())
     assert (len(split.train), len(split.val), len(split.test)) == (16, 0, 4)

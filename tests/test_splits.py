@@ -272,3 +272,9 @@ def test_val_clips_count_as_held_out(roots) -> None:
     assert "6 of a's 12 held-out clips are in b's training set" in str(err.value)
     assert "training clips are in both" not in str(err.value)
     assert "partition" not in str(err.value)  # the class-partition hint is for that partition
+
+
+def test_a_node_cut_past_its_clips_is_named(roots) -> None:
+    config, nodes = _shares(roots["vegas12"], {"0": {"node_split_id": 3, "samples_per_node": 5}})
+    with pytest.raises(ConfigError, match=r"'nodes.0': no training clip.*3 classes have 36 clips"):
+        check_node_shares(config, nodes, "exp.json")
