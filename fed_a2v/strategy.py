@@ -121,6 +121,9 @@ class FedA2VStrategy(FedAvg):
         # Clips shared between nodes fail the run; standalone nodes never share a model, so a
         # clip in two nodes' sets cannot leak from one node's evaluation to another's.
         self.overlap = None if self.standalone else OverlapCheck(allow_overlap)
+        if self.standalone:
+            log.info("standalone nodes: no adapters are exchanged, and clips shared between "
+                     "nodes are not checked (no node's model ever sees another's clips)")
 
     @property
     def targets_bytes(self) -> int:

@@ -189,6 +189,14 @@ def test_standalone_nodes_with_eval_gap_and_val_clips_in_process(tmp_path: Path)
         assert len(per_node) == 2 and all("val_clip_cosine" in n for n in per_node)
         assert per_node[0]["eval_clip_mse"] != per_node[1]["eval_clip_mse"]
     assert not any("eval_clip_mse" in n for n in nodes if n["round"] == 1)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (run_dir / "tb").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    for tag in ("eval/clip_mse", "val/t5_top1"):
+        assert [e.step for e in accumulator.Scalars(tag)] == [2, 3], tag
+    assert [e.step for e in accumulator.Scalars("train/clip_loss")] == [1, 2, 3]
     report = (run_dir / "report.md").read_text()
     assert "Standalone run" in report and "| val_clip_mse |" in report
 
