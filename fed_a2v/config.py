@@ -101,8 +101,9 @@ class DatasetConfig:
     dirichlet_alpha: float = field(default=0.5, metadata=_rule(min_exclusive=0.0))
     prompt_template: str = "{label}"
     # true: train/val/test by folds (numbered as in the corpus: ESC-50's CSV counts 1-5);
-    # false: by ratios, per node, seeded by node_split_seed.
-    use_folds: bool = True
+    # false: by ratios, per node, seeded by node_split_seed; None: by folds where the corpus
+    # has them (ESC-50, manifests), else by ratios (VEGAS).
+    use_folds: bool | None = None
     train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     val_folds: list[int] | None = None  # None: val_ratio of the training folds (0: no val)
     test_folds: list[int] = field(default_factory=lambda: [5])

@@ -150,13 +150,15 @@ def class_share(clips: list[Clip], classes: list[str], node: NodeConfig, config:
 def divide(pool: list[Clip], corpus: Corpus, node: NodeConfig, node_index: int,
            config: Config, where: str) -> tuple[list[Clip], list[Clip], list[Clip]]:
     """(train, val, test) of the node's clips: by folds where `use_folds` is true or a list of
-    folds, else by ratios. Clips whose split the layout gives keep it; when it gives no val,
-    val is the val ratio of its training clips."""
+    folds (None: where the corpus has folds), else by ratios. Clips whose split the layout
+    gives keep it; when it gives no val, val is the val ratio of its training clips."""
     use_folds = config.for_node(node, "use_folds")
     stratify = config.for_node(node, "stratify")
     seed = config.for_node(node, "node_split_seed") + (
         node.node_split_id if node.node_split_id is not None else node_index)
     free = [c for c in pool if c.split is None]
+    if use_folds is None:
+        use_folds = not any(c.fold == 0 for c in free)
     if use_folds is False:
         train_r, val_r, test_r = split_ratios(config, node, where)
         train, val, test = ratio_cut(free, test_r, val_r, stratify, seed)

@@ -127,9 +127,12 @@ def test_vegas_rows_name_the_files_and_the_csv_is_optional(tmp_path: Path) -> No
 def test_vegas_cannot_be_split_by_folds(tmp_path: Path) -> None:
     corpus = read_vegas(_write(tmp_path / "vegas", "vegas", ["dog", "drum"], 10))
     with pytest.raises(ConfigError, match=r"exp.json: 'nodes.3'.*no folds.*'use_folds'"):
-        split_for_node(corpus, NodeConfig(), 3, 4, Config(), "exp.json: 'nodes.3'")
-    split = split_for_node(corpus, NodeConfig(use_folds=False), 0, 1, Config())
-    assert (len(split.train), len(split.val), len(split.test)) == (16, 2, 2)
+        split_for_node(corpus, NodeConfig(use_folds=True), 3, 4, Config(),
+                       "exp.json: 'nodes.3'")
+    # Unset (the default), a corpus without folds is split by ratios: 0.8 / 0.1 / 0.1.
+    for node in (NodeConfig(use_folds=False), NodeConfig()):
+        split = split_for_node(corpus, node, 0, 1, Config())
+        assert (len(split.train), len(split.val), len(split.test)) == (16, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------
