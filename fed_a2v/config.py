@@ -456,8 +456,11 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), strict: bool = 
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
-    """Read and validate a node's own JSON file (the shape of one `nodes` entry)."""
-    return _build(NodeConfig, _read_json(Path(path)), "", str(path))
+    """Read and validate a node's own JSON file (the shape of one `nodes` entry; comment keys
+    and upstream's dataset spellings are read as in an experiment file)."""
+    from .upstream import node_file_entry
+
+    return _build(NodeConfig, node_file_entry(_read_json(Path(path))), "", str(path))
 
 
 def check_node_diffusion(config: Config, node: NodeConfig, where: str) -> None:

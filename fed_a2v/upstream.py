@@ -89,6 +89,16 @@ def is_metadata(key: str) -> bool:
     return any(fnmatch.fnmatchcase(str(key), k.path) for k in METADATA_KEYS)
 
 
+def node_file_entry(raw: Any) -> Any:
+    """A node's own JSON as a `nodes` entry reads: comments left out, `dataset` in any case."""
+    if not isinstance(raw, dict):
+        return raw
+    entry = {k: v for k, v in raw.items() if not is_metadata(k)}
+    if _kind(entry.get("dataset")):
+        entry["dataset"] = _kind(entry["dataset"])
+    return entry
+
+
 def pattern_of(path: str) -> str:
     """`nodes.3.dataset` -> `nodes.*.dataset`, the table's spelling."""
     return re.sub(r"^nodes\.[^.]+\.", "nodes.*.", path)

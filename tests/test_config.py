@@ -225,6 +225,11 @@ def test_node_config_file(tmp_path):
     node = load_node_config(path)
     assert node == NodeConfig(selected_classes=["dog"], node_split_id=1, num_nodes=3,
                               dataset_path="/data/esc50", device="cpu")
+    # Written the way upstream writes a nodes entry: comment keys, the dataset in capitals.
+    path = _write(tmp_path, {"dataset": "VEGAS", "_comment": "the kitchen node",
+                             "comment": "two classes", "selected_classes": ["dog", "drum"]},
+                  "upstream-node.json")
+    assert load_node_config(path) == NodeConfig(dataset="vegas", selected_classes=["dog", "drum"])
 
 
 def test_node_config_file_errors(tmp_path):
