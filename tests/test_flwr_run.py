@@ -14,7 +14,8 @@ def test_flwr_run_dot_uses_the_shipped_quickstart(tmp_path: Path) -> None:
     # The SuperLink runs in tmp_path: the relative config path is found in the app directory,
     # the relative data and output paths land in the working directory.
     with Federation(tmp_path, simulation=True) as federation:
-        entry = federation.run({"rounds": 1},
+        entry = federation.run({"rounds": 1,
+                                "set": "training.batch_size=8 federation.local_epochs=1"},
                                federation_config={"num-supernodes": 3,
                                                   "client-resources-num-cpus": 1})
     assert entry["status"] == COMPLETED, entry.get("status-details")
@@ -23,5 +24,7 @@ def test_flwr_run_dot_uses_the_shipped_quickstart(tmp_path: Path) -> None:
     assert [m["round"] for m in metrics] == [1]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["federation"]["global_rounds"] == 1
+    # `--run-config set=...` overrides keys of the experiment file, typed.
+    assert (config["training"]["batch_size"], config["federation"]["local_epochs"]) == (8, 1)
     assert config["dataset"]["path"] == str(tmp_path / "data" / "synthetic")
     assert json.loads((run_dir / "summary.json").read_text())["num_nodes"] == 3
