@@ -52,7 +52,10 @@ def corpus_root(config: Config, kind: str, path: str | Path | None = None) -> Pa
         if not config.dataset_path():
             raise ConfigError(f"'dataset.path' is not set: dataset '{kind}' needs "
                               f"{EXPECTED[kind]}")
-        return Path(config.dataset_path())
+        root = Path(config.dataset_path())
+        # Upstream's dataset/Audio folder holds each corpus under its own folder name.
+        inner = root / FOLDERS.get(kind, "")
+        return inner if kind in FOLDERS and inner.is_dir() else root
     if ds.path and kind in FOLDERS:
         return Path(ds.path) / FOLDERS[kind]
     folder = f", or 'dataset.path' holding {FOLDERS[kind]}/" if kind in FOLDERS else ""

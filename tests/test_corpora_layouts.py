@@ -220,6 +220,14 @@ def test_mixed_paths_and_node_folders(mixed_root: Path, tmp_path: Path) -> None:
         check_node_shares(_mixed(tmp_path, {"0": {"dataset": "esc50"}}), {}, "exp.json")
 
 
+def test_one_kind_in_upstreams_audio_folder(mixed_root: Path) -> None:
+    """`dataset.path` may be the corpus itself or upstream's dataset/Audio folder holding it
+    under upstream's folder name."""
+    for path in (mixed_root, mixed_root / "VEGAS"):
+        config = config_from_dict({"dataset": {"name": "vegas", "path": str(path)}})
+        assert node_corpus(config, NodeConfig()).root == mixed_root / "VEGAS"
+
+
 def test_mixed_without_a_node_dataset_is_an_error(mixed_root: Path) -> None:
     config = _mixed(mixed_root, {"0": {"dataset": "vegas"}, "1": {}})
     with pytest.raises(ConfigError, match=r"'nodes.1': 'dataset' is not set.*mixed"):
