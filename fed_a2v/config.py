@@ -427,7 +427,7 @@ def _build_nodes(data: Any, path: str, source: str) -> dict[str, NodeConfig]:
     return nodes
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
@@ -460,7 +460,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     and upstream's dataset spellings are read as in an experiment file)."""
     from .upstream import node_file_entry
 
-    return _build(NodeConfig, node_file_entry(_read_json(Path(path))), "", str(path))
+    return _build(NodeConfig, node_file_entry(read_json(Path(path))), "", str(path))
 
 
 def check_node_diffusion(config: Config, node: NodeConfig, where: str) -> None:

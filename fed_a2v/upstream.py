@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DATASETS, Config, ConfigError, config_from_dict, suggest
+from .config import DATASETS, Config, ConfigError, config_from_dict, read_json, suggest
 from .upstream_keys import (
     ALWAYS,
     IMPLEMENTED,
@@ -492,19 +492,6 @@ def apply_overrides(raw: dict[str, Any], items: Iterable[str]) -> dict[str, Any]
 
 
 # --- loading ---------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read config file: {err.strerror or err}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(
-            f"{path}: line {err.lineno}, column {err.colno}: malformed JSON: {err.msg}"
-        ) from err
 
 
 def resolve(path: str | Path, overrides: Iterable[str] = (), strict: bool = False,
