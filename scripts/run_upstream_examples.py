@@ -7,8 +7,8 @@ UPSTREAM_CONFIGS_DIR holds upstream's `configs/a2v*.json` (the public `lucapalaz
 repository). For each chosen file the classes its nodes select are generated, per corpus kind
 (ESC-50 in upstream's fold layout, VEGAS, VGGSound), with the built-in sound generator; then
 `fed-a2v simulate` runs the file unchanged, with `--set` pointing it at that data, at the CPU and
-the built-in models (nothing is downloaded) and, with --rounds, at fewer rounds. Prints a table of
-what each run reached and writes it to DIR/results.md and DIR/results.json.
+the built-in models (nothing is downloaded) and, with --rounds, at another number of rounds.
+Prints a table of what each run reached and writes it to DIR/results.md and DIR/results.json.
 """
 
 from __future__ import annotations
@@ -48,14 +48,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("runs/upstream-examples"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="federated rounds (default: each file's own)")
     parser.add_argument("--clips-per-class", type=int, default=30)
     parser.add_argument("--config", nargs="+", default=list(EXAMPLES))
     args = parser.parse_args(argv)
     paths = [args.configs_dir / name for name in args.config]
     out = args.out.resolve()
     data = out / "data"
-    sets = [f"federation.global_rounds={args.rounds}", *OFFLINE]
+    sets = [*([f"federation.global_rounds={args.rounds}"] if args.rounds else []), *OFFLINE]
     for seed, (kind, classes) in enumerate(sorted(classes_by_kind(paths).items())):
         root = data / kind
         if not root.exists():  # a seed per kind: corpora of different kinds share no clip
