@@ -38,6 +38,9 @@ BUILTIN = "builtin:"
 _ALPHABET = list(string.ascii_lowercase + string.digits + " _-'.,!?")
 _SEED = 1234
 CLIP_MAX_LENGTH = 77
+# The built-in text encoders' widths: what `builtin:tiny-flux` is conditioned on.
+BUILTIN_CLIP_WIDTH = 64
+BUILTIN_T5_WIDTH = 64
 
 
 def _char_tokenizer(specials: list[str], template: str, max_length: int,
@@ -72,19 +75,19 @@ def builtin_clip() -> tuple[CLIPTextModel, PreTrainedTokenizerFast]:
                                 CLIP_MAX_LENGTH, pad_token="<pad>", bos_token="<bos>",
                                 eos_token="<eos>")
     # initializer_factor 5 spreads the random class targets apart (max pairwise cosine ~0.81).
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                            projection_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                            max_position_embeddings=CLIP_MAX_LENGTH, pad_token_id=0,
-                            bos_token_id=1, eos_token_id=3, initializer_factor=5.0)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=BUILTIN_CLIP_WIDTH,
+                            intermediate_size=128, projection_dim=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
+                            pad_token_id=0, bos_token_id=1, eos_token_id=3, initializer_factor=5.0)
     return _seeded(lambda: CLIPTextModel(config)), tokenizer
 
 
 def builtin_t5() -> tuple[T5EncoderModel, PreTrainedTokenizerFast]:
     tokenizer = _char_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", 512,
                                 pad_token="<pad>", eos_token="</s>")
-    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                      num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0,
-                      eos_token_id=1, decoder_start_token_id=0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=BUILTIN_T5_WIDTH, d_kv=16,
+                      d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     return _seeded(lambda: T5EncoderModel(config)), tokenizer
 
 
