@@ -17,6 +17,7 @@ from .checkpoints import AdapterCheckpoints
 from .config import Config, load_config
 from .data import corpus_index
 from .encoders import describe_audio_encoder
+from .pretrained import FedA2VAdapters, package_config
 from .report import write_report
 from .run_dir import CONFIG_FILE, RunRecorder, new_run_dir, run_to_resume
 from .schedule import round_lr
@@ -77,7 +78,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     fed = config.federation
     corpus = corpus_index(config)
     targets = targets_for(config, corpus)
-    d_audio = describe_audio_encoder(config.feda2v.audio_model_name)[0].hidden_size
+    audio_config, features = describe_audio_encoder(config.feda2v.audio_model_name)
+    d_audio = audio_config.hidden_size
     adapters = adapters_for_targets(d_audio, targets.tensors, config.feda2v,
                                     seed=config.experiment.seed)
     initial = ArrayRecord(adapters_state(adapters))
@@ -136,9 +138,11 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         if not strategy.nodes_seen:
             raise RuntimeError("no node completed a training round; see the errors above")
         final = result.arrays
-    adapter_config = {**dims, "diffusion_type": config.feda2v.diffusion_type,
-                      "targets": targets.names, "prompts": targets.prompts,
-                      "feda2v": config.to_dict()["feda2v"]}
+    package = None if standalone else FedA2VAdapters.from_state(
+        package_config(config, targets, dims, features, {
+            "name": run_dir.name, "rounds": fed.global_rounds, "seed": config.experiment.seed,
+            "num_nodes": len(strategy.nodes_seen), "aggregation_mode": mode}),
+        final.to_torch_state_dict(), targets)
     extra = {
         "encoded_clips": strategy.totals["encoded-clips"],
         "cached_clips": strategy.totals["cached-clips"],
@@ -162,7 +166,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
             "overlap_check": "skipped: standalone nodes never share a model, so a clip two "
                              "nodes hold cannot leak from one node's training into another's "
                              "evaluation"}
-    summary = recorder.finish(final.to_torch_state_dict(), adapter_config, payload,
+    summary = recorder.finish(package, payload,
                               fed.global_rounds, len(strategy.nodes_seen), extra)
     log.info("finished %d rounds in %.1fs: %s", fed.global_rounds, time.time() - started,
              json.dumps(summary))

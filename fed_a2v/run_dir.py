@@ -1,4 +1,5 @@
-"""A run's directory: resolved config, per-round metrics, TensorBoard, checkpoints, summary."""
+"""A run's directory: resolved config, per-round metrics, TensorBoard, checkpoints, summary,
+and the final adapters package (`final/`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -16,7 +17,11 @@ from safetensors.torch import load_file, save_file
 from .adapters import adapter_names
 from .config import Config, ConfigError
 from .files import atomic_write, atomic_write_text
+from .model_card import model_card
 from .wandb_log import start_wandb
+
+if TYPE_CHECKING:
+    from .pretrained import FedA2VAdapters
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,6 @@ class RunRecorder:
             raise ValueError(f"run-dir {self.dir} holds a run already: resume it or choose "
                              "another directory")
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (self.dir / "final").mkdir(exist_ok=True)
         self.config = config
         self.started = time.time()
         self.seconds_before = 0.0  # spent by the stopped part of a resumed run
@@ -162,21 +166,17 @@ class RunRecorder:
         self.seconds_before = float(progress.get("wall_seconds", 0.0))
         return last, load_file(str(self.checkpoint(last))), progress
 
-    def finish(self, state: dict[str, torch.Tensor], adapter_config: dict[str, Any],
-               adapter_bytes_per_round: int, rounds: int, num_nodes: int,
-               extra: dict[str, Any]) -> dict[str, Any]:
-        """Final adapters under `final/` (none for standalone nodes, whose adapters stay on
-        their own disks: an empty `state`) and `summary.json`."""
-        for name in adapter_names(self.config.feda2v) if state else ():
-            prefix = f"{name}."
-            save_adapters({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                          self.dir / "final" / f"{name}_adapter.safetensors", {"adapter": name})
-        atomic_write_text(self.dir / "final" / "adapter_config.json",
-                          json.dumps(adapter_config, indent=2))
+    def finish(self, package: FedA2VAdapters | None, adapter_bytes_per_round: int, rounds: int,
+               num_nodes: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """`summary.json`, and the global adapters as a package in `final/` with a model card
+        made from the run (`fed_a2v.pretrained`); no package for standalone nodes, whose
+        adapters stay on their own disks (`package` None)."""
         summary = {**{k: self.last.get(k) for k in eval_keys(self.config)
                       + val_keys(self.config)}, "rounds": rounds,
                    "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
+        if package is not None:
+            package.save_pretrained(self.dir / "final", model_card(package, summary, self.config))
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
         self.tb.close()
         if self.wandb:

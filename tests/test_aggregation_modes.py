@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 from fed_a2v.adapters import adapters_state, build_adapters
 from fed_a2v.aggregation import aggregate_adapters, fedavg_per_adapter
-from fed_a2v.config import config_from_dict
+from fed_a2v.config import ConfigError, config_from_dict
+from fed_a2v.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
+from fed_a2v.pretrained import FedA2VAdapters
 from fed_a2v.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
@@ -165,7 +167,9 @@ def test_standalone_nodes_with_eval_gap_and_val_clips_in_process(tmp_path: Path)
     assert summary["adapter_bytes_sent_per_round"] == [0, 0, 0]
     assert summary["adapter_aggregation_mode"] == "none"
     assert summary["standalone"]["overlap_check"].startswith("skipped")
-    assert not list((run_dir / "final").glob("*.safetensors"))  # no global adapters exist
+    assert not (run_dir / "final").exists()  # no global adapters exist
+    with pytest.raises(ConfigError, match="standalone run"):
+        FedA2VAdapters.from_pretrained(run_dir)
 
     # Each node's own file, rewritten by every round's training.
     own = summary["standalone"]["node_adapters"]
@@ -224,8 +228,8 @@ def test_a_standalone_federation_on_the_simulation_engine(tmp_path: Path) -> Non
         assert evaluated[0]["eval_clip_mse"] != evaluated[1]["eval_clip_mse"]
 
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
-    meta = json.loads((run_dir / "final" / "adapter_config.json").read_text())
-    init = adapters_state(build_adapters(meta["d_audio"], meta["d_clip"], meta["d_t5"],
+    d_audio = describe_audio_encoder(config.feda2v.audio_model_name)[0].hidden_size
+    init = adapters_state(build_adapters(d_audio, BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH,
                                          config.feda2v, seed=config.experiment.seed))
     own = summary["standalone"]["node_adapters"]
     assert len(own) == 2

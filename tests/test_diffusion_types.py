@@ -22,7 +22,6 @@ from fed_a2v.adapters import (
     adapters_for_targets,
     adapters_state,
     build_adapters,
-    load_adapters_state,
 )
 from fed_a2v.cli import main
 from fed_a2v.config import Config, ConfigError, FedA2VConfig, config_from_dict
@@ -31,6 +30,7 @@ from fed_a2v.encoded import EncodedSet
 from fed_a2v.evaluation import evaluate_adapters
 from fed_a2v.federation import lr_plan
 from fed_a2v.node import evaluate_reply, train_reply
+from fed_a2v.pretrained import FedA2VAdapters
 from fed_a2v.protocol import TARGET_NAMES, TARGETS
 from fed_a2v.run_dir import eval_keys, round_keys
 from fed_a2v.targets import Targets, compute_targets, target_prompts, targets_for
@@ -327,12 +327,9 @@ def test_an_sd_federation_runs_and_reports_clip_only(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"eval_clip_mse", "eval_clip_cosine", "eval_clip_top1"} <= set(summary)
     assert not any("t5" in k for k in summary)
-    assert sorted(p.name for p in (run_dir / "final").iterdir()) == [
-        "adapter_config.json", "clip_adapter.safetensors"]
-    meta = json.loads((run_dir / "final" / "adapter_config.json").read_text())
-    assert meta["diffusion_type"] == "sd" and "d_t5" not in meta
-    adapters = build_adapters(meta["d_audio"], meta["d_clip"], None, config.feda2v)
-    final = {f"clip.{k}": v
-             for k, v in load_file(run_dir / "final" / "clip_adapter.safetensors").items()}
-    load_adapters_state(adapters, final)  # strict: every key and shape fits an sd adapter
+    package = FedA2VAdapters.from_pretrained(run_dir)  # strict: every key and shape fits
+    assert package.diffusion_type == "sd" and "d_t5" not in package.config["dims"]
+    assert set(package.adapters) == {"clip"} and package.t5_source is None
+    assert all(k.startswith("clip.")
+               for k in load_file(run_dir / "final" / "model.safetensors"))
     assert (run_dir / "plot_nodes.png").exists()

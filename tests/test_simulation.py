@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fed_a2v.adapters import build_adapters, load_adapters_state
 from fed_a2v.config import config_from_dict
+from fed_a2v.pretrained import FedA2VAdapters
 from fed_a2v.run_dir import eval_keys, round_keys
 
 from drills import experiment_dict
@@ -103,11 +103,9 @@ def test_summary_and_final_adapters(sim_run: Path) -> None:
     assert summary["wall_seconds"] > 0
 
     assert config.experiment.name == "sim-test"
-    meta = json.loads((sim_run / "final" / "adapter_config.json").read_text())
-    adapters = build_adapters(meta["d_audio"], meta["d_clip"], meta["d_t5"], config.feda2v)
-    final = {f"{name}.{k}": v for name in ("clip", "t5")
-             for k, v in load_file(sim_run / "final" / f"{name}_adapter.safetensors").items()}
-    load_adapters_state(adapters, final)  # strict: every key and shape must fit
+    package = FedA2VAdapters.from_pretrained(sim_run)  # strict: every key and shape must fit
+    assert package.config["run"]["name"] == sim_run.name
+    final = load_file(sim_run / "final" / "model.safetensors")
     payload = sum(t.numel() * t.element_size() for t in final.values())
     assert summary["adapter_bytes_per_round"] == payload
     # The final adapters are the last round's global checkpoint.
@@ -191,7 +189,6 @@ def test_the_same_config_and_seed_give_identical_metrics_and_adapters(tmp_path: 
              for r in runs]
     assert [m["round"] for m in lines[0]] == [1, 2]
     assert lines[0] == lines[1]
-    for name in ("clip", "t5"):
-        first, second = (load_file(r / "final" / f"{name}_adapter.safetensors") for r in runs)
-        assert first.keys() == second.keys()
-        assert all(torch.equal(first[k], second[k]) for k in first), name
+    first, second = (load_file(r / "final" / "model.safetensors") for r in runs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -58,7 +58,7 @@ def test_the_recorder_logs_every_tensorboard_series_to_an_offline_wandb_run(
     for r in (1, 2):
         recorder.end_round(r, {"train_clip_loss": 1.0 / r, "eval_t5_mse": 2.0 * r,
                                "clip_lr": 0.01, "train_nodes": 2}, state, NODES)
-    recorder.finish(state, {}, 0, 2, 2, {})
+    recorder.finish(None, 0, 2, 2, {})
     [run] = offline_runs(tmp_path / "wb")
     records = wandb_records(run)
     history = {r["history"]["step"]["num"]: r["history"]["item"]
@@ -90,7 +90,7 @@ def test_without_wandb_dir_the_offline_run_stays_in_the_run_directory(
     state = {"clip.w": torch.ones(2)}
     recorder = RunRecorder(tmp_path / "run", wandb_config(mode="offline"))
     recorder.end_round(1, {"train_clip_loss": 0.5}, state)
-    recorder.finish(state, {}, 0, 1, 1, {})
+    recorder.finish(None, 0, 1, 1, {})
     [run] = offline_runs(tmp_path / "run")
     assert any(r["type"] == "history" for r in wandb_records(run))
     assert not (tmp_path / "wandb").exists()
@@ -106,7 +106,7 @@ def test_a_resumed_run_logs_its_remaining_rounds_to_a_new_wandb_run_in_the_same_
     resumed = RunRecorder(tmp_path / "run", wandb_config(), resume=True)
     resumed.resume_point()
     resumed.end_round(2, {"train_clip_loss": 0.5}, state)
-    resumed.finish(state, {}, 0, 2, 1, {})
+    resumed.finish(None, 0, 2, 1, {})
     parts = []
     for run in offline_runs(tmp_path / "wb"):
         records = wandb_records(run)
@@ -301,8 +301,7 @@ def simulate(experiment: dict, path: Path, env: dict | None = None
 
 
 def final_adapters(run_dir: Path) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v for name in ("clip", "t5") for k, v in
-            load_file(str(run_dir / "final" / f"{name}_adapter.safetensors")).items()}
+    return load_file(str(run_dir / "final" / "model.safetensors"))
 
 
 @pytest.mark.slow
