@@ -177,6 +177,22 @@ class FedA2VConfig:
     adapter_num_heads: int = field(default=4, metadata=_rule(min=1))
     adapter_mlp_ratio: int = field(default=2, metadata=_rule(min=1))
     adapter_norm_groups: int = field(default=8, metadata=_rule(min=1))
+    # Every N rounds (0: never) each node renders its first `generate_images_per_node` held-out
+    # clips with the global adapters, on the node (`fed_a2v.node_images`); those rounds are
+    # evaluation rounds too, whatever `eval_gap` says.
+    generate_nodes_images_frequency: int = field(default=0, metadata=_rule(min=0))
+    generate_images_per_node: int = field(default=4, metadata=_rule(min=1))
+    # The FLUX pipeline (hub id, local FLUX-layout folder or builtin:tiny-flux); a node's own
+    # `pipeline` wins. "": builtin:tiny-flux with builtin text models, else the FLUX repository
+    # the T5 targets came from (black-forest-labs/FLUX.1-schnell when T5 is not in one).
+    generation_pipeline: str = ""
+    # As upstream rendered with FLUX.1-schnell: one step, no guidance.
+    generation_steps: int = field(default=1, metadata=_rule(min=1))
+    generation_size: int = field(default=512, metadata=_rule(min=16))
+    generation_guidance: float = field(default=0.0, metadata=_rule(min=0.0))
+    # Where nodes write their images: <dir>/<run id>/<node>/round_<r>/<clip stem>.png; a node's
+    # own `images_dir` wins. "": <the node's cache folder>/images.
+    images_output_dir: str = ""
 
 
 @dataclass
@@ -220,6 +236,10 @@ class NodeConfig:
     device: str | None = field(default=None, metadata=_rule(pattern=DEVICE_PATTERN,
                                                              shown="cpu, auto, cuda, cuda:N"))
     batch_size: int | None = field(default=None, metadata=_rule(min=1))
+    # Image rendering on this node (`feda2v.generate_nodes_images_frequency`): its FLUX pipeline
+    # and its own image folder (<images_dir>/<run id>/round_<r>/<clip stem>.png).
+    pipeline: str | None = None
+    images_dir: str | None = None
 
     def own_shard(self, source: str) -> tuple[int, int]:
         """`(node_split_id, num_nodes)` of a node that reads its own JSON `source`. Without
@@ -271,6 +291,9 @@ class Config:
         self.experiment.output_dir = str(Path(self.experiment.output_dir).resolve())
         self.feda2v.adapter_checkpoint_dir = str(Path(self.feda2v.adapter_checkpoint_dir)
                                                  .expanduser().resolve())
+        if self.feda2v.images_output_dir:
+            self.feda2v.images_output_dir = str(Path(self.feda2v.images_output_dir)
+                                                .expanduser().resolve())
         if self.dataset_path():
             self.dataset.path = str(Path(self.dataset_path()).resolve())
         self.dataset.paths = {k: str(Path(v).resolve()) for k, v in self.dataset.paths.items()}
@@ -488,6 +511,11 @@ def check_consistency(config: Config, source: str) -> None:
             "'feda2v.adapter_aggregation_mode' \"none\": a standalone run has no global "
             "adapters to start from (each node builds and keeps its own); use \"avg\" or "
             "\"weighted_average\", or set adapter_load_checkpoint to false")
+    if config.feda2v.generate_nodes_images_frequency and config.feda2v.diffusion_type != "flux":
+        raise ConfigError(
+            f"{source}: 'feda2v.generate_nodes_images_frequency' renders with a FLUX pipeline, "
+            f"which needs the flux adapters, but 'feda2v.diffusion_type' is "
+            f"{json.dumps(config.feda2v.diffusion_type)}: use \"flux\" or set the frequency to 0")
     fed = config.federation
     if fed.num_clients is None:
         fed.num_clients = len(config.nodes) or 3

@@ -102,6 +102,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     strategy = FedA2VStrategy(
         targets=targets, lr_for_round=lr_plan(config), max_update_norm=fed.max_update_norm,
         allow_overlap=fed.allow_overlap, aggregation_mode=mode, eval_gap=fed.eval_gap,
+        render_every=config.feda2v.generate_nodes_images_frequency,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -159,6 +160,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "adapter_aggregation_mode": mode,
         "adapter_bytes_sent_per_round": strategy.adapter_bytes_per_round(fed.global_rounds),
         "eval_gap": fed.eval_gap,
+        # Images rendered on the nodes (they stay there): round, node, count, folder.
+        "node_images": strategy.node_images,
     }
     if standalone:
         extra["standalone"] = {

@@ -27,11 +27,13 @@ from .data import Clip, Corpus, node_corpus, split_for_node
 from .encoded import EncodedSet
 from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
+from .node_images import images_dir, render_held_out, renders
 from .overlap import digests_record
 from .protocol import (
     COUNT_KEYS,
     DIGESTS,
     DIGESTS_REQUEST,
+    IMAGES,
     NODE,
     SKIPPED,
     STANDALONE,
@@ -92,6 +94,7 @@ class NodeData:
     skipped: list[str] = field(default_factory=list)  # "path: why" of every unusable clip
     # "train"/"val"/"test": content digests of the clips used (the server's overlap check)
     digests: dict[str, list[str]] = field(default_factory=dict)
+    test_stems: list[str] = field(default_factory=list)  # file stems of the held-out clips
 
     def first_tokens(self, n: int) -> NodeData:
         """The same clips, the adapters seeing only each clip's first `n` tokens (n=1: the
@@ -211,7 +214,8 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
                     encoded_set(val_clips, val_arrays, corpus, rows, hidden), hidden,
                     encoding.counts, encoding.skipped,
                     {name: [encoding.digests[c.path] for c in clips] for name, clips in
-                     (("train", train_clips), ("val", val_clips), ("test", test_clips))})
+                     (("train", train_clips), ("val", val_clips), ("test", test_clips))},
+                    [c.path.stem for c in test_clips])
     log.info("%s: %d train / %d val / %d held-out clips of %d classes (%s)", ident.name,
              len(data.train), len(data.val), len(data.test), len(split.classes),
              ", ".join(f"{k} {v}" for k, v in encoding.counts.items()))
@@ -326,7 +330,8 @@ def train_reply(msg: Message, context: Context) -> Message:
 
 def evaluate_reply(msg: Message, context: Context) -> Message:
     """`eval_*` metrics on the held-out clips and, if the node has val clips, `val_*` on
-    those (with their count, `VAL_EXAMPLES`)."""
+    those (with their count, `VAL_EXAMPLES`); on rendering rounds, images of the first
+    held-out clips, kept on the node (`fed_a2v.node_images`)."""
     rnd = NodeRound(msg, context)
     batch = rnd.config.training.eval_batch_size
     metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors, batch,
@@ -336,4 +341,12 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
                     **evaluate_adapters(rnd.adapters, rnd.data.val, rnd.targets.tensors, batch,
                                         rnd.device, prefix="val")}
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
-    return Message(RecordDict({"metrics": record, **rnd.reports(msg)}), reply_to=msg)
+    records = rnd.reports(msg)
+    if renders(rnd.config, rnd.server_round):
+        folder = images_dir(rnd.config, rnd.ident.settings, rnd.ident.name,
+                            node_cache_root(rnd.config, rnd.ident), msg.metadata.run_id,
+                            rnd.server_round)
+        count = render_held_out(rnd.adapters, rnd.data.test, rnd.data.test_stems, rnd.config,
+                                rnd.ident.settings, rnd.device, folder)
+        records[IMAGES] = ConfigRecord({"count": count, "dir": str(folder)})
+    return Message(RecordDict({"metrics": record, **records}), reply_to=msg)

@@ -14,3 +14,4 @@ NODE = "node"  # ConfigRecord {"key"}: the node's stable key, to count nodes ove
 DIGESTS = "clip-digests"  # ConfigRecord {"key", "name", "train", "test"} (fed_a2v.overlap)
 VAL_EXAMPLES = "val-examples"  # evaluate metrics: the val clips behind the `val_*` metrics
 STANDALONE = "standalone-adapters"  # ConfigRecord {"path", "rounds"}: a standalone node's own
+IMAGES = "node-images"  # ConfigRecord {"count", "dir"}: images rendered on the node this round

@@ -27,6 +27,7 @@ from .aggregation import aggregate_adapters, update_problem
 from .overlap import OverlapCheck
 from .protocol import (
     COUNT_KEYS,
+    IMAGES,
     NODE,
     SKIPPED,
     STANDALONE,
@@ -90,7 +91,7 @@ class FedA2VStrategy(FedAvg):
     def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
                  max_update_norm: float | None = None, allow_overlap: bool = False,
                  aggregation_mode: str = "weighted_average", eval_gap: int = 1,
-                 **fedavg_kwargs) -> None:
+                 render_every: int = 0, **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets_records = {
@@ -115,6 +116,9 @@ class FedA2VStrategy(FedAvg):
         self.aggregation_mode = aggregation_mode
         self.standalone = aggregation_mode == "none"
         self.eval_gap = eval_gap
+        # Nodes render images every `render_every` rounds (0: never), in the evaluate stage.
+        self.render_every = render_every
+        self.node_images: list[dict[str, Any]] = []  # {"round", "node", "count", "dir"}
         self.last_round: int | None = None  # known once `start` is called
         self.adapter_bytes: dict[int, int] = {}  # round -> adapter bytes sent to all its nodes
         self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
@@ -150,8 +154,10 @@ class FedA2VStrategy(FedAvg):
         return out
 
     def evaluates(self, server_round: int) -> bool:
-        """Whether nodes evaluate after `server_round`: every `eval_gap`-th and the last."""
-        return server_round % self.eval_gap == 0 or server_round == self.last_round
+        """Whether nodes evaluate after `server_round`: every `eval_gap`-th, the last, and
+        every round whose global adapters nodes render images with (`render_every`)."""
+        return (server_round % self.eval_gap == 0 or server_round == self.last_round
+                or bool(self.render_every and server_round % self.render_every == 0))
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float | None = None, **kwargs: Any) -> Result:
@@ -212,6 +218,11 @@ class FedA2VStrategy(FedAvg):
                 self.has_targets.add(node)
                 if SKIPPED in msg.content:
                     self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
+                if IMAGES in msg.content:
+                    images = msg.content[IMAGES]
+                    self.node_images.append({"round": server_round, "node": node_key(msg),
+                                             "count": int(images["count"]),
+                                             "dir": str(images["dir"])})
                 if self.standalone and STANDALONE in msg.content:
                     own = msg.content[STANDALONE]
                     self.node_adapters[node_key(msg)] = {"path": str(own["path"]),
@@ -295,7 +306,7 @@ class FedA2VStrategy(FedAvg):
         return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
-                "node_adapters": self.node_adapters}
+                "node_adapters": self.node_adapters, "node_images": self.node_images}
 
     def restore(self, progress: dict[str, Any]) -> None:
         """Go on from `progress()` as saved by the stopped part of a resumed run."""
@@ -307,6 +318,7 @@ class FedA2VStrategy(FedAvg):
         self.adapter_bytes.update({int(r): int(b)
                                    for r, b in progress.get("adapter_bytes", {}).items()})
         self.node_adapters.update(progress.get("node_adapters", {}))
+        self.node_images.extend(progress.get("node_images", []))
 
     def adapter_bytes_per_round(self, rounds: int) -> list[int]:
         """Adapter bytes the server sent in each of rounds 1..`rounds` (all of the round's train

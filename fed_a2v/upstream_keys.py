@@ -24,8 +24,10 @@ REASONS: dict[str, tuple[str, str]] = {
                                             "nodes' outputs is not part of FedA2V"),
     "per_class": ("per-class means", "the server's per-class output means only fed the "
                                      "generators and global training"),
-    "image": ("image-generation keys", "image generation lands with issue #11 "
-                                       "(`fed-a2v generate`)"),
+    "image": ("image-generation keys", "FedA2V renders images on the nodes from their audio "
+                                       "(feda2v.generate_nodes_images_frequency) and after a "
+                                       "run (`fed-a2v generate`); not on the server, not from "
+                                       "text embeddings, not in bfloat16 by this key"),
     "runs": ("runs", "one run per call: start `fed-a2v simulate` once per repetition"),
     "node_adapter": ("per-node adapter settings", "every node trains with the same adapter "
                                                   "settings (feda2v.*: learning rates, weight "
@@ -296,15 +298,23 @@ KEYS: tuple[Key, ...] = (
     _legacy("feda2v.checkpoint_name", SINESTESIA, "best_model"),
     _legacy("feda2v.optimize_memory_usage", "not read (experiment.optimize_memory_usage is)"),
     # --- feda2v: image generation --------------------------------------------------------
-    _no("feda2v.generate_nodes_images_frequency", "image", "every f rounds each node generates "
-        "images of its val/test/train clips", default=0),
+    _impl("feda2v.generate_nodes_images_frequency", "every f rounds each node generates "
+          "images of its val/test/train clips", "every f rounds (0: never) each node renders "
+          "its first feda2v.generate_images_per_node held-out (test) clips with the round's "
+          "global adapters, into its own folder; those rounds are evaluation rounds",
+          default=0),
     _no("feda2v.generate_global_images_frequency", "image", "every f rounds the server "
         "generates images with the aggregated adapters", default=0),
-    _no("feda2v.images_output_dir", "image", "folder of the generated PNGs", when=IMAGES_ON),
-    _no("feda2v.output_image_base_name", "image", "prefix of the PNG names", default="img",
-        when=IMAGES_ON),
-    _no("feda2v.save_generated_images_splits", "image", "splits whose images are kept",
-        default=["test", "val"], when=IMAGES_ON),
+    _impl("feda2v.images_output_dir", "folder of the generated PNGs",
+          "each node writes <dir>/<run id>/<node>/round_<r>/<clip stem>.png on its own disk "
+          "(a node's `images_dir` wins); unset: the node's cache folder/images",
+          default="output_images"),
+    _map("feda2v.output_image_base_name", "@drop", "prefix of the PNG names",
+         "FedA2V names each PNG after its clip (<clip stem>.png): nothing to set",
+         default="img"),
+    _map("feda2v.save_generated_images_splits", "@drop", "splits whose images are kept",
+         "nodes render their held-out (test) clips only, the first "
+         "feda2v.generate_images_per_node of them: nothing to set", default=["test", "val"]),
     _no("feda2v.generation_split_for_metrics", "image", "read, never used",
         default=["test", "val"], inert=ALWAYS),
     _no("feda2v.generate_low_memomy_footprint", "image", "diffusion in bfloat16", default=False,

@@ -172,7 +172,7 @@ def test_one_warning_line_names_only_the_keys_that_ask(caplog):
 def test_the_warning_groups_many_keys_of_one_reason():
     _, t = resolve(FIXTURES / "mixed_generators_kd.json", quiet=True)
     line = t.warning_line()
-    assert "generator keys (17 keys:" in line and "image generation lands with issue #11" in line
+    assert "generator keys (17 keys:" in line and "not on the server, not from text" in line
     assert "weighted_average is used instead" in line
     assert "rewind" not in line and "fedgfe" not in line and "img_pipe_name" not in line
 
