@@ -185,6 +185,55 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Images from audio clips with the adapters and a FLUX pipeline (no text encoder)."""
+    from .generate import GenerateSettings, generate
+
+    settings = GenerateSettings(
+        pipeline=args.pipeline, steps=args.steps, guidance=args.guidance,
+        height=args.height or args.size, width=args.width or args.size, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        cpu_offload=args.cpu_offload, compare_text=args.compare_text,
+        score_with=args.score_with, cache_dir=args.cache_dir)
+    report = generate(args.adapters, args.audio, args.out, settings)
+    totals = report["totals"]
+    print(f"{Path(args.out).resolve()}: {totals['images']} images, gallery.png, gallery.md, "
+          f"generate.json; {totals['seconds_per_image']:.3f} s per image on {args.device}"
+          + (f"; {len(report['skipped'])} clips skipped" if report["skipped"] else ""))
+    if report["scores"]:
+        for kind in ("audio", "text"):
+            if kind in report["scores"]:
+                s = report["scores"][kind]
+                print(f"{kind} images: accuracy {s['accuracy']:.3f}, balanced accuracy "
+                      f"{s['balanced_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """The conditioning tensors of audio clips, for generating elsewhere."""
+    from safetensors import safe_open
+
+    from .generate import embed
+
+    out = embed(args.adapters, args.audio, args.out, args.device, args.cache_dir)
+    with safe_open(str(out), "pt") as f:
+        shapes = ", ".join(f"{k} {tuple(f.get_slice(k).get_shape())}" for k in f.keys())
+    print(f"{out.resolve()}: {shapes}")
+    return 0
+
+
+def _add_audio_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapters", help="a run directory, its final/ folder, an adapters package "
+                                    "folder or a hub id")
+    p.add_argument("--audio", nargs="+", required=True, metavar="PATH",
+                   help="audio files, folders (searched recursively) or CSV manifests "
+                        "(path,label); labels from a manifest or an ESC-50 meta/esc50.csv are "
+                        "used as the clips' classes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--cache-dir", help="token cache (default: $FEDA2V_CACHE_DIR or "
+                                       "~/.cache/fed_a2v, as in training)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fed-a2v", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +276,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="PNG plots and report.md for a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("generate", help="images from audio clips with the trained adapters "
+                                        "and a FLUX pipeline")
+    _add_audio_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--pipeline", help="builtin:tiny-flux, a FLUX-layout folder or a hub id "
+                                      "(default: the FLUX repository the T5 targets came from)")
+    p.add_argument("--steps", type=int, default=1, help="denoising steps (default: 1, as "
+                                                       "FLUX.1-schnell ran upstream)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance scale (default: 0)")
+    p.add_argument("--size", type=int, default=512, help="height and width (default: 512)")
+    p.add_argument("--height", type=int, help="image height (default: --size)")
+    p.add_argument("--width", type=int, help="image width (default: --size)")
+    p.add_argument("--seed", type=int, default=0, help="clip i is drawn with seed + i")
+    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="the pipeline's precision (default: fp32; bf16 on a GPU for FLUX.1)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="keep each pipeline component on the CPU until it runs (CUDA only)")
+    p.add_argument("--compare-text", action="store_true",
+                   help="also draw each clip's class prompt from the stored targets, same seed")
+    p.add_argument("--score-with", metavar="CLIP_ID_OR_DIR",
+                   help="classify the images zero-shot with this CLIP model (e.g. "
+                        "openai/clip-vit-base-patch32): accuracy, balanced accuracy, macro F1")
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("embed", help="the conditioning tensors of audio clips, in one "
+                                     ".safetensors file")
+    _add_audio_args(p)
+    p.add_argument("--out", required=True, help="a .safetensors file to write")
+    p.set_defaults(func=cmd_embed)
     return parser
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import transformers
+from safetensors import safe_open
+from test_pretrained import fresh_package
 
-from fed_a2v.adapters import build_adapters
+from fed_a2v.adapters import adapters_state, build_adapters
+from fed_a2v.cli import EXIT_CONFIG, main
 from fed_a2v.config import ConfigError, FedA2VConfig
 from fed_a2v.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, builtin_clip, builtin_t5
 from fed_a2v.flux import (
@@ -21,6 +27,18 @@ from fed_a2v.flux import (
     render,
     save_tiny_flux,
 )
+from fed_a2v.generate import (
+    GenerateSettings,
+    audio_inputs,
+    encode_clips,
+    generate,
+    read_inputs,
+    unique_stems,
+)
+from fed_a2v.pretrained import FedA2VAdapters
+from fed_a2v.scoring import write_tiny_clip
+from fed_a2v.synthetic import ensure_synthetic_corpus
+from fed_a2v.targets import Targets
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +134,177 @@ def test_check_widths_names_both_numbers(tiny_pipeline):
 def test_tiny_flux_folder_metadata_names_flux(flux_dir):
     index = json.loads((flux_dir / "model_index.json").read_text())
     assert index["_class_name"] == "FluxPipeline"
+
+
+# --- generate / embed ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """A flux adapters package on the built-in encoders (classes dog, siren, drum)."""
+    root = tmp_path_factory.mktemp("package")
+    return fresh_package(root).save_pretrained(root / "pkg")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """An ESC-50-layout folder: dog, rooster, siren, 2 clips each."""
+    return ensure_synthetic_corpus(tmp_path_factory.mktemp("corpus") / "esc", 0, 3, 2, 0.5,
+                                   16000)
+
+
+def _settings(tmp_path: Path, **kw) -> GenerateSettings:
+    return GenerateSettings(**{"pipeline": TINY_FLUX, "steps": 2, "height": 32, "width": 32,
+                               "cache_dir": str(tmp_path / "cache"), **kw})
+
+
+def test_inputs_from_files_folders_and_manifests_with_their_labels(corpus, tmp_path):
+    wavs = sorted((corpus / "audio").glob("*.wav"))
+    from_folder = read_inputs([corpus / "audio"])
+    assert [i.path for i in from_folder] == wavs
+    assert {i.path.name: i.label for i in from_folder}["1-000000-A-0.wav"] == "dog"
+    assert [i.label for i in read_inputs([corpus])][:1] == ["dog"]  # the ESC-50 root
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{wavs[1]},drum\n{wavs[0]},dog\n")
+    inputs = read_inputs([manifest, wavs[0], corpus / "audio"])
+    assert [(i.path, i.label) for i in inputs[:2]] == [(wavs[1], "drum"), (wavs[0], "dog")]
+    assert len(inputs) == len(wavs)  # each file once, in the order first named
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(wavs[0], loose / "a.wav")
+    assert read_inputs([loose / "a.wav"])[0].label is None
+    assert audio_inputs([loose]) == [loose / "a.wav"]
+    with pytest.raises(ConfigError, match="no such audio file"):
+        read_inputs([tmp_path / "missing.wav"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no audio files"):
+        read_inputs([tmp_path / "empty"])
+
+
+def test_unique_stems_number_repeats():
+    assert unique_stems([Path("a/x.wav"), Path("b/x.wav"), Path("y.wav"), Path("c/x.flac")]) \
+        == ["x", "x-2", "y", "x-3"]
+
+
+def test_encode_clips_uses_the_training_token_cache_and_skips_bad_files(package, corpus,
+                                                                        tmp_path):
+    adapters = FedA2VAdapters.from_pretrained(package)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    wavs = sorted((corpus / "audio").glob("*.wav"))[:2]
+    kept, tokens, skipped = encode_clips(adapters, [wavs[0], bad, wavs[1]],
+                                         str(tmp_path / "cache"))
+    assert kept == wavs and len(skipped) == 1 and str(bad) in skipped[0]
+    assert tokens[0].shape[-1] == adapters.config["dims"]["d_audio"]
+    assert len(list((tmp_path / "cache" / "tokens").rglob("*.npy"))) == 2
+    again = encode_clips(adapters, wavs, str(tmp_path / "cache"))[1]
+    assert all(torch.equal(a, b) for a, b in zip(tokens, again, strict=True))
+    assert not torch.equal(tokens[0], tokens[1])
+
+
+def test_generate_writes_images_gallery_and_report_same_seed_same_bytes(package, corpus,
+                                                                        tmp_path, monkeypatch):
+    def no_text_model(self, *args, **kwargs):
+        raise AssertionError("a text encoder was instantiated during generation")
+
+    monkeypatch.setattr(transformers.CLIPTextModel, "__init__", no_text_model)
+    monkeypatch.setattr(transformers.T5EncoderModel, "__init__", no_text_model)
+    loaded = []
+    import fed_a2v.generate as gen
+
+    def spy(*args, **kwargs):
+        loaded.append(load_flux_pipeline(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(gen, "load_flux_pipeline", spy)
+    report = generate(str(package), [corpus / "audio"], tmp_path / "a",
+                      _settings(tmp_path, compare_text=True, seed=5, batch_size=4))
+    assert loaded[0].text_encoder is None and loaded[0].text_encoder_2 is None
+    wavs = sorted((corpus / "audio").glob("*.wav"))
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert names == ({f"{w.stem}.png" for w in wavs} | {f"{w.stem}.text.png" for w in wavs}
+                     | {"gallery.png", "gallery.md", "generate.json"})
+    on_disk = json.loads((tmp_path / "a" / "generate.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert report["seeds"] == list(range(5, 5 + len(wavs)))
+    assert report["settings"]["steps"] == 2 and report["pipeline"] == TINY_FLUX
+    first = report["clips"][0]
+    assert first["label"] == "dog" and first["target_class"] == "dog"
+    assert first["target_from"] == "label"
+    rooster = next(c for c in report["clips"] if c["label"] == "rooster")
+    assert rooster["target_from"] == "nearest"  # the adapters have no rooster class
+    assert rooster["target_class"] == rooster["nearest_class"]
+    assert rooster["cosine"] == pytest.approx(rooster["nearest_cosine"], abs=1e-5)
+    assert report["totals"]["images"] == len(wavs) and report["totals"]["seconds_per_image"] > 0
+    assert report["scores"] is None
+    md = (tmp_path / "a" / "gallery.md").read_text()
+    assert "1-000000-A-0.png" in md and "1-000000-A-0.text.png" in md and "nearest:" in md
+    # The same seed, alone in a batch of one: the same PNG bytes.
+    generate(str(package), [wavs[0]], tmp_path / "b", _settings(tmp_path, seed=5,
+                                                                batch_size=1))
+    assert ((tmp_path / "a" / f"{wavs[0].stem}.png").read_bytes()
+            == (tmp_path / "b" / f"{wavs[0].stem}.png").read_bytes())
+    # Different clips: different conditioning, different images.
+    images = [(tmp_path / "a" / f"{w.stem}.png").read_bytes() for w in wavs]
+    assert len(set(images)) == len(images)
+
+
+def test_generate_scores_images_zero_shot(package, corpus, tmp_path):
+    scorer = write_tiny_clip(tmp_path / "scorer", ["dog", "siren", "drum"])
+    report = generate(str(package), [corpus / "audio"], tmp_path / "out",
+                      _settings(tmp_path, compare_text=True, score_with=str(scorer)))
+    scores = report["scores"]
+    assert set(scores) == {"scorer", "audio", "text", "truth"}
+    for kind in ("audio", "text"):
+        assert 0 <= scores[kind]["accuracy"] <= 1
+        assert set(scores[kind]["predicted"]) <= {"dog", "siren", "drum"}
+        assert len(scores[kind]["predicted"]) == 6
+    assert "macro_f1" in (tmp_path / "out" / "gallery.md").read_text().replace(" ", "_").lower()
+
+
+def _narrow_package(package: Path, out: Path, d_t5: int) -> Path:
+    """The package with a T5 adapter `d_t5` wide (targets cut to that width)."""
+    pkg = FedA2VAdapters.from_pretrained(package)
+    config = json.loads(json.dumps(pkg.config))
+    config["dims"]["d_t5"] = d_t5
+    tensors = {**pkg.targets.tensors, "t5": pkg.targets.tensors["t5"][..., :d_t5].contiguous()}
+    targets = Targets(pkg.targets.names, pkg.targets.prompts, tensors)
+    adapters = build_adapters(config["dims"]["d_audio"], config["dims"]["d_clip"], d_t5,
+                              FedA2VConfig(adapter_hidden_dim=32))
+    return FedA2VAdapters.from_state(config, adapters_state(adapters), targets) \
+        .save_pretrained(out)
+
+
+def test_cli_width_mismatch_and_missing_pipeline_are_config_errors(package, corpus, tmp_path,
+                                                                   capsys):
+    narrow = _narrow_package(package, tmp_path / "narrow", 48)
+    wav = str(sorted((corpus / "audio").glob("*.wav"))[0])
+    common = ["--audio", wav, "--cache-dir", str(tmp_path / "cache"), "--size", "32"]
+    code = main(["generate", str(narrow), *common, "--out", str(tmp_path / "o"),
+                 "--pipeline", TINY_FLUX])
+    assert code == EXIT_CONFIG
+    assert "48 != 64" in capsys.readouterr().err
+    code = main(["generate", str(package), *common, "--out", str(tmp_path / "o")])
+    assert code == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "builtin:tiny-t5" in err and "--pipeline" in err
+
+
+def test_cli_embed_writes_the_conditioning_of_each_clip(package, corpus, tmp_path, capsys):
+    out = tmp_path / "cond.safetensors"
+    assert main(["embed", str(package), "--audio", str(corpus / "audio"), "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "prompt_embeds (6, 17, 64)" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    assert tensors["prompt_embeds"].shape == (6, 17, BUILTIN_T5_WIDTH)
+    assert tensors["pooled_prompt_embeds"].shape == (6, BUILTIN_CLIP_WIDTH)
+    clips = json.loads(meta["clips"])
+    assert [Path(c).name for c in clips] == sorted(p.name for p in (corpus / "audio").iterdir())
+    assert len(json.loads(meta["nearest_classes"])) == 6
+    # Different clips, different conditioning; the same clip, the adapters' own output.
+    assert not torch.equal(tensors["prompt_embeds"][0], tensors["prompt_embeds"][1])
+    adapters = FedA2VAdapters.from_pretrained(package)
+    _, tokens, _ = encode_clips(adapters, [Path(clips[0])], str(tmp_path / "cache"))
+    direct = adapters.conditioning(tokens[0][None])
+    assert torch.allclose(direct["pooled_prompt_embeds"][0], tensors["pooled_prompt_embeds"][0])
