@@ -60,8 +60,8 @@ def _training_lines(package: FedA2VAdapters, summary: dict[str, Any],
 
 
 def _metric_lines(summary: dict[str, Any]) -> list[str]:
-    metrics = {k: v for k, v in summary.items()
-               if k.startswith(("eval_", "val_")) and isinstance(v, (int, float))}
+    metrics = {k: v for k, v in summary.items() if k.split("_")[0] in ("eval", "val")
+               and k.endswith(("_mse", "_cosine", "_top1")) and isinstance(v, float)}
     if not metrics:
         return []
     return ["## Final metrics", "",

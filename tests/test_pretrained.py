@@ -171,5 +171,7 @@ def test_a_finished_runs_final_folder_is_a_package(tmp_path: Path, monkeypatch) 
     card = (final / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: fed-a2v\ntags:\n")
     assert run_dir.name in card and "weighted_average" in card
-    assert f"| eval_clip_top1 | {summary['eval_clip_top1']:.4g} |" in card
+    metrics = card.split("## Final metrics")[1].split("## Use")[0]
+    assert f"| eval_clip_top1 | {summary['eval_clip_top1']:.4g} |" in metrics
+    assert "eval_gap" not in metrics  # a setting, not a metric
     assert "FedA2VAdapters.from_pretrained" in card
