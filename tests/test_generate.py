@@ -17,7 +17,14 @@ from test_pretrained import fresh_package
 from fed_a2v.adapters import adapters_state, build_adapters
 from fed_a2v.cli import EXIT_CONFIG, main
 from fed_a2v.config import ConfigError, FedA2VConfig
-from fed_a2v.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, builtin_clip, builtin_t5
+from fed_a2v.encoders import (
+    BUILTIN_CLIP_WIDTH,
+    BUILTIN_T5_WIDTH,
+    builtin_clip,
+    builtin_t5,
+    clip_targets,
+    t5_targets,
+)
 from fed_a2v.flux import (
     TINY_FLUX,
     check_widths,
@@ -39,6 +46,8 @@ from fed_a2v.pretrained import FedA2VAdapters
 from fed_a2v.scoring import write_tiny_clip
 from fed_a2v.synthetic import ensure_synthetic_corpus
 from fed_a2v.targets import Targets
+
+from drills import LoopbackGrid, experiment_dict, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +317,36 @@ def test_cli_embed_writes_the_conditioning_of_each_clip(package, corpus, tmp_pat
     _, tokens, _ = encode_clips(adapters, [Path(clips[0])], str(tmp_path / "cache"))
     direct = adapters.conditioning(tokens[0][None])
     assert torch.allclose(direct["pooled_prompt_embeds"][0], tensors["pooled_prompt_embeds"][0])
+
+
+@pytest.mark.slow
+def test_a_flux_folder_is_the_target_source_and_the_pipeline(flux_dir, tmp_path, capsys):
+    """Training reads its CLIP and T5 targets from the FLUX folder's text encoders; the run's
+    adapters then draw with that folder's pipeline (its default: where T5 came from)."""
+    experiment = experiment_dict(
+        tmp_path, "fluxdir", output_dir=tmp_path / "runs",
+        federation={"global_rounds": 1, "num_clients": 2, "min_clients": 2},
+        dataset={"clips_per_class": 6},
+        feda2v={"clip_model_name": str(flux_dir), "clip_model_subfolder": "text_encoder",
+                "t5_model_name": str(flux_dir), "t5_model_subfolder": "text_encoder_2"})
+    experiment["experiment"]["cache_dir"] = str(tmp_path / "cache")
+    run_dir = run_in_process(experiment, tmp_path / "fluxdir.json", LoopbackGrid(2))
+    adapters = FedA2VAdapters.from_pretrained(run_dir)
+    assert adapters.t5_source == str(flux_dir)
+    # The targets are the folder's text encoders' (here: the built-in ones, saved).
+    prompts = adapters.prompts
+    assert torch.allclose(adapters.targets.tensors["clip"],
+                          clip_targets("builtin:tiny-clip", prompts), atol=1e-5)
+    assert torch.allclose(adapters.targets.tensors["t5"],
+                          t5_targets("builtin:tiny-t5", prompts, 17), atol=1e-5)
+    audio = tmp_path / "server-data" / "audio"
+    for pipeline in ([], ["--pipeline", str(flux_dir)]):
+        out = tmp_path / f"gallery{len(pipeline)}"
+        assert main(["generate", str(run_dir), "--audio", str(audio), "--out", str(out),
+                     "--steps", "2", "--size", "32", "--cache-dir", str(tmp_path / "cache"),
+                     *pipeline]) == 0
+        report = json.loads((out / "generate.json").read_text())
+        assert report["pipeline"] == str(flux_dir) and report["totals"]["images"] == 18
+    assert "18 images" in capsys.readouterr().out
+    assert (tmp_path / "gallery0" / "1-000000-A-0.png").read_bytes() \
+        == (tmp_path / "gallery2" / "1-000000-A-0.png").read_bytes()
