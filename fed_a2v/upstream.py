@@ -388,6 +388,11 @@ class _Translator:
         if fa.get("adapter_load_checkpoint") is True and fa["adapter_aggregation_mode"] == "none":
             self.t.unsupported.append(("feda2v.adapter_load_checkpoint", True, "standalone_load"))
             fa["adapter_load_checkpoint"] = False
+        frequency = fa.get("generate_nodes_images_frequency")
+        if frequency and fa["diffusion_type"] != "flux":
+            self.t.unsupported.append(("feda2v.generate_nodes_images_frequency", frequency,
+                                       "sd_images"))
+            fa["generate_nodes_images_frequency"] = 0
         if self.folds and not any(0 in v for _, v in self.folds):
             lists = ", ".join(f"{p}={v}" for p, v in self.folds)
             self.t.warnings.append(

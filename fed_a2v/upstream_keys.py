@@ -28,6 +28,8 @@ REASONS: dict[str, tuple[str, str]] = {
                                        "(feda2v.generate_nodes_images_frequency) and after a "
                                        "run (`fed-a2v generate`); not on the server, not from "
                                        "text embeddings, not in bfloat16 by this key"),
+    "sd_images": ("sd images", "nodes render with a FLUX pipeline, which the flux adapters "
+                               "condition; an sd run renders no images"),
     "runs": ("runs", "one run per call: start `fed-a2v simulate` once per repetition"),
     "node_adapter": ("per-node adapter settings", "every node trains with the same adapter "
                                                   "settings (feda2v.*: learning rates, weight "
@@ -301,7 +303,8 @@ KEYS: tuple[Key, ...] = (
     _impl("feda2v.generate_nodes_images_frequency", "every f rounds each node generates "
           "images of its val/test/train clips", "every f rounds (0: never) each node renders "
           "its first feda2v.generate_images_per_node held-out (test) clips with the round's "
-          "global adapters, into its own folder; those rounds are evaluation rounds",
+          "global adapters, into its own folder; those rounds are evaluation rounds. With "
+          "diffusion_type sd: not supported, named in the warning line (no images)",
           default=0),
     _no("feda2v.generate_global_images_frequency", "image", "every f rounds the server "
         "generates images with the aggregated adapters", default=0),

@@ -29,7 +29,9 @@ EXAMPLES = ("a2v_vegas_2n_2c_200s_avg.json", "a2v_esc50_3n_1c_generate_sa.json",
 LAYOUT = {"esc50": "esc50-upstream", "vegas": "vegas", "vggsound": "vggsound"}
 OFFLINE = ("experiment.device=cpu", "feda2v.audio_model_name=builtin:tiny-ast",
            "feda2v.clip_model_name=builtin:tiny-clip", "feda2v.t5_model_name=builtin:tiny-t5",
-           "feda2v.clip_model_subfolder=null", "feda2v.t5_model_subfolder=null")
+           "feda2v.clip_model_subfolder=null", "feda2v.t5_model_subfolder=null",
+           # Files asking for node images render with builtin:tiny-flux: small, on the CPU.
+           "feda2v.generation_size=32")
 
 
 def classes_by_kind(paths: list[Path]) -> dict[str, list[str]]:

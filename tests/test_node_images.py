@@ -15,6 +15,7 @@ from fed_a2v.config import ConfigError, NodeConfig, config_from_dict
 from fed_a2v.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
 from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
+from fed_a2v.upstream import resolve
 
 from drills import LoopbackGrid, experiment_dict, run_in_process
 
@@ -121,3 +122,33 @@ def test_frequency_zero_renders_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "node0-images").exists()
     assert not (tmp_path / "cache" / "images").exists()
     assert json.loads((run_dir / "summary.json").read_text())["node_images"] == []
+
+
+def _upstream_file(tmp_path: Path, feda2v: dict) -> Path:
+    path = tmp_path / "upstream.json"
+    path.write_text(json.dumps({"federation": {"algorithm": "FedA2V"}, "model": {},
+                                "dataset": {"name": "ESC50"}, "feda2v": feda2v,
+                                "nodes": {"0": {"dataset": "ESC50"}}}))
+    return path
+
+
+def test_upstream_image_keys(tmp_path: Path) -> None:
+    """images_output_dir is FedA2V's key; the PNG prefix and the kept splits ask for nothing
+    (PNGs are named after their clips, held-out clips only); an sd file's frequency is named
+    in the warning line and renders nothing."""
+    config, t = resolve(_upstream_file(tmp_path, {
+        "diffusion_type": "flux", "generate_nodes_images_frequency": 2,
+        "images_output_dir": "output_images/x", "output_image_base_name": "pic",
+        "save_generated_images_splits": ["train"]}), quiet=True)
+    assert config.feda2v.generate_nodes_images_frequency == 2
+    assert config.feda2v.images_output_dir == "output_images/x"
+    assert {key for key, _, _ in t.mapped} >= {"feda2v.output_image_base_name",
+                                              "feda2v.save_generated_images_splits"}
+    assert not t.unsupported
+
+    config, t = resolve(_upstream_file(tmp_path, {"generate_nodes_images_frequency": 1}),
+                        quiet=True)
+    assert config.feda2v.diffusion_type == "sd"  # upstream's default
+    assert config.feda2v.generate_nodes_images_frequency == 0
+    assert "feda2v.generate_nodes_images_frequency=1 (nodes render with a FLUX" in (
+        t.warning_line())
