@@ -11,6 +11,7 @@ import torch
 from flwr.app import MessageType
 from PIL import Image
 
+from fed_a2v import node_images
 from fed_a2v.config import ConfigError, NodeConfig, config_from_dict
 from fed_a2v.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
 from fed_a2v.strategy import FedA2VStrategy
@@ -86,6 +87,7 @@ def _run(tmp_path: Path, frequency: int, rounds: int) -> tuple[Path, LoopbackGri
         nodes={"0": {"images_dir": str(tmp_path / "node0-images")}, "1": {}})
     experiment["experiment"]["cache_dir"] = str(tmp_path / "cache")
     grid = LoopbackGrid(2)
+    node_images._PIPELINES.clear()
     return run_in_process(experiment, tmp_path / "images.json", grid), grid
 
 
@@ -107,6 +109,9 @@ def test_nodes_render_their_own_held_out_clips_each_round_in_process(tmp_path: P
         with Image.open(next((folder / "round_1").glob("*.png"))) as image:
             assert image.size == (32, 32)
     assert not stems[0] & stems[1]  # each node its own clips
+    # One pipeline for the process (both nodes, both rounds), with no text encoder.
+    (pipeline,) = node_images._PIPELINES.values()
+    assert pipeline.text_encoder is None and pipeline.text_encoder_2 is None
 
     summary = json.loads((run_dir / "summary.json").read_text())
     recorded = sorted((i["round"], i["node"], i["count"], Path(i["dir"]).name)
@@ -119,6 +124,7 @@ def test_nodes_render_their_own_held_out_clips_each_round_in_process(tmp_path: P
 
 def test_frequency_zero_renders_nothing(tmp_path: Path) -> None:
     run_dir, grid = _run(tmp_path, frequency=0, rounds=1)
+    assert not node_images._PIPELINES
     assert not (tmp_path / "node0-images").exists()
     assert not (tmp_path / "cache" / "images").exists()
     assert json.loads((run_dir / "summary.json").read_text())["node_images"] == []
