@@ -184,6 +184,10 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
     returned."""
     from .gallery import GalleryItem, write_gallery
 
+    for name in ("steps", "batch_size", "height", "width"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got "
+                              f"{getattr(settings, name)}")
     out = Path(out_dir)
     adapters = FedA2VAdapters.from_pretrained(adapters_source, device=settings.device)
     pipeline_name = settings.pipeline or default_pipeline(adapters)

@@ -292,6 +292,10 @@ def test_cli_width_mismatch_and_missing_pipeline_are_config_errors(package, corp
                  "--pipeline", TINY_FLUX])
     assert code == EXIT_CONFIG
     assert "48 != 64" in capsys.readouterr().err
+    code = main(["generate", str(package), *common, "--out", str(tmp_path / "o"),
+                 "--pipeline", TINY_FLUX, "--batch-size", "0"])
+    assert code == EXIT_CONFIG
+    assert "batch-size must be at least 1, got 0" in capsys.readouterr().err
     code = main(["generate", str(package), *common, "--out", str(tmp_path / "o")])
     assert code == EXIT_CONFIG
     err = capsys.readouterr().err
