@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                          clip_seconds=2.0)
         sets.append(f"dataset.paths.{kind}={root}")
     sets.append("dataset.clip_seconds=2.0")
+    # The files' own images_output_dir is relative to the working directory: keep it in DIR.
+    sets.append(f"feda2v.images_output_dir={out / 'images'}")
     results = []
     for path in paths:
         command = [sys.executable, "-m", "fed_a2v.cli", "simulate", "--config", str(path),
