@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from .adapters import Adapter
 from .config import ConfigError
 from .encoders import (
     BUILTIN_CLIP_WIDTH,
@@ -126,17 +127,18 @@ def pipeline_widths(pipeline: FluxPipeline) -> dict[str, int]:
     return {"t5": int(config.joint_attention_dim), "clip": int(config.pooled_projection_dim)}
 
 
-def check_widths(pipeline: FluxPipeline, adapters) -> None:
+def check_widths(pipeline: FluxPipeline, adapters: dict[str, Adapter],
+                 diffusion_type: str) -> None:
     """The adapters' output widths are the pipeline's; a ConfigError names both numbers."""
-    if getattr(adapters, "diffusion_type", "flux") != "flux":
-        raise ConfigError(f"these adapters condition '{adapters.diffusion_type}', not FLUX: a "
+    if diffusion_type != "flux":
+        raise ConfigError(f"these adapters condition '{diffusion_type}', not FLUX: a "
                           "FLUX pipeline needs adapters trained with diffusion_type 'flux'")
     wanted = pipeline_widths(pipeline)
     what = {"t5": "T5 adapter width vs the transformer's joint_attention_dim (prompt_embeds)",
             "clip": "CLIP adapter width vs the transformer's pooled_projection_dim "
                     "(pooled_prompt_embeds)"}
     for name, width in wanted.items():
-        have = int(adapters.adapters[name].head[-1].out_features)
+        have = int(adapters[name].head[-1].out_features)
         if have != width:
             raise ConfigError(f"the adapters do not fit this pipeline: {what[name]}: {have} != "
                               f"{width}; use the pipeline whose text encoders made the "

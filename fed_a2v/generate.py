@@ -201,7 +201,7 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
         raise ConfigError(f"none of the {len(inputs)} audio files could be read: {skipped[:3]}")
     pipeline = load_flux_pipeline(pipeline_name, settings.device, settings.dtype,
                                   settings.cpu_offload)
-    check_widths(pipeline, adapters)
+    check_widths(pipeline, adapters.adapters, adapters.diffusion_type)
     out.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(clips)
     size = {"steps": settings.steps, "guidance": settings.guidance,

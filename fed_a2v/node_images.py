@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from .adapters import Adapter
 from .config import Config, NodeConfig
 from .encoded import EncodedSet
 from .flux import TINY_FLUX, check_widths, is_flux_source, load_flux_pipeline, render
+from .pretrained import adapter_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,11 @@ def render_held_out(adapters: dict[str, Adapter], test: EncodedSet, stems: list[
     if count == 0:
         return 0
     pipeline = flux_pipeline(pipeline_name(config, node), device, config.experiment.dtype)
-    check_widths(pipeline, SimpleNamespace(adapters=adapters, diffusion_type="flux"))
+    check_widths(pipeline, adapters, "flux")
     for adapter in adapters.values():
         adapter.to(device).eval()
     tokens = test.tokens.batch(list(range(count))).to(device)
-    cond = {"prompt_embeds": adapters["t5"](tokens),
-            "pooled_prompt_embeds": adapters["clip"](tokens)}
+    cond = adapter_conditioning(adapters, tokens, "flux")
     seeds = [config.experiment.seed + i for i in range(count)]
     images = render(pipeline, cond, seeds, steps=fa.generation_steps,
                     guidance=fa.generation_guidance, height=fa.generation_size,

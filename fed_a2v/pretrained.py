@@ -39,6 +39,13 @@ CONDITIONING = {"flux": {"clip": "pooled_prompt_embeds", "t5": "prompt_embeds"},
                 "sd": {"clip": "prompt_embeds"}}
 
 
+def adapter_conditioning(adapters: dict[str, Adapter], tokens: torch.Tensor,
+                         diffusion_type: str) -> dict[str, torch.Tensor]:
+    """Each adapter's output under the name the diffusion pipeline takes it by."""
+    return {CONDITIONING[diffusion_type][name]: adapter(tokens)
+            for name, adapter in adapters.items()}
+
+
 def package_config(config: Config, targets: Targets, dims: dict[str, int],
                    features: FeatureSettings, run: dict[str, Any]) -> dict[str, Any]:
     """`config.json` of the package a run of `config` leaves: everything needed to rebuild the
@@ -171,9 +178,8 @@ class FedA2VAdapters:
         sd `prompt_embeds` `(B, clip_max_length, d_clip)`."""
         if self.config["adapter"]["use_cls_token_only"]:
             tokens = tokens[:, :1]
-        tokens = tokens.to(self.device, torch.float32)
-        return {CONDITIONING[self.diffusion_type][name]: adapter(tokens)
-                for name, adapter in self.adapters.items()}
+        return adapter_conditioning(self.adapters, tokens.to(self.device, torch.float32),
+                                    self.diffusion_type)
 
     def target_conditioning(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """The conditioning of the stored class targets `indices`: what the text encoders made

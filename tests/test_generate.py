@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,20 +123,19 @@ def test_unknown_pipelines_and_offload_without_cuda_are_config_errors(tmp_path):
             load_flux_pipeline(TINY_FLUX, cpu_offload=True)
 
 
-def _adapters(d_clip: int, d_t5: int, diffusion_type: str = "flux") -> SimpleNamespace:
+def _adapters(d_clip: int, d_t5: int, diffusion_type: str = "flux") -> tuple[dict, str]:
     cfg = FedA2VConfig(diffusion_type=diffusion_type)
-    return SimpleNamespace(adapters=build_adapters(96, d_clip, d_t5, cfg),
-                           diffusion_type=diffusion_type)
+    return build_adapters(96, d_clip, d_t5, cfg), diffusion_type
 
 
 def test_check_widths_names_both_numbers(tiny_pipeline):
-    check_widths(tiny_pipeline, _adapters(64, 64))
+    check_widths(tiny_pipeline, *_adapters(64, 64))
     with pytest.raises(ConfigError, match=r"joint_attention_dim.*: 4096 != 64"):
-        check_widths(tiny_pipeline, _adapters(64, 4096))
+        check_widths(tiny_pipeline, *_adapters(64, 4096))
     with pytest.raises(ConfigError, match=r"pooled_projection_dim.*: 768 != 64"):
-        check_widths(tiny_pipeline, _adapters(768, 64))
+        check_widths(tiny_pipeline, *_adapters(768, 64))
     with pytest.raises(ConfigError, match="diffusion_type 'flux'"):
-        check_widths(tiny_pipeline, _adapters(64, 64, "sd"))
+        check_widths(tiny_pipeline, *_adapters(64, 64, "sd"))
 
 
 def test_tiny_flux_folder_metadata_names_flux(flux_dir):
