@@ -34,6 +34,7 @@ DEVICE_PATTERN = r"cpu|auto|cuda(:[0-9]+)?"
 DATASETS = ("synthetic", "esc50", "csv", "vegas", "vggsound")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
+ADAPTER_DESIGNS = ("fed_a2v", "upstream")
 
 
 @dataclass
@@ -177,6 +178,9 @@ class FedA2VConfig:
     adapter_num_heads: int = field(default=4, metadata=_rule(min=1))
     adapter_mlp_ratio: int = field(default=2, metadata=_rule(min=1))
     adapter_norm_groups: int = field(default=8, metadata=_rule(min=1))
+    # fed_a2v: pool at the audio width, then project up (fed_a2v.adapters); upstream: the
+    # upstream research code's adapters, pooling at the target width, to compare against.
+    adapter_design: str = field(default="fed_a2v", metadata=_rule(choices=ADAPTER_DESIGNS))
     # Every N rounds (0: never) each node renders its first `generate_images_per_node` held-out
     # clips with the global adapters, on the node (`fed_a2v.node_images`); those rounds are
     # evaluation rounds too, whatever `eval_gap` says.
