@@ -73,6 +73,10 @@ class Adapter(nn.Module):
         self.head = MLP(d_audio, cfg.adapter_hidden_dim, d_out, cfg.adapter_norm_groups,
                         cfg.adapter_dropout)
 
+    @property
+    def out_features(self) -> int:
+        return self.head[-1].out_features
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.head(self.pool(tokens))
         return out[:, 0] if self.pooled else out
@@ -89,11 +93,16 @@ def adapter_names(cfg: FedA2VConfig) -> tuple[str, ...]:
 
 
 def build_adapters(d_audio: int, d_clip: int, d_t5: int | None, cfg: FedA2VConfig,
-                   seed: int = 0) -> dict[str, Adapter]:
+                   seed: int = 0) -> dict[str, nn.Module]:
     """flux: the CLIP adapter `(B, d_clip)` and the T5 adapter `(B, t5_max_length, d_t5)`;
-    sd: the CLIP adapter `(B, clip_max_length, d_clip)` only (`d_t5` unused)."""
+    sd: the CLIP adapter `(B, clip_max_length, d_clip)` only (`d_t5` unused). With
+    `adapter_design` "upstream", the upstream research code's adapters of those shapes."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if cfg.adapter_design == "upstream":
+            from .upstream_adapters import build_upstream_adapters  # it imports this module
+
+            return build_upstream_adapters(d_audio, d_clip, d_t5, cfg)
         if cfg.diffusion_type == "sd":
             return {"clip": Adapter(d_audio, d_clip, cfg.clip_max_length, cfg)}
         if d_t5 is None:
@@ -105,7 +114,7 @@ def build_adapters(d_audio: int, d_clip: int, d_t5: int | None, cfg: FedA2VConfi
 
 
 def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: FedA2VConfig,
-                         seed: int = 0) -> dict[str, Adapter]:
+                         seed: int = 0) -> dict[str, nn.Module]:
     """The adapters `cfg` trains, as wide as their `targets` (`(N, ..., width)` each)."""
     missing = [name for name in adapter_names(cfg) if name not in targets]
     if missing:
@@ -116,12 +125,12 @@ def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: Fe
     return build_adapters(d_audio, targets["clip"].shape[-1], d_t5, cfg, seed)
 
 
-def adapters_state(adapters: dict[str, Adapter]) -> dict[str, torch.Tensor]:
+def adapters_state(adapters: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """One flat state dict, keys prefixed by adapter name (`clip.`, `t5.`)."""
     return {f"{name}.{k}": v for name, a in adapters.items() for k, v in a.state_dict().items()}
 
 
-def load_adapters_state(adapters: dict[str, Adapter], state: dict[str, torch.Tensor]) -> None:
+def load_adapters_state(adapters: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
     for name, adapter in adapters.items():
         prefix = f"{name}."
         adapter.load_state_dict({k[len(prefix):]: v for k, v in state.items()

@@ -138,7 +138,7 @@ def check_widths(pipeline: FluxPipeline, adapters: dict[str, Adapter],
             "clip": "CLIP adapter width vs the transformer's pooled_projection_dim "
                     "(pooled_prompt_embeds)"}
     for name, width in wanted.items():
-        have = int(adapters[name].head[-1].out_features)
+        have = int(adapters[name].out_features)
         if have != width:
             raise ConfigError(f"the adapters do not fit this pipeline: {what[name]}: {have} != "
                               f"{width}; use the pipeline whose text encoders made the "

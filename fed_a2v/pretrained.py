@@ -33,7 +33,8 @@ TARGETS_NAME = "targets.safetensors"
 CARD_NAME = "README.md"
 PACKAGE_FILES = (CONFIG_NAME, WEIGHTS_NAME, TARGETS_NAME, CARD_NAME)
 ADAPTER_KEYS = ("adapter_dropout", "adapter_hidden_dim", "adapter_num_heads",
-                "adapter_mlp_ratio", "adapter_norm_groups", "use_cls_token_only")
+                "adapter_mlp_ratio", "adapter_norm_groups", "use_cls_token_only",
+                "adapter_design")
 # Which conditioning tensor each adapter makes, per diffusion type.
 CONDITIONING = {"flux": {"clip": "pooled_prompt_embeds", "t5": "prompt_embeds"},
                 "sd": {"clip": "prompt_embeds"}}

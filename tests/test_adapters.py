@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fed_a2v.adapters import ChannelGroupNorm, adapters_state, build_adapters, load_adapters_state
-from fed_a2v.config import FedA2VConfig
+from fed_a2v.config import ConfigError, FedA2VConfig, load_config
 
 D_AUDIO, D_CLIP, D_T5, TOKENS = 32, 24, 16, 10
 
@@ -116,3 +116,74 @@ def test_t5_positions_differ_even_for_uniform_tokens():
     out = adapters["t5"].eval()(tokens)
     assert out.shape == (2, 5, 8)
     assert (out[:, 1:] - out[:, :1]).abs().amax() > 1e-3
+
+
+def _linear(d_in: int, d_out: int) -> int:
+    return d_in * d_out + d_out
+
+
+def _upstream_count(hidden: tuple[int, ...], d_out: int, n_latents: int) -> int:
+    """Upstream's adapter by its layer list: MLP (Linear + GroupNorm per hidden layer, Linear
+    out), then map.py's MAPBlock at `d_out` (latents, q/k/v/out, 2 LayerNorms, MLP ratio 4)."""
+    mlp = (sum(_linear(a, b) + 2 * b for a, b in zip((768, *hidden[:-1]), hidden, strict=True))
+           + _linear(hidden[-1], d_out))
+    block = (n_latents * d_out + 4 * _linear(d_out, d_out) + 4 * d_out
+             + _linear(d_out, 4 * d_out) + _linear(4 * d_out, d_out))
+    return mlp + block
+
+
+def test_upstream_design_has_upstreams_parameter_counts_at_real_widths():
+    with torch.device("meta"):
+        built = build_adapters(768, 768, 4096, FedA2VConfig(adapter_design="upstream"))
+    counts = {name: sum(p.numel() for p in a.parameters()) for name, a in built.items()}
+    assert counts == {"clip": _upstream_count((1024, 2048), 768, 1),
+                      "t5": _upstream_count((1024, 2048, 2048), 4096, 17)}
+    assert 216e6 < counts["t5"] < 218e6  # the issue's ~217 M
+    assert built["t5"].projection.latents.shape == (17, 4096)  # pools at the T5 width
+
+
+@pytest.mark.parametrize("diffusion_type", ["flux", "sd"])
+def test_upstream_design_has_fed_a2vs_interface(diffusion_type):
+    cfg = FedA2VConfig(adapter_design="upstream", diffusion_type=diffusion_type,
+                       clip_max_length=6)
+    built = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)
+    assert set(built) == ({"clip", "t5"} if diffusion_type == "flux" else {"clip"})
+    gen = torch.Generator().manual_seed(2)
+    batch = torch.randn(4, TOKENS, D_AUDIO, generator=gen)
+    want = {"clip": (D_CLIP,) if diffusion_type == "flux" else (6, D_CLIP),
+            "t5": (cfg.t5_max_length, D_T5)}
+    with torch.no_grad():
+        for name, adapter in built.items():
+            adapter.eval()
+            assert adapter.out_features == want[name][-1]
+            out = adapter(batch)
+            assert out.shape == (4, *want[name])
+            assert torch.allclose(adapter(batch[2:3]), out[2:3], atol=1e-5)
+    again = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0))
+    assert all(torch.equal(v, again[k]) for k, v in adapters_state(built).items())
+
+
+def test_a_package_rebuilds_the_design_it_was_trained_with():
+    from fed_a2v.pretrained import FedA2VAdapters
+    from fed_a2v.targets import Targets
+
+    cfg = FedA2VConfig(adapter_design="upstream")
+    state = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=4))
+    config = {"diffusion_type": "flux",
+              "dims": {"d_audio": D_AUDIO, "d_clip": D_CLIP, "d_t5": D_T5,
+                       "t5_max_length": cfg.t5_max_length, "clip_max_length": 77},
+              "adapter": {"adapter_dropout": cfg.adapter_dropout, "adapter_design": "upstream"}}
+    targets = Targets(["a"], ["a"], {"clip": torch.zeros(1, D_CLIP),
+                                     "t5": torch.zeros(1, cfg.t5_max_length, D_T5)})
+    loaded = FedA2VAdapters.from_state(config, state, targets)
+    assert all(torch.equal(v, state[k]) for k, v in adapters_state(loaded.adapters).items())
+
+
+def test_adapter_design_is_validated(tmp_path):
+    path = tmp_path / "exp.json"
+    path.write_text('{"feda2v": {"adapter_design": "upstreem"}}')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "feda2v.adapter_design" in message and '"fed_a2v"' in message
+    assert "did you mean 'upstream'" in message
