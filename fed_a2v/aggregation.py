@@ -1,36 +1,75 @@
-"""FedAvg, one adapter at a time: weighted by examples or not."""
+"""FedAvg, one adapter at a time and one update at a time: weighted by examples or not."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 
-def fedavg(states: Sequence[dict[str, np.ndarray]],
+def shape_of(update: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+    """A tensor's shape without decoding it where the update can tell (`WireUpdate`)."""
+    shape_fn = getattr(update, "shape_of", None)
+    return shape_fn(key) if shape_fn else tuple(np.shape(update[key]))
+
+
+class RunningAverage:
+    """A weighted mean of same-keyed updates taken one at a time: a running weighted sum in
+    float64 per tensor, divided by the total weight at the end, so only one update at a time
+    need be in memory. `add` checks keys and shapes before it touches the sum."""
+
+    def __init__(self, reference: Mapping[str, np.ndarray]) -> None:
+        self.dtypes = {k: np.asarray(v).dtype for k, v in reference.items()}
+        self.shapes = {k: tuple(np.shape(v)) for k, v in reference.items()}
+        self.sums: dict[str, np.ndarray] = {}
+        self.total = 0.0
+        self.count = 0
+
+    def problem(self, update: Mapping[str, np.ndarray]) -> str | None:
+        if update.keys() != self.shapes.keys():
+            return (f"keys {sorted(set(update) ^ set(self.shapes))[:3]} are in the update or "
+                    "the reference, not both")
+        for key, shape in self.shapes.items():
+            if shape_of(update, key) != shape:
+                return f"'{key}' has shape {shape_of(update, key)}, expected {shape}"
+        return None
+
+    def add(self, update: Mapping[str, np.ndarray], weight: float) -> None:
+        if weight < 0 or not np.isfinite(weight):
+            raise ValueError(f"an update's weight must be finite and >= 0, got {weight}")
+        problem = self.problem(update)
+        if problem:
+            raise ValueError(problem)
+        for key in self.shapes:
+            term = np.asarray(update[key], np.float64) * weight
+            if key in self.sums:
+                self.sums[key] += term
+            else:
+                self.sums[key] = term
+        self.total += weight
+        self.count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        if not self.count or self.total <= 0:
+            raise ValueError(f"no weight to average by: {self.count} updates, total weight "
+                             f"{self.total}")
+        return {k: (s / self.total).astype(self.dtypes[k]) for k, s in self.sums.items()}
+
+
+def fedavg(states: Sequence[Mapping[str, np.ndarray]],
            weights: Sequence[float]) -> dict[str, np.ndarray]:
     """Weighted mean of same-keyed, same-shaped state dicts; weights are example counts."""
     if not states or len(states) != len(weights):
         raise ValueError("fedavg needs one weight per state and at least one state")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"fedavg weights must be >= 0 and sum to > 0, got {list(weights)}")
-    total = float(sum(weights))
-    keys = states[0].keys()
-    for i, state in enumerate(states[1:], start=1):
-        if state.keys() != keys:
-            raise ValueError(f"state {i} has keys {sorted(set(state) ^ set(keys))} that "
-                             "state 0 has not, or lacks them")
-        for key in keys:
-            if state[key].shape != states[0][key].shape:
-                raise ValueError(f"state {i}: '{key}' has shape {state[key].shape}, "
-                                 f"state 0 has {states[0][key].shape}")
-    out = {}
-    for key in keys:
-        acc = np.zeros_like(states[0][key], dtype=np.float64)
-        for state, w in zip(states, weights, strict=True):
-            acc += state[key].astype(np.float64) * (w / total)
-        out[key] = acc.astype(states[0][key].dtype)
-    return out
+    average = RunningAverage(states[0])
+    for i, (state, weight) in enumerate(zip(states, weights, strict=True)):
+        problem = average.problem(state)
+        if problem:
+            raise ValueError(f"state {i}: {problem} (state 0 sets them)")
+        average.add(state, float(weight))
+    return average.result()
 
 
 def split_by_adapter(state: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -63,7 +102,7 @@ def aggregate_adapters(states: Sequence[dict[str, np.ndarray]], examples: Sequen
                      "keep their own adapters)")
 
 
-def update_problem(update: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+def update_problem(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
                    max_norm: float | None) -> str | None:
     """Why a node's adapters cannot be averaged into the global ones, or None if they can.
 
@@ -74,9 +113,9 @@ def update_problem(update: dict[str, np.ndarray], reference: dict[str, np.ndarra
     if missing or extra:
         return f"keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
     for key, ref in reference.items():
+        if shape_of(update, key) != ref.shape:
+            return f"'{key}' has shape {shape_of(update, key)}, expected {ref.shape}"
         value = update[key]
-        if value.shape != ref.shape:
-            return f"'{key}' has shape {value.shape}, expected {ref.shape}"
         if value.dtype != ref.dtype:
             return f"'{key}' has dtype {value.dtype}, expected {ref.dtype}"
         if not np.isfinite(value).all():

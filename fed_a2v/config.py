@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .protocol import TRANSPORT_DTYPES
+
 
 class ConfigError(ValueError):
     """A config file or value that cannot be used; the message says where and why."""
@@ -70,6 +72,9 @@ class FederationConfig:
     round_timeout: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
     # Nodes may share clips (train-train, or one's held-out clip in another's training set).
     allow_overlap: bool = False
+    # How nodes send their adapters back: fp32, fp16 / bf16 (half the bytes) or int8 (deltas
+    # against the round's global adapters, per-tensor scaled: a quarter). See fed_a2v.transport.
+    transport_dtype: str = field(default="fp32", metadata=_rule(choices=TRANSPORT_DTYPES))
 
 
 @dataclass

@@ -67,6 +67,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
 
     With `resume`, the run in `run-dir` goes on after its last finished round, with its own
     config (`rounds` still overrides its number of rounds)."""
+    entered = time.time()
     run_config = dict(context.run_config)
     run_dir_value = str(run_config.get("run-dir") or "")
     resume = bool(run_config.get("resume"))
@@ -103,6 +104,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         targets=targets, lr_for_round=lr_plan(config), max_update_norm=fed.max_update_norm,
         allow_overlap=fed.allow_overlap, aggregation_mode=mode, eval_gap=fed.eval_gap,
         render_every=config.feda2v.generate_nodes_images_frequency,
+        transport_dtype=fed.transport_dtype,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -125,10 +127,12 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
                                     state, strategy.node_metrics.get(server_round, {}),
                                     strategy.progress())
         checkpoints.save_if_due(server_round, state)
+        round_ends.append(time.time())
         return MetricRecord({k: v for k, v in record.items() if v is not None})
 
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
                                 "targets-key": targets.key})
+    round_ends: list[float] = []
     started = time.time()
     final = initial  # a resumed run with no round left only writes its final files
     if fed.global_rounds > strategy.round_offset:
@@ -159,9 +163,15 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "control_bytes_per_round": max(strategy.control_bytes.values(), default=0),
         "adapter_aggregation_mode": mode,
         "adapter_bytes_sent_per_round": strategy.adapter_bytes_per_round(fed.global_rounds),
+        # What the nodes' train replies carried back, in `transport_dtype` (all nodes).
+        "transport_dtype": fed.transport_dtype,
+        "update_bytes_received_per_round": strategy.update_bytes_per_round(fed.global_rounds),
         "eval_gap": fed.eval_gap,
         # Images rendered on the nodes (they stay there): round, node, count, folder.
         "node_images": strategy.node_images,
+        # Unix times in this server process: its start, the first instruction's, each
+        # round's end (a resumed run: the rounds it ran).
+        "timings": {"server_start": entered, "rounds_start": started, "round_ends": round_ends},
     }
     if standalone:
         extra["standalone"] = {

@@ -39,11 +39,13 @@ from .protocol import (
     STANDALONE,
     TARGET_NAMES,
     TARGETS,
+    TRANSPORT,
     VAL_EXAMPLES,
 )
 from .standalone import load_own_adapters, own_adapters_path, save_own_adapters
 from .targets import Targets
 from .train import LocalTrainConfig, train_local
+from .transport import encode_update
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +280,15 @@ class NodeRound:
                                              self.config.feda2v, seed=self.config.experiment.seed)
         self.standalone = self.config.feda2v.adapter_aggregation_mode == "none"
         self.own_path, self.own_rounds = None, 0
+        self.received: dict[str, np.ndarray] = {}  # the global adapters this message carried
         if self.standalone:
             self.own_path = own_adapters_path(node_cache_root(self.config, self.ident),
                                               msg.metadata.run_id, self.ident.key)
             self.own_rounds = load_own_adapters(self.adapters, self.own_path, self.ident.name)
         else:
-            load_adapters_state(self.adapters, msg.content["arrays"].to_torch_state_dict())
+            self.received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+            load_adapters_state(self.adapters, {k: torch.from_numpy(v)
+                                                for k, v in self.received.items()})
 
     def reports(self, msg: Message) -> dict[str, ConfigRecord]:
         """What a reply tells besides metrics: the node's key, the clips this node could not
@@ -318,14 +323,16 @@ def train_reply(msg: Message, context: Context) -> Message:
     if rnd.standalone:  # the adapters stay here: on this node's disk, for its next message
         rnd.own_rounds += 1
         save_own_adapters(rnd.adapters, rnd.own_path, rnd.own_rounds)
-        arrays = ArrayRecord()
-    else:
-        arrays = ArrayRecord({k: v.detach().cpu()
-                              for k, v in adapters_state(rnd.adapters).items()})
+        arrays, transport = ArrayRecord(), {}
+    else:  # in federation.transport_dtype, deltas against `received` for int8
+        arrays, record = encode_update(
+            {k: v.detach().cpu().numpy() for k, v in adapters_state(rnd.adapters).items()},
+            rnd.received, cfg.federation.transport_dtype)
+        transport = {TRANSPORT: record}
     metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **rnd.reports(msg)}),
-                   reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport,
+                               **rnd.reports(msg)}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context) -> Message:

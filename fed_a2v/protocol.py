@@ -14,4 +14,8 @@ NODE = "node"  # ConfigRecord {"key"}: the node's stable key, to count nodes ove
 DIGESTS = "clip-digests"  # ConfigRecord {"key", "name", "train", "test"} (fed_a2v.overlap)
 VAL_EXAMPLES = "val-examples"  # evaluate metrics: the val clips behind the `val_*` metrics
 STANDALONE = "standalone-adapters"  # ConfigRecord {"path", "rounds"}: a standalone node's own
+TRANSPORT = "transport"  # ConfigRecord {"dtype", "scale.<key>"...}: how the adapters travel
 IMAGES = "node-images"  # ConfigRecord {"count", "dir"}: images rendered on the node this round
+
+# federation.transport_dtype: how adapters travel back to the server (fed_a2v.transport)
+TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")

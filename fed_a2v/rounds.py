@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from flwr.app import Error, Message
+from flwr.app import Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -73,11 +73,17 @@ def sample_nodes(grid: Grid, fraction: float, minimum: int, wait_for: int,
 class RoundGrid(Grid):
     """A Grid whose `send_and_receive` ends a stage when every instruction is answered, by its
     node or, for a node that went offline, by the SuperLink (handed on in the node's name), or
-    when the stage's timeout is spent (each unanswered node then gets an error reply)."""
+    when the stage's timeout is spent (each unanswered node then gets an error reply).
 
-    def __init__(self, grid: Grid, timeout: RoundTimeout) -> None:
+    With `on_train_reply`, train replies are pulled one at a time and each is handed to it as
+    soon as it arrives (it returns what to keep of the reply: the strategy adds the update to
+    a running sum and keeps only the metrics), so a stage never holds every node's update."""
+
+    def __init__(self, grid: Grid, timeout: RoundTimeout,
+                 on_train_reply: Callable[[Message], Message] | None = None) -> None:
         self.grid = grid
         self.timeout = timeout
+        self.on_train_reply = on_train_reply
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
@@ -113,20 +119,24 @@ class RoundGrid(Grid):
         pending = {mid: msg for mid, msg in zip(ids, messages, strict=True) if mid}
         replies = [_error_reply(msg, ErrorCode.MESSAGE_UNAVAILABLE, "the SuperLink refused it")
                    for mid, msg in zip(ids, messages, strict=True) if not mid]
+        consume = self.on_train_reply if kind == MessageType.TRAIN else None
         answered_at = None
         while pending:
-            for reply in self.grid.pull_messages(list(pending)):
-                instruction = pending.pop(reply.metadata.reply_to_message_id, None)
-                if instruction is None:
-                    continue
-                node = instruction.metadata.dst_node_id
-                if not reply.has_error():
-                    answered_at = time.monotonic()
-                elif reply.metadata.src_node_id != node:  # made by the SuperLink
-                    log.warning("node %d: no %s reply: %s; going on without it", node, kind,
-                                reply.error.reason)
-                    reply = _error_reply(instruction, reply.error.code, reply.error.reason)
-                replies.append(reply)
+            # One id per pull when streaming: a pull returns every reply it asks for at once.
+            for ids_now in ([[mid] for mid in pending] if consume else [list(pending)]):
+                for reply in self.grid.pull_messages(ids_now):
+                    instruction = pending.pop(reply.metadata.reply_to_message_id, None)
+                    if instruction is None:
+                        continue
+                    node = instruction.metadata.dst_node_id
+                    if not reply.has_error():
+                        answered_at = time.monotonic()
+                        reply = consume(reply) if consume else reply
+                    elif reply.metadata.src_node_id != node:  # made by the SuperLink
+                        log.warning("node %d: no %s reply: %s; going on without it", node,
+                                    kind, reply.error.reason)
+                        reply = _error_reply(instruction, reply.error.code, reply.error.reason)
+                    replies.append(reply)
             if not pending or time.monotonic() - started >= limit:
                 break
             time.sleep(POLL_SECONDS)

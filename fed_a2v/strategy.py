@@ -23,7 +23,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from .aggregation import aggregate_adapters, update_problem
+from .aggregation import RunningAverage, update_problem
 from .overlap import OverlapCheck
 from .protocol import (
     COUNT_KEYS,
@@ -33,10 +33,12 @@ from .protocol import (
     STANDALONE,
     TARGET_NAMES,
     TARGETS,
+    TRANSPORT,
     VAL_EXAMPLES,
 )
 from .rounds import RoundGrid, RoundTimeout, sample_nodes
 from .targets import Targets
+from .transport import WireUpdate
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +66,6 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     return out
 
 
-def reply_update(content: RecordDict, weight_key: str) -> tuple[dict[str, np.ndarray], str | None]:
-    """A train reply's adapters, or why it has none to average: it needs one ArrayRecord and
-    one MetricRecord holding `weight_key`."""
-    arrays, metrics = list(content.array_records.values()), list(content.metric_records.values())
-    if len(arrays) != 1 or len(metrics) != 1 or weight_key not in metrics[0]:
-        return {}, f"expected one ArrayRecord and one MetricRecord with '{weight_key}'"
-    return {k: v.numpy() for k, v in arrays[0].items()}, None
-
-
 class FedA2VStrategy(FedAvg):
     """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
     node has answered once, the targets. Each round's aggregated train and evaluate metrics are
@@ -86,12 +79,17 @@ class FedA2VStrategy(FedAvg):
 
     `min_train_nodes` is the quorum: a round's adapters are averaged only from that many usable
     updates. Training waits (at most a round timeout) for that many nodes to be connected, then
-    goes on with those that are; evaluation takes the nodes connected."""
+    goes on with those that are; evaluation takes the nodes connected.
+
+    Train updates are aggregated as they arrive (`take_update`, called by the `RoundGrid` for
+    each reply): screened, decoded from `transport_dtype` one tensor at a time, added to a
+    running float64 sum, and dropped, so the server holds one update at a time, not N."""
 
     def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
                  max_update_norm: float | None = None, allow_overlap: bool = False,
                  aggregation_mode: str = "weighted_average", eval_gap: int = 1,
-                 render_every: int = 0, **fedavg_kwargs) -> None:
+                 render_every: int = 0, transport_dtype: str = "fp32",
+                 **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets_records = {
@@ -121,6 +119,11 @@ class FedA2VStrategy(FedAvg):
         self.node_images: list[dict[str, Any]] = []  # {"round", "node", "count", "dir"}
         self.last_round: int | None = None  # known once `start` is called
         self.adapter_bytes: dict[int, int] = {}  # round -> adapter bytes sent to all its nodes
+        self.update_bytes: dict[int, int] = {}  # round -> adapter bytes its train replies held
+        self.transport_dtype = transport_dtype
+        self.train_round = 0  # the round whose updates `take_update` adds up
+        self.average: RunningAverage | None = None  # that round's running sum
+        self.taken: dict[int, str | None] = {}  # id(reply) -> why it was refused, or None
         self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
         # Clips shared between nodes fail the run; standalone nodes never share a model, so a
         # clip in two nodes' sets cannot leak from one node's evaluation to another's.
@@ -165,8 +168,8 @@ class FedA2VStrategy(FedAvg):
         None: a timeout that follows the rounds observed (`RoundTimeout`)."""
         self.timeouts = RoundTimeout(timeout)
         self.last_round = self.round_offset + num_rounds
-        return super().start(RoundGrid(grid, self.timeouts), initial_arrays, num_rounds,
-                             None, **kwargs)
+        return super().start(RoundGrid(grid, self.timeouts, on_train_reply=self.take_update),
+                             initial_arrays, num_rounds, None, **kwargs)
 
     def _instructions(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                       grid: Grid, kind: str) -> list[Message]:
@@ -192,6 +195,7 @@ class FedA2VStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
+        self.train_round, self.average, self.taken = server_round, None, {}
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
         config = ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
@@ -228,27 +232,70 @@ class FedA2VStrategy(FedAvg):
                     self.node_adapters[node_key(msg)] = {"path": str(own["path"]),
                                                          "rounds": int(own["rounds"])}
 
+    def take_update(self, reply: Message) -> Message:
+        """Screen one train reply and add its adapters to the round's running average, or
+        refuse it (logged, kept in `rejected`). The reply keeps its metrics; its arrays are
+        dropped. Replies already taken, and error replies, are returned as they are."""
+        if reply.has_error() or id(reply) in self.taken:
+            return reply
+        received = sum(a.count_bytes() for a in reply.content.array_records.values())
+        self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
+        problem = self._take(reply.content)
+        self.taken[id(reply)] = problem
+        if problem:
+            node = reply.metadata.src_node_id
+            log.warning("round %d: dropped the update of node %d: %s", self.train_round, node,
+                        problem)
+            self.rejected.append((self.train_round, node, problem))
+        for key in list(reply.content.array_records):
+            reply.content[key] = ArrayRecord()
+        return reply
+
+    def _take(self, content: RecordDict) -> str | None:
+        """Add a reply's adapters to the running average; why not, if they cannot be."""
+        arrays = list(content.array_records.values())
+        metrics = list(content.metric_records.values())
+        if len(arrays) != 1 or len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
+            return f"expected one ArrayRecord and one MetricRecord with '{self.weighted_by_key}'"
+        if self.standalone:
+            return (f"a standalone node keeps its adapters, yet sent {len(arrays[0])} arrays"
+                    if len(arrays[0]) else None)
+        if not len(arrays[0]):
+            return ("the reply holds no adapters (only standalone nodes, adapter_aggregation_"
+                    "mode 'none', keep theirs)")
+        update = WireUpdate(arrays[0], content.config_records.get(TRANSPORT),
+                            self.global_state, self.transport_dtype)
+        problem = update.problem or update_problem(update, self.global_state,
+                                                   self.max_update_norm)
+        if problem:
+            return problem
+        weight = (float(metrics[0][self.weighted_by_key])
+                  if self.aggregation_mode == "weighted_average" else 1.0)
+        if self.average is None:
+            self.average = RunningAverage(self.global_state)
+        try:
+            self.average.add(update, weight)
+        except ValueError as err:  # e.g. a negative example count; the sum is untouched
+            return str(err)
+        return None
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        replies = sorted(replies, key=node_key)  # float sums must not follow arrival order
+        if server_round != self.train_round:  # not configured by configure_train (tests)
+            self.train_round, self.average, self.taken = server_round, None, {}
+        replies = sorted(replies, key=node_key)  # metric sums must not follow arrival order
         self._note_replies(server_round, replies)
         # Flower's own consistency check fails the whole run when one reply's keys differ:
         # each reply is screened on its own instead, and only a bad one is dropped.
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        accepted, states = [], []
+        accepted = []
         for msg in valid:
-            state, problem = reply_update(msg.content, self.weighted_by_key)
-            problem = problem or self._update_problem(state)
-            if problem:
-                node = msg.metadata.src_node_id
-                log.warning("round %d: dropped the update of node %d: %s", server_round, node,
-                            problem)
-                self.rejected.append((server_round, node, problem))
-                continue
-            accepted.append(msg)
-            states.append(state)
-            self._note_node(server_round, msg)
+            self.take_update(msg)  # replies the RoundGrid streamed in are taken already
+            if self.taken[id(msg)] is None:
+                accepted.append(msg)
+                self._note_node(server_round, msg)
+        average, self.average, self.taken = self.average, None, {}
         self.round_metrics.setdefault(server_round, {})["train_nodes"] = len(accepted)
         if len(accepted) < max(self.min_train_nodes, 1):
             log.warning("round %d: %d usable updates, fewer than min_clients (%d): the global "
@@ -260,23 +307,10 @@ class FedA2VStrategy(FedAvg):
         if self.standalone:
             arrays = ArrayRecord()  # nothing to average: the nodes keep their own
         else:
-            weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
-                       for c in contents]
-            averaged = aggregate_adapters(states, weights, self.aggregation_mode)
-            arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
+            arrays = ArrayRecord({k: Array(v) for k, v in average.result().items()})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self._record(server_round, metrics)
         return arrays, metrics
-
-    def _update_problem(self, state: dict[str, np.ndarray]) -> str | None:
-        """Why a train reply's adapters cannot be taken in this mode, or None."""
-        if self.standalone:
-            return (f"a standalone node keeps its adapters, yet sent {len(state)} arrays"
-                    if state else None)
-        if not state:
-            return ("the reply holds no adapters (only standalone nodes, adapter_aggregation_"
-                    "mode 'none', keep theirs)")
-        return update_problem(state, self.global_state, self.max_update_norm)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
@@ -306,6 +340,7 @@ class FedA2VStrategy(FedAvg):
         return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
+                "update_bytes": self.update_bytes,
                 "node_adapters": self.node_adapters, "node_images": self.node_images}
 
     def restore(self, progress: dict[str, Any]) -> None:
@@ -317,6 +352,8 @@ class FedA2VStrategy(FedAvg):
         self.failed.extend(tuple(x) for x in progress.get("failed", []))
         self.adapter_bytes.update({int(r): int(b)
                                    for r, b in progress.get("adapter_bytes", {}).items()})
+        self.update_bytes.update({int(r): int(b)
+                                  for r, b in progress.get("update_bytes", {}).items()})
         self.node_adapters.update(progress.get("node_adapters", {}))
         self.node_images.extend(progress.get("node_images", []))
 
@@ -324,6 +361,10 @@ class FedA2VStrategy(FedAvg):
         """Adapter bytes the server sent in each of rounds 1..`rounds` (all of the round's train
         and evaluate messages together)."""
         return [self.adapter_bytes.get(r, 0) for r in range(1, rounds + 1)]
+
+    def update_bytes_per_round(self, rounds: int) -> list[int]:
+        """Adapter bytes the train replies of each of rounds 1..`rounds` held, all nodes."""
+        return [self.update_bytes.get(r, 0) for r in range(1, rounds + 1)]
 
     def _note_node(self, server_round: int, msg: Message) -> None:
         """Keep one node's own train or eval metrics for the round (per-node curves)."""

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import MetricRecord, RecordDict
-
-from fed_a2v.strategy import reply_update
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from drills import updates_aggregated
 
@@ -57,8 +55,16 @@ def test_a_round_of_only_bad_replies_keeps_the_global_adapters() -> None:
     assert seen["global"] is None and [n for n, _ in seen["dropped"]] == [12]
 
 
-def test_a_reply_without_its_records_is_named() -> None:
-    state, why = reply_update(RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
-                              "num-examples")
-    assert state == {} and why == ("expected one ArrayRecord and one MetricRecord with "
-                                   "'num-examples'")
+def test_a_reply_without_its_records_is_named(task_identity) -> None:
+    from fed_a2v.strategy import FedA2VStrategy
+    from fed_a2v.targets import Targets
+
+    strategy = FedA2VStrategy(Targets(["a"], ["a"], {}), lambda _: {})
+    strategy.global_state = REFERENCE
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}),
+                          dst_node_id=12, message_type=MessageType.TRAIN)
+    strategy.take_update(Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
+                                 reply_to=instruction))
+    assert [why for _, _, why in strategy.rejected] == [
+        "expected one ArrayRecord and one MetricRecord with 'num-examples'"]
+    assert strategy.average is None
