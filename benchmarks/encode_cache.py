@@ -1,12 +1,14 @@
 """Local training with the token cache versus re-encoding every epoch.
 
-The same node, data, targets and 10 epochs of local training, two ways:
+The same node, data, targets and epochs of local training, two ways:
   cached     - the frozen AST encodes each clip once (into the on-disk cache), epochs read it;
   re-encode  - every epoch loads the audio and runs the AST again, as without a cache.
-Prints a table of encoder forwards and seconds, and the ratio.
+Writes the fragment `--name` (per-epoch seconds of each, their ratio, the one-time encoding)
+and prints it.
 
     .venv/bin/python benchmarks/encode_cache.py [--config configs/quickstart.json] [--epochs 10]
-        [--audio-model DIR | --full-size-ast] [--max-clips N] [--threads N]
+        [--audio-model DIR | --full-size-ast] [--max-clips N] [--threads N] [--name NAME]
+        [--out-dir benchmarks/out]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from fragments import OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
 from fed_a2v.adapters import adapter_names, adapters_for_targets
@@ -35,13 +38,17 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quickstart.json")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--node", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--audio-model", help="override feda2v.audio_model_name (a local dir)")
     parser.add_argument("--full-size-ast", action="store_true",
                         help="a full-size AST (AudioSet config, random weights) saved to a "
                              "temporary dir and loaded from there, as a real one would be")
     parser.add_argument("--max-clips", type=int, help="use only the first N training clips")
+    parser.add_argument("--name", help="fragment name (default: encode_cache, "
+                                       "encode_cache_full_ast with --full-size-ast)")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args()
+    name = args.name or ("encode_cache_full_ast" if args.full_size_ast else "encode_cache")
     torch.set_num_threads(args.threads)
 
     config = load_config(args.config)
@@ -74,15 +81,17 @@ def main() -> None:
         encoding = Encoding(config, ident)
         kept, arrays = encoding.encode(clips)
         data = encoded_set(kept, arrays, corpus, rows, int(arrays[0].shape[-1]))
-        adapters = adapters_for_targets(data.tokens.arrays[0].shape[-1], targets.tensors, cfg)
-        train_local(adapters, data, targets.tensors, local, cpu)
-        cached_s = time.perf_counter() - start
+        encode_s = time.perf_counter() - start
         cached_forwards = encoding.counts["encoded-clips"]
-
+        adapters = adapters_for_targets(data.tokens.arrays[0].shape[-1], targets.tensors, cfg)
         start = time.perf_counter()
+        train_local(adapters, data, targets.tensors, local, cpu)
+        cached_epoch_s = (time.perf_counter() - start) / args.epochs
+
         encoder = AudioEncoder.load(cfg.audio_model_name, "cpu", config.experiment.dtype)
         adapters = adapters_for_targets(encoder.hidden_size, targets.tensors, cfg)
         forwards = 0
+        start = time.perf_counter()
         for epoch in range(args.epochs):
             waves = [load_audio(c.path, encoder.settings.sampling_rate,
                                 config.dataset.clip_seconds) for c in kept]
@@ -91,15 +100,29 @@ def main() -> None:
             fresh = encoded_set(kept, list(tokens.numpy()), corpus, rows, encoder.hidden_size)
             train_local(adapters, fresh, targets.tensors,
                         replace(local, epochs=1, seed=epoch), cpu)
-        reencode_s = time.perf_counter() - start
+        reencode_epoch_s = (time.perf_counter() - start) / args.epochs
+        token_shape = tuple(arrays[0].shape)
 
-    print(f"{len(kept)} training clips of node {args.node}, {args.epochs} epochs, "
-          f"audio model {cfg.audio_model_name}, {args.threads} thread(s)")
-    print(f"| {'mode':<10} | {'encoder forwards':>16} | {'seconds':>8} |")
-    print(f"|{'-' * 12}|{'-' * 18}|{'-' * 10}|")
-    print(f"| {'cached':<10} | {cached_forwards:>16} | {cached_s:>8.2f} |")
-    print(f"| {'re-encode':<10} | {forwards:>16} | {reencode_s:>8.2f} |")
-    print(f"re-encode / cached = {reencode_s / cached_s:.2f}x")
+    ratio = reencode_epoch_s / cached_epoch_s
+    what = "full-size AST (AudioSet config)" if args.full_size_ast else cfg.audio_model_name
+    rows_out = [
+        row(f"one cached epoch, {what}", cached_epoch_s, "s"),
+        row(f"one re-encoding epoch, {what}", reencode_epoch_s, "s", f"{ratio:.1f}x cached"),
+        row("one-time encoding into the cache (AST load + forwards)", encode_s, "s",
+            f"{encode_s / reencode_epoch_s:.2f}x one re-encoding epoch"),
+        row(f"encoder forwards over {args.epochs} epochs, cached", cached_forwards),
+        row(f"encoder forwards over {args.epochs} epochs, re-encoding", forwards),
+    ]
+    notes = [f"{len(kept)} training clips of node {args.node} ({args.config}), tokens "
+             f"{token_shape} per clip, {args.epochs} epochs, batch "
+             f"{config.training.batch_size}, {args.threads} torch thread(s).",
+             "A re-encoding epoch loads the audio, runs the AST on every clip and trains one "
+             "epoch; a cached epoch trains on tokens already in memory from the on-disk cache."]
+    command = "python benchmarks/encode_cache.py" + (
+        f" --full-size-ast --max-clips {args.max_clips} --epochs {args.epochs}"
+        if args.full_size_ast else "")
+    write_fragment(name, "Token cache: one cached epoch vs one re-encoding epoch", command,
+                   rows_out, notes, args.out_dir)
 
 
 if __name__ == "__main__":

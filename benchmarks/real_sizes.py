@@ -2,17 +2,20 @@
 
 Builds a full-size AST (MIT/ast-finetuned-audioset-10-10-0.4593's config: 12 layers, width 768,
 128 mel bins x 1024 frames) with random weights, which costs exactly what the real one costs,
-and the adapters at CLIP ViT-L/14 (768) and T5-XXL (17 x 4096) widths. Prints a table.
+and the adapters at CLIP ViT-L/14 (768) and T5-XXL (17 x 4096) widths. Writes the fragment
+`real_sizes` and prints it.
 
-    .venv/bin/python benchmarks/real_sizes.py [--clips 8] [--threads 2]
+    .venv/bin/python benchmarks/real_sizes.py [--clips 8] [--threads 2] [--out-dir benchmarks/out]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+from fragments import OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
 from fed_a2v.adapters import adapters_state, build_adapters
@@ -24,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -41,21 +45,22 @@ def main() -> None:
 
     adapters = build_adapters(768, 768, 4096, FedA2VConfig())
     rows = [
-        ("AST parameters", f"{params / 1e6:.1f} M ({params * 4 / 2**20:.0f} MiB fp32)"),
-        ("AST tokens per clip", f"{tuple(tokens.shape[1:])}"),
-        ("fbank per clip", f"{fbank_s * 1000:.0f} ms"),
-        (f"AST forward per clip ({args.threads} threads)", f"{ast_s:.2f} s"),
-        ("token cache per clip (fp16)", f"{tokens[0].numel() * 2 / 2**20:.2f} MiB"),
+        row("AST parameters", params, "", f"{params * 4 / 2**20:.0f} MiB fp32"),
+        row("AST tokens per clip", " x ".join(map(str, tokens.shape[1:]))),
+        row("fbank per clip", fbank_s * 1000, "ms"),
+        row(f"AST forward per clip ({args.threads} threads)", ast_s, "s"),
+        row("token cache per clip (fp16)", tokens[0].numel() * 2 / 2**20, "MiB"),
     ]
     for name, adapter in adapters.items():
-        n = sum(p.numel() for p in adapter.parameters())
-        rows.append((f"{name} adapter parameters", f"{n / 1e6:.2f} M"))
+        rows.append(row(f"{name} adapter parameters",
+                        sum(p.numel() for p in adapter.parameters())))
     payload = sum(t.numel() * t.element_size() for t in adapters_state(adapters).values())
-    rows.append(("adapter payload per node per round, each way", f"{payload / 2**20:.1f} MiB"))
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'what':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name:<{width}} | {value} |")
+    rows.append(row("adapter payload per node per round, each way (fp32)", payload / 2**20,
+                    "MiB"))
+    notes = [f"Random weights at the real configs (cost is the real one's); {args.clips} clips "
+             "of 5 s noise, batched in one AST forward."]
+    write_fragment("real_sizes", "Sizes and speeds at the real models' shapes",
+                   "python benchmarks/real_sizes.py", rows, notes, args.out_dir)
 
 
 if __name__ == "__main__":
