@@ -31,10 +31,11 @@ from transformers import (
 
 from .audio import FeatureSettings, fbank_features
 from .cache import file_stamp, fingerprint
+from .devices import DTYPES, resolve_device
+from .token_keys import BUILTIN
 
 log = logging.getLogger(__name__)
 
-BUILTIN = "builtin:"
 _ALPHABET = list(string.ascii_lowercase + string.digits + " _-'.,!?")
 _SEED = 1234
 CLIP_MAX_LENGTH = 77
@@ -107,17 +108,6 @@ def save_builtin(name: str, directory: str | Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return Path(directory)
-
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but no CUDA device is available")
-    return torch.device(device)
 
 
 def model_identity(name: str, subfolders: tuple[str | None, ...] = (None,)) -> dict:

@@ -131,14 +131,21 @@ def start_superlink(env: dict[str, str], port: int, log_path: Path, simulation: 
     return process
 
 
+# How often a SuperNode's SuperExec asks for a message to start a ClientApp process for, in
+# seconds: Flower's default is 1.0 (this environment variable, 0.01 to 60, sets it); each train
+# and evaluate message of a round waits for it, and an ask costs one loopback call.
+SUPEREXEC_POLL = ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+
+
 def start_supernode(env: dict[str, str], superlink: str, port: int, node_config: Path,
                     log_path: Path, extra: Sequence[str] = ()) -> Process:
-    """A SuperNode reading its own JSON (`node-config`), serving its Runtime API on `port`."""
+    """A SuperNode reading its own JSON (`node-config`), serving its Runtime API on `port`;
+    its SuperExec polls every `SUPEREXEC_POLL` seconds unless `env` says otherwise."""
     args = ["flower-supernode", "--superlink", superlink, "--host", "127.0.0.1",
             "--port", str(port), "--node-config", f"node-config='{node_config}'", *extra]
     if "--root-certificates" not in extra:
         args.append("--insecure")
-    process = Process(args, env, log_path)
+    process = Process(args, {SUPEREXEC_POLL[0]: SUPEREXEC_POLL[1], **env}, log_path)
     wait_for_port(port, process)
     return process
 

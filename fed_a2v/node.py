@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from .adapters import adapters_for_targets, adapters_state, load_adapters_state
 from .audio import AudioError, load_audio
-from .cache import TokenCache, TokenStore, cache_root, fingerprint
+from .cache import TokenCache, TokenStore, cache_root
 from .config import (
     Config,
     NodeConfig,
@@ -24,8 +26,8 @@ from .config import (
     load_node_config,
 )
 from .data import Clip, Corpus, node_corpus, split_for_node
+from .devices import resolve_device
 from .encoded import EncodedSet
-from .encoders import AudioEncoder, audio_encoder_key, resolve_device
 from .evaluation import evaluate_adapters
 from .node_images import images_dir, render_held_out, renders
 from .overlap import digests_record
@@ -43,8 +45,12 @@ from .protocol import (
     VAL_EXAMPLES,
 )
 from .standalone import load_own_adapters, own_adapters_path, save_own_adapters
-from .targets import Targets
+from .target_set import Targets
+from .token_keys import token_cache_key
 from .train import LocalTrainConfig, train_local
+
+if TYPE_CHECKING:
+    from .encoders import AudioEncoder
 from .transport import encode_update
 
 log = logging.getLogger(__name__)
@@ -107,7 +113,8 @@ class NodeData:
 
 
 class Encoding:
-    """Turns clips into cached token arrays; the AST is loaded only if some clip needs it.
+    """Turns clips into cached token arrays; the AST (and `transformers`) is loaded only if some
+    clip needs it.
 
     Clips are encoded `batch_size` at a time and each written to the token cache at once:
     memory holds one batch of waveforms and tokens, and a crash keeps every batch done.
@@ -117,9 +124,10 @@ class Encoding:
 
     def __init__(self, config: Config, ident: NodeIdentity) -> None:
         self.config, self.ident = config, ident
-        name, dtype = config.feda2v.audio_model_name, config.experiment.dtype
-        key = fingerprint(audio_encoder_key(name, dtype), config.dataset.clip_seconds)
-        self.cache = TokenCache(node_cache_root(config, ident), key)
+        root = node_cache_root(config, ident)
+        key = token_cache_key(config.feda2v.audio_model_name, config.experiment.dtype,
+                              config.dataset.clip_seconds, root)
+        self.cache = TokenCache(root, key)
         self._encoder: AudioEncoder | None = None
         self.counts = dict.fromkeys(COUNT_KEYS, 0)
         self.skipped: list[str] = []
@@ -128,6 +136,8 @@ class Encoding:
     @property
     def encoder(self) -> AudioEncoder:
         if self._encoder is None:
+            from .encoders import AudioEncoder
+
             self._encoder = AudioEncoder.load(self.config.feda2v.audio_model_name,
                                               _device(self.config, self.ident),
                                               self.config.experiment.dtype)
@@ -307,7 +317,11 @@ class NodeRound:
 
 
 def train_reply(msg: Message, context: Context) -> Message:
+    """Local training; besides the losses, the node reports its own seconds: `train_seconds`
+    in training, `train_setup_seconds` before it (config, targets, data, adapters)."""
+    started = time.perf_counter()
     rnd = NodeRound(msg, context)
+    setup = time.perf_counter() - started
     cfg = rnd.config
     local = LocalTrainConfig(
         epochs=cfg.federation.local_epochs,
@@ -320,6 +334,8 @@ def train_reply(msg: Message, context: Context) -> Message:
         seed=node_seed(cfg.experiment.seed, rnd.server_round, rnd.ident.key),
     )
     history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
+    seconds = {"train_setup_seconds": setup,
+               "train_seconds": time.perf_counter() - started - setup}
     if rnd.standalone:  # the adapters stay here: on this node's disk, for its next message
         rnd.own_rounds += 1
         save_own_adapters(rnd.adapters, rnd.own_path, rnd.own_rounds)
@@ -329,7 +345,7 @@ def train_reply(msg: Message, context: Context) -> Message:
             {k: v.detach().cpu().numpy() for k, v in adapters_state(rnd.adapters).items()},
             rnd.received, cfg.federation.transport_dtype)
         transport = {TRANSPORT: record}
-    metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts,
+    metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts, **seconds,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport,
                                **rnd.reports(msg)}), reply_to=msg)
@@ -338,8 +354,11 @@ def train_reply(msg: Message, context: Context) -> Message:
 def evaluate_reply(msg: Message, context: Context) -> Message:
     """`eval_*` metrics on the held-out clips and, if the node has val clips, `val_*` on
     those (with their count, `VAL_EXAMPLES`); on rendering rounds, images of the first
-    held-out clips, kept on the node (`fed_a2v.node_images`)."""
+    held-out clips, kept on the node (`fed_a2v.node_images`). Its own seconds, as in
+    `train_reply`: `eval_setup_seconds`, `eval_seconds` (evaluation, not rendering)."""
+    started = time.perf_counter()
     rnd = NodeRound(msg, context)
+    setup = time.perf_counter() - started
     batch = rnd.config.training.eval_batch_size
     metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors, batch,
                                 rnd.device)
@@ -347,6 +366,8 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
         metrics |= {VAL_EXAMPLES: len(rnd.data.val),
                     **evaluate_adapters(rnd.adapters, rnd.data.val, rnd.targets.tensors, batch,
                                         rnd.device, prefix="val")}
+    metrics |= {"eval_setup_seconds": setup,
+                "eval_seconds": time.perf_counter() - started - setup}
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
     records = rnd.reports(msg)
     if renders(rnd.config, rnd.server_round):

@@ -3,7 +3,8 @@
 Every N-th round each node renders its first `generate_images_per_node` held-out clips with the
 global adapters of that round, which its evaluate message carries: rendering rounds are always
 evaluation rounds (the server's `FedA2VStrategy.evaluates`). The images stay on the node, in its
-own folder; the reply tells the server only how many were written and where.
+own folder; the reply tells the server only how many were written and where. `diffusers`,
+PIL and the FLUX code are imported only by a node that renders.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import torch
 from .adapters import Adapter
 from .config import Config, NodeConfig
 from .encoded import EncodedSet
-from .flux import TINY_FLUX, check_widths, is_flux_source, load_flux_pipeline, render
-from .pretrained import adapter_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,8 @@ def renders(config: Config, server_round: int) -> bool:
 def pipeline_name(config: Config, node: NodeConfig) -> str:
     """The node's `pipeline`, else `feda2v.generation_pipeline`, else builtin:tiny-flux with
     builtin text models, the FLUX repository (or folder) T5 was read from, or FLUX.1-schnell."""
+    from .flux import TINY_FLUX, is_flux_source
+
     fa = config.feda2v
     if node.pipeline or fa.generation_pipeline:
         return str(node.pipeline or fa.generation_pipeline)
@@ -64,6 +65,8 @@ def images_dir(config: Config, node: NodeConfig, node_name: str, cache_root: Pat
 
 def flux_pipeline(name: str, device: torch.device, dtype: str) -> Any:
     """The FLUX pipeline, loaded once per process (without text encoders: `fed_a2v.flux`)."""
+    from .flux import load_flux_pipeline
+
     key = (name, str(device), dtype)
     if key not in _PIPELINES:
         log.info("loading the FLUX pipeline %s on %s (%s)", name, device, dtype)
@@ -77,6 +80,9 @@ def render_held_out(adapters: dict[str, Adapter], test: EncodedSet, stems: list[
     """Render the first `generate_images_per_node` held-out clips into `folder` as
     `<clip stem>.png`, clip i with seed `experiment.seed + i` (the same each round, so the
     rounds' images compare); returns how many were written."""
+    from .flux import check_widths, render
+    from .pretrained import adapter_conditioning
+
     fa = config.feda2v
     count = min(fa.generate_images_per_node, len(test))
     if count == 0:

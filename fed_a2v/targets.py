@@ -9,16 +9,8 @@ corpus has captions. Targets are cached on disk by models and prompts, or read f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from .cache import cache_root, fingerprint
 from .config import Config, ConfigError
@@ -30,43 +22,9 @@ from .encoders import (
     model_identity,
     t5_targets,
 )
-from .files import atomic_write
+from .target_set import Targets
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Targets:
-    names: list[str]  # what a clip looks its row up by: its class, or its caption
-    prompts: list[str]
-    # flux: "clip" (N, d_clip), "t5" (N, t5_max_length, d_t5); sd: "clip" (N, clip_max_length,
-    # d_clip)
-    tensors: dict[str, torch.Tensor]
-    source: str = "computed"
-
-    @cached_property
-    def key(self) -> str:
-        """A digest of the names and the values: equal keys mean equal targets."""
-        h = hashlib.sha256(json.dumps(self.names).encode())
-        for name in sorted(self.tensors):
-            h.update(name.encode())
-            h.update(self.tensors[name].float().contiguous().numpy().tobytes())
-        return h.hexdigest()[:24]
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: save_file(
-            {k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
-            metadata={"names": json.dumps(self.names), "prompts": json.dumps(self.prompts)}))
-
-    @classmethod
-    def load(cls, path: Path, source: str) -> Targets:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if "names" not in meta:
-            raise ConfigError(f"{path}: not a targets file (written by `fed-a2v targets`)")
-        return cls(json.loads(meta["names"]), json.loads(meta["prompts"]), load_file(str(path)),
-                   source)
 
 
 def target_prompts(corpus: Corpus, config: Config) -> tuple[list[str], list[str]]:

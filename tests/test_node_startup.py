@@ -1,0 +1,95 @@
+"""A node's start-up per message: deployed, every message runs in a fresh process, so a node
+whose tokens are cached must not import `transformers` (nor `diffusers`), and the token cache's
+key, kept on disk for that, must be the key `fed_a2v.encoders` computes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from flwr.app import MessageType
+from transformers import ASTModel
+
+from fed_a2v.cache import fingerprint
+from fed_a2v.encoders import audio_encoder_key, save_builtin
+from fed_a2v.token_keys import token_cache_key
+
+from drills import LoopbackGrid, experiment_dict, run_in_process
+
+CHILD = """
+import json, pickle, sys
+from flwr.supercore.task_identity import TaskIdentity
+from fed_a2v.node import train_reply
+
+msg, context = pickle.loads(open(sys.argv[1], "rb").read())
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, context.node_id
+metrics = dict(train_reply(msg, context).content["metrics"])
+print(json.dumps({"metrics": metrics, "imported": sorted(
+    m for m in ("transformers", "diffusers", "fed_a2v.encoders", "fed_a2v.flux")
+    if m in sys.modules)}))
+"""
+
+
+def test_a_node_with_cached_tokens_trains_without_transformers(tmp_path: Path) -> None:
+    experiment = experiment_dict(tmp_path, "startup", federation={"global_rounds": 1,
+                                                                  "num_clients": 2,
+                                                                  "min_clients": 2})
+    experiment["experiment"]["cache_dir"] = str(tmp_path / "cache")
+    grid = LoopbackGrid(2)
+    run_in_process(experiment, tmp_path / "startup.json", grid)  # encodes into the cache
+    (train,) = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN
+                and m.metadata.dst_node_id == 1]
+    message = tmp_path / "message.pkl"
+    message.write_bytes(pickle.dumps((train, grid.contexts[1])))
+    done = subprocess.run([sys.executable, "-c", CHILD, str(message)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reply["imported"] == []
+    assert reply["metrics"]["encoded-clips"] == 0 and reply["metrics"]["cached-clips"] > 0
+    assert reply["metrics"]["train_seconds"] > 0
+
+    # With the key's record gone the node describes the AST again: same key, same cache.
+    for memo in (tmp_path / "cache" / "tokens" / "keys").iterdir():
+        memo.unlink()
+    again = subprocess.run([sys.executable, "-c", CHILD, str(message)], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reply = json.loads(again.stdout.strip().splitlines()[-1])
+    assert "transformers" in reply["imported"] and reply["metrics"]["encoded-clips"] == 0
+
+
+def test_the_kept_key_is_the_encoders_key_and_follows_local_weights(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+
+    def described(name: str, dtype: str = "fp32", seconds: float = 0.5) -> str:
+        return fingerprint(audio_encoder_key(name, dtype), seconds)
+
+    for args in (("builtin:tiny-ast", "fp32", 0.5), ("builtin:tiny-ast", "bf16", 0.5),
+                 ("builtin:tiny-ast", "fp32", 1.0)):
+        assert token_cache_key(*args, cache) == described(*args)  # computed and kept
+        assert token_cache_key(*args, cache) == described(*args)  # read back
+    assert len(list((cache / "tokens" / "keys").iterdir())) == 3
+
+    local = save_builtin("builtin:tiny-ast", tmp_path / "ast")
+    first = token_cache_key(str(local), "fp32", 0.5, cache)
+    assert first == described(str(local))
+    model = ASTModel.from_pretrained(local)
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)  # "retrained" in place
+    model.save_pretrained(local)
+    changed = token_cache_key(str(local), "fp32", 0.5, cache)
+    assert changed != first and changed == described(str(local))
+
+
+def test_no_kept_key_for_a_hub_id(tmp_path: Path, monkeypatch) -> None:
+    import fed_a2v.encoders as encoders
+
+    monkeypatch.setattr(encoders, "audio_encoder_key", lambda name, dtype: f"{name} {dtype}")
+    key = token_cache_key("someone/some-ast", "fp32", 0.5, tmp_path)
+    assert key == fingerprint("someone/some-ast fp32", 0.5)
+    assert not (tmp_path / "tokens" / "keys").exists()
