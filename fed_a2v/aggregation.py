@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -11,6 +11,9 @@ def shape_of(update: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
     """A tensor's shape without decoding it where the update can tell (`WireUpdate`)."""
     shape_fn = getattr(update, "shape_of", None)
     return shape_fn(key) if shape_fn else tuple(np.shape(update[key]))
+
+
+CHUNK = 1 << 20  # values added at a time: bounds the float64 temporaries of a large tensor
 
 
 class RunningAverage:
@@ -40,12 +43,15 @@ class RunningAverage:
         problem = self.problem(update)
         if problem:
             raise ValueError(problem)
-        for key in self.shapes:
-            term = np.asarray(update[key], np.float64) * weight
-            if key in self.sums:
-                self.sums[key] += term
-            else:
-                self.sums[key] = term
+        for key, shape in self.shapes.items():
+            if key not in self.sums:
+                self.sums[key] = np.zeros(shape, np.float64)
+            total = self.sums[key].reshape(-1)
+            value = np.asarray(update[key]).reshape(-1)
+            for start in range(0, value.size, CHUNK):  # float64 temporaries of CHUNK values
+                part = value[start:start + CHUNK].astype(np.float64)
+                part *= weight
+                total[start:start + CHUNK] += part
         self.total += weight
         self.count += 1
 
@@ -54,6 +60,17 @@ class RunningAverage:
             raise ValueError(f"no weight to average by: {self.count} updates, total weight "
                              f"{self.total}")
         return {k: (s / self.total).astype(self.dtypes[k]) for k, s in self.sums.items()}
+
+    def pop_result(self) -> Iterator[tuple[str, np.ndarray]]:
+        """`result`, one tensor at a time, each sum freed once its mean is out (the whole
+        average is never held twice)."""
+        if not self.count or self.total <= 0:
+            raise ValueError(f"no weight to average by: {self.count} updates, total weight "
+                             f"{self.total}")
+        for key in sorted(self.sums, key=lambda k: -self.sums[k].size):  # largest first
+            mean = self.sums.pop(key)
+            mean /= self.total
+            yield key, mean.astype(self.dtypes[key])
 
 
 def fedavg(states: Sequence[Mapping[str, np.ndarray]],

@@ -5,6 +5,7 @@ away (see `fed_a2v.rounds`)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -123,7 +124,8 @@ class FedA2VStrategy(FedAvg):
         self.transport_dtype = transport_dtype
         self.train_round = 0  # the round whose updates `take_update` adds up
         self.average: RunningAverage | None = None  # that round's running sum
-        self.taken: dict[int, str | None] = {}  # id(reply) -> why it was refused, or None
+        # id(reply) -> (reply, why it was refused or None); holding the reply keeps its id
+        self.taken: dict[int, tuple[Message, str | None]] = {}
         self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
         # Clips shared between nodes fail the run; standalone nodes never share a model, so a
         # clip in two nodes' sets cannot leak from one node's evaluation to another's.
@@ -241,7 +243,7 @@ class FedA2VStrategy(FedAvg):
         received = sum(a.count_bytes() for a in reply.content.array_records.values())
         self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
         problem = self._take(reply.content)
-        self.taken[id(reply)] = problem
+        self.taken[id(reply)] = reply, problem
         if problem:
             node = reply.metadata.src_node_id
             log.warning("round %d: dropped the update of node %d: %s", self.train_round, node,
@@ -249,6 +251,7 @@ class FedA2VStrategy(FedAvg):
             self.rejected.append((self.train_round, node, problem))
         for key in list(reply.content.array_records):
             reply.content[key] = ArrayRecord()
+        gc.collect(0)  # inflated records sit in young reference cycles: free this update now
         return reply
 
     def _take(self, content: RecordDict) -> str | None:
@@ -292,7 +295,7 @@ class FedA2VStrategy(FedAvg):
         accepted = []
         for msg in valid:
             self.take_update(msg)  # replies the RoundGrid streamed in are taken already
-            if self.taken[id(msg)] is None:
+            if self.taken[id(msg)][1] is None:
                 accepted.append(msg)
                 self._note_node(server_round, msg)
         average, self.average, self.taken = self.average, None, {}
@@ -307,7 +310,7 @@ class FedA2VStrategy(FedAvg):
         if self.standalone:
             arrays = ArrayRecord()  # nothing to average: the nodes keep their own
         else:
-            arrays = ArrayRecord({k: Array(v) for k, v in average.result().items()})
+            arrays = ArrayRecord({k: Array(v) for k, v in average.pop_result()})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self._record(server_round, metrics)
         return arrays, metrics

@@ -59,7 +59,10 @@ def decode_tensor(wire: np.ndarray, reference: np.ndarray, dtype: str,
                   scale: float | None) -> np.ndarray:
     """What `encode_tensor` sent, back in the reference's dtype."""
     if dtype == "int8":
-        return (reference + wire.astype(np.float32) * np.float32(scale)).astype(reference.dtype)
+        value = wire.astype(reference.dtype)
+        value *= scale
+        value += reference
+        return value
     if dtype == "bf16":
         return from_bf16_bits(wire).astype(reference.dtype)
     return wire.astype(reference.dtype, copy=False)
