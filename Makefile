@@ -24,10 +24,18 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check fed_a2v server client tests benchmarks scripts
 
+# Every benchmark writes a fragment to benchmarks/out/; collect.py merges them into
+# benchmarks/results.json and benchmarks/RESULTS.md (one run, one machine).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/encode_cache.py
-	$(BIN)/python benchmarks/encode_cache.py --full-size-ast --max-clips 8 --threads 2
+	rm -rf benchmarks/out
+	$(BIN)/python benchmarks/upstream_design.py
 	$(BIN)/python benchmarks/real_sizes.py
+	$(BIN)/python benchmarks/encode_cache.py
+	$(BIN)/python benchmarks/encode_cache.py --full-size-ast --max-clips 8 --name encode_cache_full_ast
+	$(BIN)/python benchmarks/server_memory.py
+	$(BIN)/python benchmarks/transport.py
+	$(BIN)/python benchmarks/flower_overhead.py
+	$(BIN)/python benchmarks/collect.py
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

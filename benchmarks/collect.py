@@ -1,0 +1,70 @@
+"""Merge the benchmark fragments (`benchmarks/out/*.json`) into `benchmarks/results.json` and
+`benchmarks/RESULTS.md`, in the order of SECTIONS; `make bench` runs it last.
+
+    .venv/bin/python benchmarks/collect.py [--out-dir benchmarks/out] [--results-dir benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from fragments import OUT_DIR, machine, markdown_table, row
+
+HERE = Path(__file__).resolve().parent
+# fragment name -> why it is in the table (the issue's rows, in its order)
+SECTIONS = {
+    "upstream_design": "FedA2V's adapters against the upstream research code's",
+    "real_sizes": "The real models' shapes on this machine",
+    "encode_cache": "Token cache, built-in AST",
+    "encode_cache_full_ast": "Token cache, full-size AST",
+    "server_memory": "Server memory, batch against streaming aggregation",
+    "transport": "Compact transport",
+    "flower_overhead": "Flower's share of a round, simulation against deployment",
+    "make_run_split": "Where `make run` spends its time",
+    "gpu": "On a GPU",
+}
+
+
+def gpu_placeholder() -> dict:
+    """The GPU row when no GPU machine measured it: left empty, never estimated."""
+    return {"section": "On a GPU", "command": "make bench (on a machine with a GPU)",
+            "rows": [row("real-width training and encoding on a GPU", None)],
+            "notes": ["No GPU was lent to the session that ran this; the row stays empty "
+                      "rather than estimated."]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument("--results-dir", type=Path, default=HERE)
+    args = parser.parse_args()
+    fragments = {p.stem: json.loads(p.read_text()) for p in sorted(args.out_dir.glob("*.json"))}
+    fragments.setdefault("gpu", gpu_placeholder())
+    missing = [name for name in SECTIONS if name not in fragments]
+    if missing:
+        raise SystemExit(f"no fragment for {missing} in {args.out_dir}: run `make bench`")
+    ordered = {name: fragments[name] for name in SECTIONS}
+    results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+               "sections": ordered}
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Benchmark results", "",
+             f"Written by `make bench` on {results['generated']} "
+             f"({machine()['cpu_threads']} CPU threads, {machine()['platform']}, torch "
+             f"{machine()['torch']}, GPU: {machine()['gpu'] or 'none'}). Every figure comes "
+             "from the command named under its section, all in one run on one machine; "
+             "`results.json` holds the same numbers.", ""]
+    for name, fragment in ordered.items():
+        lines += [f"## {SECTIONS[name]}", "", f"`{fragment['command']}`", "",
+                  markdown_table(fragment["rows"]), ""]
+        lines += [f"- {note}" for note in fragment.get("notes", [])]
+        lines.append("")
+    (args.results_dir / "RESULTS.md").write_text("\n".join(lines))
+    print(f"wrote {args.results_dir / 'results.json'} and {args.results_dir / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""One federated run of an experiment file with a few keys changed, by the ServerApp's code
+and FedA2V's node code on an in-process grid (`tests/drills.py`: no Ray, no SuperLink), so a
+benchmark compares settings, not engines. Runs sharing `root` share the token cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from drills import LoopbackGrid, run_in_process  # noqa: E402
+
+
+def run_experiment(config_path: Path, root: Path, name: str, seed: int, rounds: int,
+                   changes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`config_path` run for `rounds` rounds with `seed` and `changes` ({section: {key: value}});
+    returns its summary.json plus `bench_seconds` (wall)."""
+    experiment = json.loads(Path(config_path).read_text())
+    experiment["experiment"].update(name=name, seed=seed, output_dir=str(root / "runs"),
+                                    cache_dir=str(root / "cache"))
+    experiment["federation"]["global_rounds"] = rounds
+    for section, values in (changes or {}).items():
+        experiment.setdefault(section, {}).update(values)
+    start = time.perf_counter()
+    run_dir = run_in_process(experiment, root / f"{name}.json",
+                             LoopbackGrid(experiment["federation"]["num_clients"]))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["bench_seconds"] = time.perf_counter() - start
+    return summary
