@@ -5,8 +5,9 @@ Sizes: both designs built at the real widths (AST 768 in, CLIP 768, T5 17 x 4096
 upstream's shapes come from lucapalazzo/fedgfe (see `fed_a2v/upstream_adapters.py`).
 Training: configs/quickstart.json (synthetic corpus, tiny models, 3 nodes, FedAvg) run by the
 ServerApp's code with FedA2V's node code on an in-process grid (`tests/drills.py`), once per
-design, `feda2v.adapter_design` the only difference. A one-round run first fills the shared
-token cache, so both timed runs read cached tokens.
+design and seed, `feda2v.adapter_design` the only difference (each seed generates its own
+corpus). A one-round run per seed first fills the token cache, so both timed runs read cached
+tokens.
 
     .venv/bin/python benchmarks/upstream_design.py [--config configs/quickstart.json]
         [--rounds N] [--seeds 0 1] [--threads 2] [--out-dir benchmarks/out]
@@ -56,6 +57,8 @@ def train(config_path: Path, design: str, seed: int, rounds: int, root: Path,
                                     output_dir=str(root / "runs"),
                                     cache_dir=str(root / "cache"))
     experiment["federation"]["global_rounds"] = rounds
+    # The seed also seeds the synthetic corpus: each seed its own corpus, both designs on it.
+    experiment["dataset"]["path"] = str(root / f"data-s{seed}")
     experiment["feda2v"]["adapter_design"] = design
     start = time.perf_counter()
     run_dir = run_in_process(experiment, root / f"{name}.json",
@@ -87,8 +90,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {d: [] for d in DESIGNS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        train(config_path, "fed_a2v", args.seeds[0], 1, root, "warm-cache")  # fills the cache
         for seed in args.seeds:
+            train(config_path, "fed_a2v", seed, 1, root, f"warm-cache-s{seed}")  # fills the cache
             for design in DESIGNS:
                 runs[design].append(train(config_path, design, seed, rounds, root,
                                           f"{design}-s{seed}"))
