@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/upstream_design.py
 	$(BIN)/python benchmarks/real_sizes.py
 	$(BIN)/python benchmarks/encode_cache.py
-	$(BIN)/python benchmarks/encode_cache.py --full-size-ast --max-clips 8 --name encode_cache_full_ast
+	$(BIN)/python benchmarks/encode_cache.py --full-size-ast --max-clips 8 --epochs 3 --name encode_cache_full_ast
 	$(BIN)/python benchmarks/server_memory.py
 	$(BIN)/python benchmarks/transport.py
 	$(BIN)/python benchmarks/flower_overhead.py

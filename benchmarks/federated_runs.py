@@ -1,6 +1,7 @@
 """One federated run of an experiment file with a few keys changed, by the ServerApp's code
 and FedA2V's node code on an in-process grid (`tests/drills.py`: no Ray, no SuperLink), so a
-benchmark compares settings, not engines. Runs sharing `root` share the token cache."""
+benchmark compares settings, not engines. Runs sharing `root` share the token cache; runs of
+the built-in corpus with the same seed share its data (the seed generates it)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def run_experiment(config_path: Path, root: Path, name: str, seed: int, rounds: 
     experiment["experiment"].update(name=name, seed=seed, output_dir=str(root / "runs"),
                                     cache_dir=str(root / "cache"))
     experiment["federation"]["global_rounds"] = rounds
+    if experiment["dataset"].get("name", "synthetic") == "synthetic":
+        # The seed also generates the built-in corpus: each seed its own, under `root`.
+        experiment["dataset"]["path"] = str(root / f"data-s{seed}")
     for section, values in (changes or {}).items():
         experiment.setdefault(section, {}).update(values)
     start = time.perf_counter()

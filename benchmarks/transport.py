@@ -45,7 +45,8 @@ def main() -> None:
     update_bytes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        run_experiment(args.config, root, "warm-cache", 0, 1)
+        for seed in args.seeds:  # each seed generates its own corpus: fill its token cache
+            run_experiment(args.config, root, f"warm-cache-s{seed}", seed, 1)
         runs = [(d, s) for s in args.seeds for d in TRANSPORT_DTYPES]
         for dtype, seed in tqdm(runs, desc="transport runs"):
             summary = run_experiment(args.config, root, f"{dtype}-seed{seed}", seed, rounds,

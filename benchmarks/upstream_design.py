@@ -16,24 +16,19 @@ tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from federated_runs import run_experiment
 from fragments import OUT_DIR, row, write_fragment
 
 from fed_a2v.adapters import adapters_state, build_adapters
 from fed_a2v.config import FedA2VConfig, load_config
 from fed_a2v.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from drills import LoopbackGrid, run_in_process  # noqa: E402
 
 DESIGNS = ("fed_a2v", "upstream")
 MIB = 2**20
@@ -47,25 +42,6 @@ def sizes(d_audio: int, d_clip: int, d_t5: int, design: str) -> dict[str, int]:
     out = {name: sum(p.numel() for p in a.parameters()) for name, a in adapters.items()}
     out["bytes"] = sum(t.numel() * 4 for t in adapters_state(adapters).values())
     return out
-
-
-def train(config_path: Path, design: str, seed: int, rounds: int, root: Path,
-          name: str) -> dict[str, Any]:
-    """One federated run of `design`; its summary.json plus the wall seconds."""
-    experiment = json.loads(config_path.read_text())
-    experiment["experiment"].update(name=name, seed=seed,
-                                    output_dir=str(root / "runs"),
-                                    cache_dir=str(root / "cache"))
-    experiment["federation"]["global_rounds"] = rounds
-    # The seed also seeds the synthetic corpus: each seed its own corpus, both designs on it.
-    experiment["dataset"]["path"] = str(root / f"data-s{seed}")
-    experiment["feda2v"]["adapter_design"] = design
-    start = time.perf_counter()
-    run_dir = run_in_process(experiment, root / f"{name}.json",
-                             LoopbackGrid(experiment["federation"]["num_clients"]))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["bench_seconds"] = time.perf_counter() - start
-    return summary
 
 
 def main() -> None:
@@ -91,10 +67,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for seed in args.seeds:
-            train(config_path, "fed_a2v", seed, 1, root, f"warm-cache-s{seed}")  # fills the cache
+            run_experiment(config_path, root, f"warm-cache-s{seed}", seed, 1)  # fills the cache
             for design in DESIGNS:
-                runs[design].append(train(config_path, design, seed, rounds, root,
-                                          f"{design}-s{seed}"))
+                runs[design].append(run_experiment(
+                    config_path, root, f"{design}-s{seed}", seed, rounds,
+                    {"feda2v": {"adapter_design": design}}))
 
     def mean(design: str, key: str) -> float:
         return statistics.fmean(s[key] for s in runs[design])

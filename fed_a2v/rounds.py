@@ -27,6 +27,9 @@ FIRST_ROUND_TIMEOUT = 3600.0  # a node's first round also encodes its whole corp
 MIN_ROUND_TIMEOUT = 300.0
 TIMEOUT_FACTOR = 4.0  # times the slowest round of the same kind so far
 POLL_SECONDS = 0.5
+# Replies are polled every FIRST_POLL_SECONDS after one came in, backing off (x2) to
+# POLL_SECONDS while none does: a round's last reply is seen quickly, an idle wait stays cheap.
+FIRST_POLL_SECONDS = 0.05
 
 
 class RoundTimeout:
@@ -121,7 +124,9 @@ class RoundGrid(Grid):
                    for mid, msg in zip(ids, messages, strict=True) if not mid]
         consume = self.on_train_reply if kind == MessageType.TRAIN else None
         answered_at = None
+        poll = FIRST_POLL_SECONDS
         while pending:
+            waiting = len(pending)
             # One id per pull when streaming: a pull returns every reply it asks for at once.
             for ids_now in ([[mid] for mid in pending] if consume else [list(pending)]):
                 for reply in self.grid.pull_messages(ids_now):
@@ -139,7 +144,8 @@ class RoundGrid(Grid):
                     replies.append(reply)
             if not pending or time.monotonic() - started >= limit:
                 break
-            time.sleep(POLL_SECONDS)
+            poll = FIRST_POLL_SECONDS if len(pending) < waiting else min(2 * poll, POLL_SECONDS)
+            time.sleep(poll)
         for instruction in pending.values():
             reason = f"no reply within the round timeout ({limit:.0f} s)"
             log.warning("node %d: %s to its %s instruction; going on without it",
