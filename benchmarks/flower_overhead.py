@@ -107,7 +107,11 @@ def round_costs(run_dir: Path) -> list[dict[str, float]]:
 
         out.append({"round": r, "wall": end - start, "train": slowest("train_seconds"),
                     "eval": slowest("eval_seconds"), "setup": slowest("train_setup_seconds")
-                    + slowest("eval_setup_seconds")})
+                    + slowest("eval_setup_seconds"),
+                    "delivery": slowest("train_delivery_seconds")
+                    + slowest("eval_delivery_seconds"),
+                    "startup": slowest("train_startup_seconds")
+                    + slowest("eval_startup_seconds")})
     return out
 
 
@@ -116,10 +120,16 @@ def engine_rows(name: str, costs: list[dict[str, float]]) -> tuple[list[dict], f
     wall = statistics.median(c["wall"] for c in later)
     compute = statistics.median(c["train"] + c["eval"] for c in later)
     setup = statistics.median(c["setup"] for c in later)
+    delivery = statistics.median(c["delivery"] for c in later)
+    startup = statistics.median(c["startup"] for c in later)
     rows = [row(f"{name}: wall per round (median of rounds 2-{len(costs)})", wall, "s"),
             row(f"{name}: slowest node's training + evaluation per round", compute, "s"),
             row(f"{name}: slowest nodes' set-up per round (config, targets, cached tokens)",
                 setup, "s"),
+            row(f"{name}: slowest nodes' wait from the server's instruction to the node's "
+                "process (engine polls, scheduling; simulation: to the handler)", delivery, "s"),
+            row(f"{name}: slowest nodes' process start to FedA2V's handler (interpreter, "
+                "imports; 0 where the process outlives messages)", startup, "s"),
             row(f"{name}: share of a round not in local training or evaluation",
                 max(0.0, 1 - compute / wall), "", f"{wall - compute:.1f} s of {wall:.1f} s")]
     return rows, wall

@@ -26,6 +26,7 @@ from .config import (
     load_node_config,
 )
 from .data import Clip, Corpus, node_corpus, split_for_node
+from .delivery import delivery_seconds
 from .devices import resolve_device
 from .encoded import EncodedSet
 from .evaluation import evaluate_adapters
@@ -318,7 +319,9 @@ class NodeRound:
 
 def train_reply(msg: Message, context: Context) -> Message:
     """Local training; besides the losses, the node reports its own seconds: `train_seconds`
-    in training, `train_setup_seconds` before it (config, targets, data, adapters)."""
+    in training, `train_setup_seconds` before it (config, targets, data, adapters), and how the
+    message reached it (`train_delivery_seconds`, `train_startup_seconds`: fed_a2v.delivery)."""
+    delivered = delivery_seconds(msg.metadata.created_at, "train")
     started = time.perf_counter()
     rnd = NodeRound(msg, context)
     setup = time.perf_counter() - started
@@ -334,7 +337,7 @@ def train_reply(msg: Message, context: Context) -> Message:
         seed=node_seed(cfg.experiment.seed, rnd.server_round, rnd.ident.key),
     )
     history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
-    seconds = {"train_setup_seconds": setup,
+    seconds = {**delivered, "train_setup_seconds": setup,
                "train_seconds": time.perf_counter() - started - setup}
     if rnd.standalone:  # the adapters stay here: on this node's disk, for its next message
         rnd.own_rounds += 1
@@ -355,7 +358,9 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
     """`eval_*` metrics on the held-out clips and, if the node has val clips, `val_*` on
     those (with their count, `VAL_EXAMPLES`); on rendering rounds, images of the first
     held-out clips, kept on the node (`fed_a2v.node_images`). Its own seconds, as in
-    `train_reply`: `eval_setup_seconds`, `eval_seconds` (evaluation, not rendering)."""
+    `train_reply`: `eval_setup_seconds`, `eval_seconds` (evaluation, not rendering),
+    `eval_delivery_seconds`, `eval_startup_seconds`."""
+    delivered = delivery_seconds(msg.metadata.created_at, "eval")
     started = time.perf_counter()
     rnd = NodeRound(msg, context)
     setup = time.perf_counter() - started
@@ -366,7 +371,7 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
         metrics |= {VAL_EXAMPLES: len(rnd.data.val),
                     **evaluate_adapters(rnd.adapters, rnd.data.val, rnd.targets.tensors, batch,
                                         rnd.device, prefix="val")}
-    metrics |= {"eval_setup_seconds": setup,
+    metrics |= {**delivered, "eval_setup_seconds": setup,
                 "eval_seconds": time.perf_counter() - started - setup}
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
     records = rnd.reports(msg)
