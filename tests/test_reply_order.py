@@ -1,5 +1,7 @@
-"""A round's aggregate does not depend on the order in which the nodes' replies arrive: with 3
-or more nodes the float sums would differ in their last bits, and metrics.jsonl with them."""
+"""A round's aggregate does not depend on the order in which the nodes' replies reach
+`aggregate_train`: with 3 or more nodes the float sums would differ in their last bits, and
+metrics.jsonl with them. (Updates streamed in by the RoundGrid are summed in arrival order in
+float64; their fp32 mean then differs by at most 1 ulp: tests/test_streaming_and_transport.py.)"""
 
 from __future__ import annotations
 
