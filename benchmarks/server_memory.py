@@ -157,7 +157,7 @@ def strategy_rejected(strategy) -> list:
     return getattr(strategy, "rejected", [])
 
 
-SERVERS = (("batch", "fp32"), ("streaming", "fp32"), ("streaming", "int8"))
+SERVERS = (("batch", "fp32"), ("streaming", "fp32"), ("streaming", "fp16"), ("streaming", "int8"))
 
 
 def main() -> None:
@@ -193,7 +193,8 @@ def main() -> None:
                     "objects when pulled; each (mode, N) in a fresh process.",
                     "Streaming holds a float64 running sum (2x one model) and one reply in "
                     "flight; Flower's inflation of a pulled reply keeps its chunks and its "
-                    "arrays until it returns (2x that reply: 0.5x one model for int8)."],
+                    "arrays until it returns (2x that reply: 1x one model for fp16, 0.5x "
+                    "for int8)."],
                    args.out_dir)
 
 
