@@ -13,7 +13,7 @@ def shape_of(update: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
     return shape_fn(key) if shape_fn else tuple(np.shape(update[key]))
 
 
-CHUNK = 1 << 20  # values added at a time: bounds the float64 temporaries of a large tensor
+CHUNK = 1 << 18  # values added at a time: bounds the float64 temporaries of a large tensor
 
 
 class RunningAverage:
