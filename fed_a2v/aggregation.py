@@ -56,13 +56,11 @@ class RunningAverage:
         self.count += 1
 
     def result(self) -> dict[str, np.ndarray]:
-        if not self.count or self.total <= 0:
-            raise ValueError(f"no weight to average by: {self.count} updates, total weight "
-                             f"{self.total}")
-        return {k: (s / self.total).astype(self.dtypes[k]) for k, s in self.sums.items()}
+        """The mean of every update added, in the reference's dtypes (it empties the sums)."""
+        return dict(self.pop_result())
 
     def pop_result(self) -> Iterator[tuple[str, np.ndarray]]:
-        """`result`, one tensor at a time, each sum freed once its mean is out (the whole
+        """The mean, one tensor at a time, each sum freed once its mean is out (the whole
         average is never held twice)."""
         if not self.count or self.total <= 0:
             raise ValueError(f"no weight to average by: {self.count} updates, total weight "
