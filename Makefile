@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/server_memory.py
 	$(BIN)/python benchmarks/transport.py
 	$(BIN)/python benchmarks/flower_overhead.py
+	if $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then \
+		$(BIN)/python benchmarks/gpu.py; fi
 	$(BIN)/python benchmarks/collect.py
 
 clean:

@@ -14,6 +14,7 @@ from pathlib import Path
 from fragments import OUT_DIR, machine, markdown_table, row
 
 HERE = Path(__file__).resolve().parent
+MEASURED_GPU = HERE / "measured" / "gpu.json"
 # fragment name -> why it is in the table (the issue's rows, in its order)
 SECTIONS = {
     "upstream_design": "FedA2V's adapters against the upstream research code's",
@@ -28,8 +29,14 @@ SECTIONS = {
 }
 
 
-def gpu_placeholder() -> dict:
-    """The GPU row when no GPU machine measured it: left empty, never estimated."""
+def gpu_fragment() -> dict:
+    """The GPU section when this run had no GPU: the last one measured on a GPU machine
+    (`measured/gpu.json`, which says where and when), else an empty row, never an estimate."""
+    if MEASURED_GPU.exists():
+        fragment = json.loads(MEASURED_GPU.read_text())
+        fragment["notes"] = [f"Not from this run: measured {fragment['measured']}."] + \
+            fragment["notes"]
+        return fragment
     return {"section": "On a GPU", "command": "make bench (on a machine with a GPU)",
             "rows": [row("real-width training and encoding on a GPU", None)],
             "notes": ["No GPU was lent to the session that ran this; the row stays empty "
@@ -40,23 +47,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     parser.add_argument("--results-dir", type=Path, default=HERE)
+    parser.add_argument("--generated", help="when the fragments were measured, if not now "
+                                            "(re-collecting an earlier run's fragments)")
     args = parser.parse_args()
     fragments = {p.stem: json.loads(p.read_text()) for p in sorted(args.out_dir.glob("*.json"))}
-    fragments.setdefault("gpu", gpu_placeholder())
+    fragments.setdefault("gpu", gpu_fragment())
     missing = [name for name in SECTIONS if name not in fragments]
     if missing:
         raise SystemExit(f"no fragment for {missing} in {args.out_dir}: run `make bench`")
     ordered = {name: fragments[name] for name in SECTIONS}
-    results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-               "sections": ordered}
+    generated = args.generated or time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results = {"generated": generated, "machine": machine(), "sections": ordered}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Benchmark results", "",
              f"Written by `make bench` on {results['generated']} "
              f"({machine()['cpu_threads']} CPU threads, {machine()['platform']}, torch "
              f"{machine()['torch']}, GPU: {machine()['gpu'] or 'none'}). Every figure comes "
-             "from the command named under its section, all in one run on one machine; "
-             "`results.json` holds the same numbers.", ""]
+             "from the command named under its section, all in one run on one machine, except "
+             "a section whose notes say otherwise; `results.json` holds the same numbers.", ""]
     for name, fragment in ordered.items():
         lines += [f"## {SECTIONS[name]}", "", f"`{fragment['command']}`", "",
                   markdown_table(fragment["rows"]), ""]
