@@ -75,6 +75,12 @@ class FederationConfig:
     # How nodes send their adapters back: fp32, fp16 / bf16 (half the bytes) or int8 (deltas
     # against the round's global adapters, per-tensor scaled: a quarter). See fed_a2v.transport.
     transport_dtype: str = field(default="fp32", metadata=_rule(choices=TRANSPORT_DTYPES))
+    # Ridge baselines in summary.json and report.md (fed_a2v.baselines): each node sends, once,
+    # XᵀX and per-target-row sums of its training clips' pooled tokens and its clip count per
+    # row (so the class means of its features). false: nothing besides the adapters is sent.
+    baselines: bool = True
+    # The ridge's λ, relative to the mean diagonal of XᵀX.
+    baseline_ridge_lambda: float = field(default=1e-3, metadata=_rule(min_exclusive=0.0))
 
 
 @dataclass

@@ -6,6 +6,10 @@ from __future__ import annotations
 TARGETS = "targets"  # ArrayRecord with the target tensors, sent until a node has them
 TARGET_NAMES = "target-names"  # ConfigRecord with their names, sent along
 DIGESTS_REQUEST = "clip-digests-salt"  # ConfigRecord {"salt"}, until a node answers
+# ConfigRecord {"have": JSON list of node keys whose stats the server holds}: train
+# instructions, until a node answers; a node not in "have" replies with RIDGE_STATS
+RIDGE_REQUEST = "ridge-request"
+RIDGE_MAPS = "ridge-maps"  # ArrayRecord {"central", "local.<i>"}: final evaluation only
 
 # Replies (node -> server)
 COUNT_KEYS = ("encoded-clips", "cached-clips", "skipped-clips")  # metrics: audio clips per reply
@@ -16,6 +20,10 @@ VAL_EXAMPLES = "val-examples"  # evaluate metrics: the val clips behind the `val
 STANDALONE = "standalone-adapters"  # ConfigRecord {"path", "rounds"}: a standalone node's own
 TRANSPORT = "transport"  # ConfigRecord {"dtype", "scale.<key>"...}: how the adapters travel
 IMAGES = "node-images"  # ConfigRecord {"count", "dir"}: images rendered on the node this round
+# ArrayRecord {"xtx", "sums", "counts"}: ridge statistics of a node's training clips, once
+# (fed_a2v.baselines); not an adapter update
+RIDGE_STATS = "ridge-stats"
+RIDGE_HITS = "ridge-hits"  # ConfigRecord {"clips", "<map>/<space>": hits}: held-out top-1 hits
 
 # federation.transport_dtype: how adapters travel back to the server (fed_a2v.transport)
 TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")

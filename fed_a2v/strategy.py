@@ -25,11 +25,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from .aggregation import RunningAverage, update_problem
+from .baselines import RidgeBaselines
 from .overlap import OverlapCheck
 from .protocol import (
     COUNT_KEYS,
     IMAGES,
     NODE,
+    RIDGE_STATS,
     SKIPPED,
     STANDALONE,
     TARGET_NAMES,
@@ -90,7 +92,7 @@ class FedA2VStrategy(FedAvg):
                  max_update_norm: float | None = None, allow_overlap: bool = False,
                  aggregation_mode: str = "weighted_average", eval_gap: int = 1,
                  render_every: int = 0, transport_dtype: str = "fp32",
-                 **fedavg_kwargs) -> None:
+                 baselines: RidgeBaselines | None = None, **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets_records = {
@@ -127,6 +129,9 @@ class FedA2VStrategy(FedAvg):
         # id(reply) -> (reply, why it was refused or None); holding the reply keeps its id
         self.taken: dict[int, tuple[Message, str | None]] = {}
         self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
+        # Ridge baselines (federation.baselines): their statistics and maps travel beside
+        # the adapters, never in their ArrayRecord
+        self.baselines = baselines
         # Clips shared between nodes fail the run; standalone nodes never share a model, so a
         # clip in two nodes' sets cannot leak from one node's evaluation to another's.
         self.overlap = None if self.standalone else OverlapCheck(allow_overlap)
@@ -144,7 +149,10 @@ class FedA2VStrategy(FedAvg):
         for message in messages:
             node = message.metadata.dst_node_id
             extra = {**({} if node in self.has_targets else self.targets_records),
-                     **(self.overlap.request(node) if self.overlap else {})}
+                     **(self.overlap.request(node) if self.overlap else {}),
+                     **(self.baselines.records(node, message.metadata.message_type,
+                                               server_round == self.last_round)
+                        if self.baselines else {})}
             if extra:
                 content = RecordDict({**dict(message.content.items()), **extra})
                 message = Message(content, dst_node_id=node,
@@ -240,7 +248,10 @@ class FedA2VStrategy(FedAvg):
         dropped. Replies already taken, and error replies, are returned as they are."""
         if reply.has_error() or id(reply) in self.taken:
             return reply
-        received = sum(a.count_bytes() for a in reply.content.array_records.values())
+        if self.baselines:  # before the arrays are dropped below
+            self.baselines.take(reply, node_key(reply))
+        received = sum(a.count_bytes() for k, a in reply.content.array_records.items()
+                       if k != RIDGE_STATS)
         self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
         problem = self._take(reply.content)
         self.taken[id(reply)] = reply, problem
@@ -256,7 +267,7 @@ class FedA2VStrategy(FedAvg):
 
     def _take(self, content: RecordDict) -> str | None:
         """Add a reply's adapters to the running average; why not, if they cannot be."""
-        arrays = list(content.array_records.values())
+        arrays = [a for k, a in content.array_records.items() if k != RIDGE_STATS]
         metrics = list(content.metric_records.values())
         if len(arrays) != 1 or len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
             return f"expected one ArrayRecord and one MetricRecord with '{self.weighted_by_key}'"
@@ -331,6 +342,8 @@ class FedA2VStrategy(FedAvg):
                 continue
             usable.append(msg)
             self._note_node(server_round, msg)
+            if self.baselines:
+                self.baselines.note_hits(msg)
         if not usable:
             return None
         metrics = self.evaluate_metrics_aggr_fn([m.content for m in usable],
@@ -344,7 +357,8 @@ class FedA2VStrategy(FedAvg):
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
                 "update_bytes": self.update_bytes,
-                "node_adapters": self.node_adapters, "node_images": self.node_images}
+                "node_adapters": self.node_adapters, "node_images": self.node_images,
+                **({"baselines": self.baselines.progress()} if self.baselines else {})}
 
     def restore(self, progress: dict[str, Any]) -> None:
         """Go on from `progress()` as saved by the stopped part of a resumed run."""
@@ -359,6 +373,8 @@ class FedA2VStrategy(FedAvg):
                                   for r, b in progress.get("update_bytes", {}).items()})
         self.node_adapters.update(progress.get("node_adapters", {}))
         self.node_images.extend(progress.get("node_images", []))
+        if self.baselines:
+            self.baselines.restore(progress.get("baselines", {}))
 
     def adapter_bytes_per_round(self, rounds: int) -> list[int]:
         """Adapter bytes the server sent in each of rounds 1..`rounds` (all of the round's train
