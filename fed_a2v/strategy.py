@@ -204,12 +204,17 @@ class FedA2VStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
+        config = self._open_train_round(server_round, arrays, config)
+        return self._instructions(server_round, arrays, config, grid, MessageType.TRAIN)
+
+    def _open_train_round(self, server_round: int, arrays: ArrayRecord,
+                          config: ConfigRecord) -> ConfigRecord:
+        """Start taking the round's updates; its train config, with each adapter's LR."""
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         self.train_round, self.average, self.taken = server_round, None, {}
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
-        config = ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
-        return self._instructions(server_round, arrays, config, grid, MessageType.TRAIN)
+        return ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -253,7 +258,7 @@ class FedA2VStrategy(FedAvg):
         received = sum(a.count_bytes() for k, a in reply.content.array_records.items()
                        if k != RIDGE_STATS)
         self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
-        problem = self._take(reply.content)
+        problem = self._take(reply.content, id(reply))
         self.taken[id(reply)] = reply, problem
         if problem:
             node = reply.metadata.src_node_id
@@ -265,7 +270,7 @@ class FedA2VStrategy(FedAvg):
         gc.collect(0)  # inflated records sit in young reference cycles: free this update now
         return reply
 
-    def _take(self, content: RecordDict) -> str | None:
+    def _take(self, content: RecordDict, key: int) -> str | None:
         """Add a reply's adapters to the running average; why not, if they cannot be."""
         arrays = [a for k, a in content.array_records.items() if k != RIDGE_STATS]
         metrics = list(content.metric_records.values())
@@ -285,16 +290,21 @@ class FedA2VStrategy(FedAvg):
             return problem
         weight = (float(metrics[0][self.weighted_by_key])
                   if self.aggregation_mode == "weighted_average" else 1.0)
-        if self.average is None:
-            self.average = RunningAverage(self.global_state)
         try:
-            self.average.add(update, weight)
+            self._add(key, update, weight)
         except ValueError as err:  # e.g. a negative example count; the sum is untouched
             return str(err)
         return None
 
+    def _add(self, key: int, update: WireUpdate, weight: float) -> None:
+        """Add one screened update (of the reply with id `key`) to the round's running sum."""
+        if self.average is None:
+            self.average = RunningAverage(self.global_state)
+        self.average.add(update, weight)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        local_round = server_round
         server_round += self.round_offset
         if server_round != self.train_round:  # not configured by configure_train (tests)
             self.train_round, self.average, self.taken = server_round, None, {}
@@ -309,22 +319,26 @@ class FedA2VStrategy(FedAvg):
             if self.taken[id(msg)][1] is None:
                 accepted.append(msg)
                 self._note_node(server_round, msg)
-        average, self.average, self.taken = self.average, None, {}
         self.round_metrics.setdefault(server_round, {})["train_nodes"] = len(accepted)
         if len(accepted) < max(self.min_train_nodes, 1):
             log.warning("round %d: %d usable updates, fewer than min_clients (%d): the global "
                         "adapters stay as they were", server_round, len(accepted),
                         self.min_train_nodes)
+            self.average, self.taken = None, {}
             return None, None
         self.nodes_seen.update(node_key(m) for m in accepted)
-        contents = [m.content for m in accepted]
-        if self.standalone:
-            arrays = ArrayRecord()  # nothing to average: the nodes keep their own
-        else:
-            arrays = ArrayRecord({k: Array(v) for k, v in average.pop_result()})
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        # nothing to aggregate for standalone nodes: they keep their own adapters
+        arrays = ArrayRecord() if self.standalone else self._new_global(local_round, accepted)
+        self.average, self.taken = None, {}
+        metrics = self.train_metrics_aggr_fn([m.content for m in accepted],
+                                             self.weighted_by_key)
         self._record(server_round, metrics)
         return arrays, metrics
+
+    def _new_global(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
+        """The global adapters after the round whose `accepted` updates were taken: their
+        running average (`fed_a2v.strategies` hands it to the chosen Flower strategy)."""
+        return ArrayRecord({k: Array(v) for k, v in self.average.pop_result()})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
