@@ -40,7 +40,7 @@ from .protocol import (
     VAL_EXAMPLES,
 )
 from .rounds import RoundGrid, RoundTimeout, sample_nodes
-from .targets import Targets
+from .target_set import Targets
 from .transport import WireUpdate
 
 log = logging.getLogger(__name__)
