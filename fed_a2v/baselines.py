@@ -287,7 +287,7 @@ class RidgeBaselines:
                     "chance": chance}
         gap = {name: {k: (None if fed_top1[k] is None or v is None else fed_top1[k] - v)
                       for k, v in values.items()} for name, values in compared.items()}
-        return {"features": f"{FEATURES_TEXT} ({self.features} values)",
+        return {"features": f"{FEATURES_TEXT}: {self.features} values",
                 "ridge_lambda": self.lam, "held_out_clips": self.clips,
                 "evaluated_nodes": self.eval_nodes,
                 "train_clips": self.total.clips if self.total is not None else 0,

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
 from .adapters import adapter_names, adapters_for_targets, adapters_state
+from .baselines import RidgeBaselines
 from .checkpoints import AdapterCheckpoints
 from .config import Config, load_config
 from .data import corpus_index
@@ -26,6 +27,8 @@ from .targets import targets_for
 from .wandb_log import require_wandb
 
 log = logging.getLogger(__name__)
+
+RIDGE_FILE = "ridge-stats.safetensors"  # the baselines' statistics, for a resumed run
 
 
 def resolve_path(value: str, app_dir: Path) -> Path:
@@ -105,6 +108,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         allow_overlap=fed.allow_overlap, aggregation_mode=mode, eval_gap=fed.eval_gap,
         render_every=config.feda2v.generate_nodes_images_frequency,
         transport_dtype=fed.transport_dtype,
+        baselines=RidgeBaselines(fed.baseline_ridge_lambda, d_audio, len(targets.names),
+                                 run_dir / RIDGE_FILE) if fed.baselines else None,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -169,6 +174,11 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "eval_gap": fed.eval_gap,
         # Images rendered on the nodes (they stay there): round, node, count, folder.
         "node_images": strategy.node_images,
+        # Held-out top-1 of linear ridge maps and chance beside FedA2V's (fed_a2v.baselines);
+        # null with federation.baselines false.
+        "baselines": strategy.baselines.summary(
+            {s: recorder.last.get(f"eval_{s}_top1") for s in targets.tensors}
+        ) if strategy.baselines else None,
         # Unix times in this server process: its start, the first instruction's, each
         # round's end (a resumed run: the rounds it ran).
         "timings": {"server_start": entered, "rounds_start": started, "round_ends": round_ends},

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .adapters import adapters_for_targets, adapters_state, load_adapters_state
 from .audio import AudioError, load_audio
+from .baselines import hits_reply, stats_reply
 from .cache import TokenCache, TokenStore, cache_root
 from .config import (
     Config,
@@ -38,6 +39,8 @@ from .protocol import (
     DIGESTS_REQUEST,
     IMAGES,
     NODE,
+    RIDGE_MAPS,
+    RIDGE_REQUEST,
     SKIPPED,
     STANDALONE,
     TARGET_NAMES,
@@ -350,7 +353,10 @@ def train_reply(msg: Message, context: Context) -> Message:
         transport = {TRANSPORT: record}
     metrics = MetricRecord({"num-examples": len(rnd.data.train), **rnd.counts, **seconds,
                             **{f"train_{name}_loss": h[-1] for name, h in history.items()}})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport,
+    # The ridge baselines' statistics, once, beside the adapters (fed_a2v.baselines)
+    ridge = (stats_reply(msg.content[RIDGE_REQUEST], rnd.ident.key, rnd.data.train,
+                         len(rnd.targets.names)) if RIDGE_REQUEST in msg.content else {})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport, **ridge,
                                **rnd.reports(msg)}), reply_to=msg)
 
 
@@ -375,6 +381,8 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
                 "eval_seconds": time.perf_counter() - started - setup}
     record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
     records = rnd.reports(msg)
+    if RIDGE_MAPS in msg.content:  # the final evaluation: the ridge baselines' maps too
+        records |= hits_reply(msg.content[RIDGE_MAPS], rnd.data.test, rnd.targets.tensors)
     if renders(rnd.config, rnd.server_round):
         folder = images_dir(rnd.config, rnd.ident.settings, rnd.ident.name,
                             node_cache_root(rnd.config, rnd.ident), msg.metadata.run_id,

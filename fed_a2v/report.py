@@ -77,7 +77,8 @@ def write_report(run_dir: str | Path) -> Path:
                                                  if summary else " (no summary: unfinished)"),
              "", *_mode_lines(summary), "| metric | final | round |", "|---|---|---|"]
     lines += [f"| {k} | {v:.4g} | {r} |" for k, (r, v) in final.items()]
-    lines += ["", *[f"![{p.stem}]({p.name})" for p in images]]
+    lines += ["", *_baseline_lines(summary.get("baselines")),
+              *[f"![{p.stem}]({p.name})" for p in images]]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -97,6 +98,46 @@ def _mode_lines(summary: dict[str, Any]) -> list[str]:
         lines += [f"| {node} | `{own['path']}` | {own['rounds']} |"
                   for node, own in sorted(standalone["node_adapters"].items())]
     return [*lines, ""] if lines else []
+
+
+def _baseline_lines(baselines: dict[str, Any] | None) -> list[str]:
+    """FedA2V's final held-out top-1 beside the ridge baselines' and chance, with the gaps."""
+    if not baselines:
+        return []
+    spaces = [k.removesuffix("_top1") for k in baselines["ridge_centralized"]]
+    local = baselines["local_only_ridge"]
+
+    def num(v: float | None, sign: str = "") -> str:
+        return "–" if v is None else f"{v:{sign}.3f}"
+
+    rows = [("FedA2V (final round)", [num(baselines["fedA2V"][f"{s}_top1"]) for s in spaces],
+             None),
+            ("ridge, centralized", [num(baselines["ridge_centralized"][f"{s}_top1"])
+                                    for s in spaces], "ridge_centralized"),
+            (f"ridge, local-only (mean, min–max of {len(local['per_node'])} nodes)",
+             [f"{num(local.get(f'{s}_top1_mean'))} ({num(local.get(f'{s}_top1_min'))}–"
+              f"{num(local.get(f'{s}_top1_max'))})" for s in spaces], "local_only_ridge"),
+            ("chance", [num(baselines["chance"][f"{s}_top1"]) for s in spaces], "chance")]
+    lines = [
+        "## Baselines", "",
+        f"Held-out top-1 on the same {baselines['held_out_clips']} clips ("
+        f"{baselines['evaluated_nodes']} nodes) as FedA2V's final evaluation. Ridge: the "
+        f"closed-form linear map from pooled tokens ({baselines['features']}) to the targets, "
+        f"λ = {baselines['ridge_lambda']:g} × the mean diagonal of XᵀX. Centralized: solved on "
+        "every node's training clips together (exactly, from the statistics the nodes sent "
+        "once). Local-only: each node's own map from its training clips alone, scored on all "
+        "held-out clips; this is a linear map, not local-only adapter training (the federation "
+        "study's own arm). Chance: one over the number of targets competing.", "",
+        "| | " + " | ".join(f"{s} top-1" for s in spaces) + " | "
+        + " | ".join(f"FedA2V minus it ({s})" for s in spaces) + " |",
+        "|---|" + "---|" * (2 * len(spaces))]
+    for label, values, key in rows:
+        gaps = [num(baselines["gap"][key][f"{s}_top1"], "+") if key else "" for s in spaces]
+        lines.append(f"| {label} | " + " | ".join(values + gaps) + " |")
+    per_node = "; ".join(f"{node}: " + ", ".join(f"{s} {num(v.get(f'{s}_top1'))}"
+                                                for s in spaces)
+                         for node, v in sorted(local["per_node"].items()))
+    return [*lines, "", f"Local-only ridge per node: {per_node}.", ""]
 
 
 def _save(fig, path: Path, plt) -> Path:
