@@ -37,6 +37,7 @@ DATASETS = ("synthetic", "esc50", "csv", "vegas", "vggsound")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
+PRIVACY_MECHANISMS = ("none", "client_fixed_clipping", "client_adaptive_clipping")
 
 
 @dataclass
@@ -223,6 +224,28 @@ class WandbConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Central differential privacy at node level (fed_a2v.privacy): every node clips its
+    adapter update (all adapters together, L2) with Flower's ClientApp mod, the server adds
+    Gaussian noise to the mean of the clipped updates, and an RDP accountant gives ε."""
+
+    mechanism: str = field(default="none", metadata=_rule(choices=PRIVACY_MECHANISMS))
+    # Noise stdev over clipping_norm, on the sum of the round's updates (0: clipping only,
+    # no guarantee: ε is infinite).
+    noise_multiplier: float = field(default=1.0, metadata=_rule(min=0.0))
+    # L2 bound of one node's update; for adaptive clipping, the first round's bound.
+    clipping_norm: float = field(default=1.0, metadata=_rule(min_exclusive=0.0))
+    # Adaptive clipping (Andrew et al. 2019), as Flower names and defaults them: the bound
+    # follows the target quantile of the nodes' update norms, at geometric rate clip_norm_lr;
+    # the count of clipped updates is noised with clipped_count_stddev (null: sampled / 20).
+    target_clipped_quantile: float = field(default=0.5, metadata=_rule(min=0.0, max=1.0))
+    clip_norm_lr: float = field(default=0.2, metadata=_rule(min_exclusive=0.0))
+    clipped_count_stddev: float | None = field(default=None, metadata=_rule(min_exclusive=0.0))
+    # The δ of the reported (ε, δ); below 1 / federation.num_clients.
+    delta: float = field(default=1e-5, metadata=_rule(min_exclusive=0.0))
+
+
+@dataclass
 class NodeConfig:
     """One node's own settings: which data it holds and how it runs. Unset keys take the
     experiment's (`dataset`, `feda2v`) value."""
@@ -281,6 +304,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     feda2v: FedA2VConfig = field(default_factory=FedA2VConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -545,6 +569,7 @@ def check_consistency(config: Config, source: str) -> None:
             f"{source}: 'federation.min_clients' ({fed.min_clients}) exceeds "
             f"'federation.num_clients' ({fed.num_clients})"
         )
+    check_privacy(config, source)
     for node_id, node in config.nodes.items():
         check_node_diffusion(config, node, f"{source}: 'nodes.{node_id}'")
         if node.selected_classes is not None and node.excluded_classes is not None:
@@ -558,3 +583,56 @@ def check_consistency(config: Config, source: str) -> None:
                     f"{source}: 'nodes.{node_id}.node_split_id' ({node.node_split_id}) must "
                     f"be below 'num_nodes' ({node.num_nodes})"
                 )
+
+
+def sampled_nodes(config: Config) -> int:
+    """How many nodes a round samples when all `federation.num_clients` are connected."""
+    fed = config.federation
+    return min(fed.num_clients, max(int(fed.num_clients * fed.join_ratio), fed.min_clients))
+
+
+def check_privacy(config: Config, source: str) -> None:
+    """What the `privacy` section needs from the rest of the config (fed_a2v.privacy)."""
+    dp, fed = config.privacy, config.federation
+    if dp.mechanism == "none":
+        return
+    where = f"{source}: 'privacy.mechanism' {json.dumps(dp.mechanism)}"
+    mode = config.feda2v.adapter_aggregation_mode
+    if mode != "avg":
+        why = ("standalone nodes exchange no adapters, so there is nothing to protect with "
+               "noise" if mode == "none" else
+               "weighting by examples lets a node with many clips move the mean by more than "
+               "clipping_norm / nodes, the bound the noise is calibrated to")
+        raise ConfigError(f"{where} needs 'feda2v.adapter_aggregation_mode' \"avg\" (every "
+                          f"clipped update weighs the same), not {json.dumps(mode)}: {why}")
+    if fed.transport_dtype != "fp32":
+        raise ConfigError(
+            f"{where} needs 'federation.transport_dtype' \"fp32\", not "
+            f"{json.dumps(fed.transport_dtype)}: nodes clip the update their reply carries, and "
+            "re-encoding a clipped update in a compact dtype rounds it back over the clipping "
+            "norm that the noise is calibrated to")
+    if fed.baselines:
+        raise ConfigError(
+            f"{where} needs 'federation.baselines' false: the ridge baselines have every node "
+            "send XᵀX and class sums of its features, which no noise protects")
+    strategy = getattr(fed, "strategy", "fedavg")
+    if strategy.lower() not in ("fedavg", "fedprox"):
+        raise ConfigError(
+            f"{where} needs 'federation.strategy' \"fedavg\" or \"fedprox\", not "
+            f"{json.dumps(strategy)}: the noise is calibrated to the plain mean of the clipped "
+            "updates, which other strategies replace (robust statistics) or rescale (server "
+            "optimizers)")
+    if dp.delta >= 1 / fed.num_clients:
+        raise ConfigError(
+            f"{source}: 'privacy.delta' ({dp.delta:g}) must be below 1 / "
+            f"'federation.num_clients' ({1 / fed.num_clients:.3g}): a mechanism that publishes "
+            "one node's update outright with probability δ would otherwise qualify")
+    if dp.mechanism == "client_adaptive_clipping" and dp.noise_multiplier > 0:
+        count_stddev = dp.clipped_count_stddev or sampled_nodes(config) / 20
+        if dp.noise_multiplier >= 2 * count_stddev:
+            raise ConfigError(
+                f"{source}: 'privacy.clipped_count_stddev' ({count_stddev:g}"
+                f"{'' if dp.clipped_count_stddev else ', the default: sampled nodes / 20'}) "
+                f"must exceed 'privacy.noise_multiplier' / 2 ({dp.noise_multiplier / 2:g}): "
+                "adaptive clipping spends part of the noise budget on the count of clipped "
+                "updates, and this count noise leaves none for the updates")
