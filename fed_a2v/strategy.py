@@ -129,6 +129,8 @@ class FedA2VStrategy(FedAvg):
         # id(reply) -> (reply, why it was refused or None); holding the reply keeps its id
         self.taken: dict[int, tuple[Message, str | None]] = {}
         self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
+        # The differential-privacy wrapper's state (fed_a2v.privacy), for a resumed run
+        self.privacy: dict[str, Any] = {}
         # Ridge baselines (federation.baselines): their statistics and maps travel beside
         # the adapters, never in their ArrayRecord
         self.baselines = baselines
@@ -172,14 +174,20 @@ class FedA2VStrategy(FedAvg):
         return (server_round % self.eval_gap == 0 or server_round == self.last_round
                 or bool(self.render_every and server_round % self.render_every == 0))
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float | None = None, **kwargs: Any) -> Result:
-        """FedAvg's rounds on a `RoundGrid`. `timeout`: seconds a round stage waits for replies;
-        None: a timeout that follows the rounds observed (`RoundTimeout`)."""
+    def round_grid(self, grid: Grid, num_rounds: int, timeout: float | None) -> RoundGrid:
+        """Set up a run of `num_rounds` rounds; the grid they run on: a `RoundGrid` whose
+        stages wait `timeout` seconds for replies (None: a timeout that follows the rounds
+        observed, `RoundTimeout`) and hand train replies to `take_update` as they arrive. A
+        strategy wrapping this one (`fed_a2v.privacy`) runs its rounds on it too."""
         self.timeouts = RoundTimeout(timeout)
         self.last_round = self.round_offset + num_rounds
-        return super().start(RoundGrid(grid, self.timeouts, on_train_reply=self.take_update),
-                             initial_arrays, num_rounds, None, **kwargs)
+        return RoundGrid(grid, self.timeouts, on_train_reply=self.take_update)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float | None = None, **kwargs: Any) -> Result:
+        """FedAvg's rounds on `round_grid`."""
+        return super().start(self.round_grid(grid, num_rounds, timeout), initial_arrays,
+                             num_rounds, None, **kwargs)
 
     def _instructions(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                       grid: Grid, kind: str) -> list[Message]:
@@ -372,6 +380,7 @@ class FedA2VStrategy(FedAvg):
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
                 "update_bytes": self.update_bytes,
                 "node_adapters": self.node_adapters, "node_images": self.node_images,
+                **({"privacy": self.privacy} if self.privacy else {}),
                 **({"baselines": self.baselines.progress()} if self.baselines else {})}
 
     def restore(self, progress: dict[str, Any]) -> None:
@@ -387,6 +396,7 @@ class FedA2VStrategy(FedAvg):
                                   for r, b in progress.get("update_bytes", {}).items()})
         self.node_adapters.update(progress.get("node_adapters", {}))
         self.node_images.extend(progress.get("node_images", []))
+        self.privacy = progress.get("privacy", {})
         if self.baselines:
             self.baselines.restore(progress.get("baselines", {}))
 
