@@ -13,6 +13,11 @@ def shape_of(update: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
     return shape_fn(key) if shape_fn else tuple(np.shape(update[key]))
 
 
+def check_weight(weight: float) -> None:
+    if weight < 0 or not np.isfinite(weight):
+        raise ValueError(f"an update's weight must be finite and >= 0, got {weight}")
+
+
 CHUNK = 1 << 18  # values added at a time: bounds the float64 temporaries of a large tensor
 
 
@@ -38,8 +43,7 @@ class RunningAverage:
         return None
 
     def add(self, update: Mapping[str, np.ndarray], weight: float) -> None:
-        if weight < 0 or not np.isfinite(weight):
-            raise ValueError(f"an update's weight must be finite and >= 0, got {weight}")
+        check_weight(weight)
         problem = self.problem(update)
         if problem:
             raise ValueError(problem)

@@ -37,6 +37,9 @@ DATASETS = ("synthetic", "esc50", "csv", "vegas", "vggsound")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
+# Flower's strategies FedA2V runs (fed_a2v.strategies)
+STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
+                  "FedTrimmedAvg", "FedMedian", "Krum", "MultiKrum", "Bulyan")
 PRIVACY_MECHANISMS = ("none", "client_fixed_clipping", "client_adaptive_clipping")
 
 
@@ -76,6 +79,10 @@ class FederationConfig:
     # How nodes send their adapters back: fp32, fp16 / bf16 (half the bytes) or int8 (deltas
     # against the round's global adapters, per-tensor scaled: a quarter). See fed_a2v.transport.
     transport_dtype: str = field(default="fp32", metadata=_rule(choices=TRANSPORT_DTYPES))
+    # Flower's strategy that makes the global adapters from the round's updates, and its own
+    # keyword arguments, e.g. {"proximal_mu": 0.01} (fed_a2v.strategies).
+    strategy: str = field(default="FedAvg", metadata=_rule(choices=STRATEGY_NAMES))
+    strategy_options: dict[str, float | int] = field(default_factory=dict)
     # Ridge baselines in summary.json and report.md (fed_a2v.baselines): each node sends, once,
     # XᵀX and per-target-row sums of its training clips' pooled tokens and its clip count per
     # row (so the class means of its features). false: nothing besides the adapters is sent.
@@ -569,6 +576,10 @@ def check_consistency(config: Config, source: str) -> None:
             f"{source}: 'federation.min_clients' ({fed.min_clients}) exceeds "
             f"'federation.num_clients' ({fed.num_clients})"
         )
+    from .strategies import check_strategy  # it imports Flower's strategies
+
+    check_strategy(fed.strategy, fed.strategy_options, fed.min_clients,
+                   config.feda2v.adapter_aggregation_mode, source)
     check_privacy(config, source)
     for node_id, node in config.nodes.items():
         check_node_diffusion(config, node, f"{source}: 'nodes.{node_id}'")

@@ -22,7 +22,7 @@ from .pretrained import FedA2VAdapters, package_config
 from .report import write_report
 from .run_dir import CONFIG_FILE, RunRecorder, new_run_dir, run_to_resume
 from .schedule import round_lr
-from .strategy import FedA2VStrategy
+from .strategies import build_strategy
 from .targets import targets_for
 from .wandb_log import require_wandb
 
@@ -103,9 +103,10 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     log.info("%d targets (%s); adapters (%s): %.2f MB per node per round each way",
              len(targets.names), targets.source, mode, payload / 2**20)
 
-    strategy = FedA2VStrategy(
-        targets=targets, lr_for_round=lr_plan(config), max_update_norm=fed.max_update_norm,
-        allow_overlap=fed.allow_overlap, aggregation_mode=mode, eval_gap=fed.eval_gap,
+    strategy = build_strategy(
+        fed.strategy, fed.strategy_options, targets=targets, lr_for_round=lr_plan(config),
+        max_update_norm=fed.max_update_norm, allow_overlap=fed.allow_overlap,
+        aggregation_mode=mode, eval_gap=fed.eval_gap,
         render_every=config.feda2v.generate_nodes_images_frequency,
         transport_dtype=fed.transport_dtype,
         baselines=RidgeBaselines(fed.baseline_ridge_lambda, d_audio, len(targets.names),
@@ -170,6 +171,9 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "adapter_bytes_sent_per_round": strategy.adapter_bytes_per_round(fed.global_rounds),
         # What the nodes' train replies carried back, in `transport_dtype` (all nodes).
         "transport_dtype": fed.transport_dtype,
+        # Flower's strategy that made the global adapters, and its own options (as given).
+        "strategy": fed.strategy,
+        "strategy_options": fed.strategy_options,
         "update_bytes_received_per_round": strategy.update_bytes_per_round(fed.global_rounds),
         "eval_gap": fed.eval_gap,
         # Images rendered on the nodes (they stay there): round, node, count, folder.

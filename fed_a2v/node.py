@@ -338,6 +338,8 @@ def train_reply(msg: Message, context: Context) -> Message:
         learning_rates={name: float(rnd.record[f"{name}-lr"]) for name in rnd.adapters},
         weight_decays={name: cfg.adapter_weight_decay(name) for name in rnd.adapters},
         seed=node_seed(cfg.experiment.seed, rnd.server_round, rnd.ident.key),
+        # FedProx's weight, which Flower's FedProx puts in the train config
+        proximal_mu=float(rnd.record.get("proximal-mu", 0.0)),
     )
     history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
     seconds = {**delivered, "train_setup_seconds": setup,

@@ -25,6 +25,9 @@ class LocalTrainConfig:
     learning_rates: dict[str, float]
     weight_decays: dict[str, float]
     seed: int
+    # FedProx: each adapter's loss gets (mu / 2) * ||w - w_global||^2, w_global the adapters
+    # it started the round from; 0: no proximal term.
+    proximal_mu: float = 0.0
 
 
 @contextmanager
@@ -39,6 +42,12 @@ def accumulation_sizes(num_batches: int, steps: int) -> list[int]:
     """For each batch, how many batches its accumulation group holds: `steps`, except the
     epoch's last group, which holds the batches left over."""
     return [min(steps, num_batches - i // steps * steps) for i in range(num_batches)]
+
+
+def proximal_term(adapter: Adapter, anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu / 2) * ||w - w_global||^2 over the adapter's parameters."""
+    return mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(adapter.parameters(), anchors,
+                                                               strict=True))
 
 
 def train_local(adapters: dict[str, Adapter], data: EncodedSet,
@@ -67,6 +76,9 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
     history: dict[str, list[float]] = {name: [] for name in adapters}
     for a in adapters.values():
         a.to(device).train()
+    # the adapters the round started from (the global ones), for FedProx's proximal term
+    anchors = {name: [p.detach().clone() for p in a.parameters()]
+               for name, a in adapters.items()} if cfg.proximal_mu else {}
     for epoch in tqdm(range(cfg.epochs), desc="local training", unit="epoch", disable=None,
                       leave=False):
         sums = dict.fromkeys(adapters, 0.0)
@@ -82,6 +94,8 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
                 pred = adapter(tokens)
                 target = batch_targets(targets[name], rows)
                 loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
+                if cfg.proximal_mu:
+                    loss = loss + proximal_term(adapter, anchors[name], cfg.proximal_mu)
                 (loss / group_size).backward()  # the group's gradient: mean over its batches
                 sums[name] += per_sample_mse(pred.detach(), target).sum().item()
             if step % cfg.grad_accum_steps == 0 or step == len(epoch_batches):

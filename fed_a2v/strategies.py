@@ -1,0 +1,220 @@
+"""Flower's own strategies, run the FedA2V way (`federation.strategy`, `strategy_options`).
+
+Each name gets one class, made once, that puts FedA2V around the Flower class (its MRO):
+
+    FedA2V<Name> -> Composed -> FedA2VStrategy -> <Flower class> ... -> StreamedFedAvg -> FedAvg
+
+- `configure_train`: FedA2V opens the round (each adapter's learning rate), the Flower class
+  adds its own (FedProx: `proximal-mu` in the train config; FedOpt, FedAvgM: the round's global
+  arrays), then `StreamedFedAvg` samples nodes and builds the messages the FedA2V way (targets,
+  waiting at most a round timeout). Evaluation stays FedA2V's.
+- `aggregate_train`: FedA2V screens each update as it arrives and aggregates the metrics. The
+  mean-based strategies (`STREAMING`) call FedAvg's `aggregate_train` for their mean, which
+  `StreamedFedAvg` answers with FedA2V's running average (so the server still holds one update at
+  a time), and apply their own server step (momentum, Adam, ...) to it. The robust ones need
+  every update at once: each accepted update is decoded from its transport dtype and kept, and
+  the Flower class gets them all as replies (weight: the node's examples, or 1 with
+  `adapter_aggregation_mode` `avg`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+import flwr.serverapp.strategy as flower
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from .aggregation import check_weight
+from .config import STRATEGY_NAMES, ConfigError
+from .strategy import FedA2VStrategy
+from .transport import WireUpdate
+
+STRATEGIES: dict[str, type[FedAvg]] = {name: getattr(flower, name) for name in STRATEGY_NAMES}
+# Those whose aggregate_train takes FedAvg's mean and goes on from it: they stream.
+STREAMING = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
+
+# Keyword arguments of Flower's classes that FedA2V sets itself, and where.
+SET_BY_FEDA2V = {
+    "fraction_train": "'federation.join_ratio' sets it",
+    "fraction_evaluate": "every node evaluates ('federation.eval_gap' says when)",
+    "min_train_nodes": "'federation.min_clients' sets it",
+    "min_evaluate_nodes": "'federation.min_clients' sets it",
+    "min_available_nodes": "'federation.min_clients' sets it",
+    "weighted_by_key": "'feda2v.adapter_aggregation_mode' sets the weights",
+    "arrayrecord_key": "FedA2V's messages fix it",
+    "configrecord_key": "FedA2V's messages fix it",
+    "train_metrics_aggr_fn": "FedA2V aggregates the metrics",
+    "evaluate_metrics_aggr_fn": "FedA2V aggregates the metrics",
+    "eta_l": "Flower keeps it but never uses it: the nodes' learning rates are FedA2V's, per "
+             "adapter ('feda2v.*_adapter_learning_rate' and its schedule)",
+    "selection_rule": "a Python function, not a JSON value: Bulyan selects with Flower's "
+                      "default, Multi-Krum",
+}
+# Options below these are meant (Flower checks only FedTrimmedAvg's beta itself).
+BELOW = {"beta": 0.5, "beta_1": 1.0, "beta_2": 1.0, "server_momentum": 1.0}
+
+
+def strategy_options(name: str) -> dict[str, type]:
+    """The options `federation.strategy_options` may hold for `name`, with their type (that
+    of the Flower class's default)."""
+    params = inspect.signature(STRATEGIES[name].__init__).parameters.values()
+    return {p.name: type(p.default) for p in params
+            if p.name != "self" and p.name not in SET_BY_FEDA2V}
+
+
+def options_problem(name: str, options: Mapping[str, Any],
+                    min_clients: int) -> tuple[str, str] | None:
+    """What is wrong with `options` for strategy `name` with quorum `min_clients`: the key
+    (below `federation.`) and why; None if they can be used."""
+    allowed = strategy_options(name)
+    for key, value in options.items():
+        where = f"strategy_options.{key}"
+        if key in SET_BY_FEDA2V:
+            return where, f"{name}'s '{key}' is not an option here: {SET_BY_FEDA2V[key]}"
+        if key not in allowed:
+            return where, (f"{name} has no option '{key}'; its options: "
+                           f"{', '.join(allowed) or 'none'}")
+        wanted = allowed[key]
+        if isinstance(value, bool) or not isinstance(value, int if wanted is int else
+                                                     (int, float)):
+            return where, f"must be {'an integer' if wanted is int else 'a number'}, got {value!r}"
+        if not math.isfinite(value) or value < 0:
+            return where, f"must be a finite number >= 0, got {value}"
+        if key in BELOW and value >= BELOW[key]:
+            return where, f"must be below {BELOW[key]}, got {value}"
+    f = int(options.get("num_malicious_nodes", 0))
+    needed = {"Krum": 2 * f + 3, "MultiKrum": 2 * f + 3, "Bulyan": 4 * f + 3}.get(name, 0)
+    if min_clients < needed:
+        return "min_clients", (
+            f"{name} with num_malicious_nodes {f} needs at least {needed} updates a round "
+            f"(n >= {'4' if name == 'Bulyan' else '2'}f+3), but 'federation.min_clients' is "
+            f"{min_clients}: raise min_clients (and num_clients) or lower num_malicious_nodes")
+    if name == "MultiKrum" and options.get("num_nodes_to_select", 1) < 1:
+        return "strategy_options.num_nodes_to_select", "must be at least 1"
+    return None
+
+
+def check_strategy(name: str, options: Mapping[str, Any], min_clients: int,
+                   aggregation_mode: str, source: str = "<config>") -> None:
+    """ConfigError if strategy `name` cannot run with these settings."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"{source}: 'federation.strategy': no strategy '{name}'; use one of "
+                          f"{', '.join(STRATEGIES)}")
+    if aggregation_mode == "none" and name != "FedAvg":
+        raise ConfigError(
+            f"{source}: 'federation.strategy' {name} aggregates the nodes' adapters, but "
+            "'feda2v.adapter_aggregation_mode' is \"none\" (standalone nodes keep theirs): use "
+            "FedAvg, or \"weighted_average\" / \"avg\"")
+    problem = options_problem(name, options, min_clients)
+    if problem:
+        raise ConfigError(f"{source}: 'federation.{problem[0]}': {problem[1]}")
+
+
+def build_strategy(name: str, options: Mapping[str, Any] | None = None,
+                   **kwargs: Any) -> FedA2VStrategy:
+    """FedA2V's strategy around Flower's `name`, made with FedA2VStrategy's `kwargs` (targets,
+    lr_for_round, ..., fraction_train, min_train_nodes, ...) and the Flower class's `options`."""
+    options = dict(options or {})
+    check_strategy(name, options, int(kwargs.get("min_train_nodes", 2)),
+                   kwargs.get("aggregation_mode", "weighted_average"))
+    typed = {k: float(v) if strategy_options(name)[k] is float else v
+             for k, v in options.items()}
+    return strategy_class(name)(**kwargs, **typed)
+
+
+class StreamedFedAvg(FedAvg):
+    """Flower's FedAvg as FedA2V runs it, below the Flower class: FedA2V's sampling and
+    messages, and, as FedAvg's mean, the round's running average (`Composed._mean`)."""
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self._instructions(server_round + self.round_offset, arrays, config, grid,
+                                  MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self._mean, None
+
+
+class Composed(FedA2VStrategy):
+    """FedA2VStrategy in front of a Flower class (`strategy_class` makes the classes)."""
+
+    streams = True  # set per class: STREAMING or not
+    _mean: ArrayRecord | None = None
+    kept: dict[int, tuple[ArrayRecord, float]]  # robust: reply id -> decoded arrays, weight
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config = self._open_train_round(server_round + self.round_offset, arrays, config)
+        return super(FedA2VStrategy, self).configure_train(server_round, arrays, config, grid)
+
+    def _open_train_round(self, server_round: int, arrays: ArrayRecord,
+                          config: ConfigRecord) -> ConfigRecord:
+        self.kept = {}
+        return super()._open_train_round(server_round, arrays, config)
+
+    def _add(self, key: int, update: WireUpdate, weight: float) -> None:
+        if self.streams:
+            super()._add(key, update, weight)
+            return
+        check_weight(weight)
+        # Decoded to the global adapters' dtype; the reply's wire arrays are dropped.
+        self.kept[key] = ArrayRecord({k: Array(np.ascontiguousarray(update[k]))
+                                      for k in update}), weight
+
+    def _new_global(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
+        """The Flower class's aggregate (round numbers as Flower counts them, from 1 in this
+        process: FedAdam's bias correction starts again with its moments after a resume)."""
+        if self.streams:
+            self._mean = super()._new_global(server_round, accepted)
+            replies = accepted
+        else:
+            replies = [self._as_reply(msg) for msg in accepted]
+            self.kept = {}
+        try:
+            arrays, _ = super(FedA2VStrategy, self).aggregate_train(server_round, replies)
+        finally:
+            self._mean = None
+        if arrays is None:
+            return None
+        # Back to the global adapters' dtypes (FedAdam's step, for one, is float64).
+        return ArrayRecord({k: a if np.dtype(a.dtype) == self.global_state[k].dtype
+                            else Array(a.numpy().astype(self.global_state[k].dtype))
+                            for k, a in arrays.items()})
+
+    def _as_reply(self, msg: Message) -> Message:
+        """An accepted reply as the Flower class reads it: its decoded arrays and weight."""
+        arrays, weight = self.kept.pop(id(msg))
+        content = RecordDict({self.arrayrecord_key: arrays,
+                              "metrics": MetricRecord({self.weighted_by_key: weight})})
+        return Message(content, dst_node_id=msg.metadata.src_node_id,
+                       message_type=MessageType.TRAIN)
+
+
+@cache
+def strategy_class(name: str) -> type[FedA2VStrategy]:
+    """The FedA2V class for Flower's strategy `name` (see the module's docstring)."""
+    cls = STRATEGIES[name]
+    bases = (Composed, StreamedFedAvg) if cls is FedAvg else (Composed, cls, StreamedFedAvg)
+    return type(f"FedA2V{name}", bases, {"streams": name in STREAMING,
+                                         "__module__": __name__,
+                                         "__doc__": f"Flower's {name}, run by FedA2V."})
