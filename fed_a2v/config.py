@@ -32,8 +32,10 @@ def _rule(**kw: Any) -> dict[str, Any]:
 
 
 DEVICE_PATTERN = r"cpu|auto|cuda(:[0-9]+)?"
+# Corpora generated on first use (fed_a2v.builtin); the others are read from disk.
+BUILTIN_DATASETS = ("synthetic", "speech", "instruments")
 # Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
-DATASETS = ("synthetic", "esc50", "csv", "vegas", "vggsound")
+DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
@@ -105,7 +107,7 @@ class TrainingConfig:
 class DatasetConfig:
     # mixed: nodes name their own corpus (`nodes.*.dataset`), each found in `paths`.
     name: str = field(default="synthetic", metadata=_rule(choices=(*DATASETS, "mixed")))
-    # synthetic/esc50: a folder with meta/esc50.csv and audio/; csv: a manifest file, or a
+    # built-in/esc50: a folder with meta/esc50.csv and audio/; csv: a manifest file, or a
     # folder holding manifest.csv (columns path,label and optional caption, split, fold);
     # vegas/vggsound: the folder layouts of docs/upstream-config.md.
     # Empty: the built-in corpus goes to a folder named by its settings (`Config.dataset_path`).
@@ -136,8 +138,9 @@ class DatasetConfig:
     node_split_seed: int = 42
     num_samples_per_class: int | None = field(default=None, metadata=_rule(min=1))
     clip_seconds: float = field(default=5.0, metadata=_rule(min_exclusive=0.0))
-    # Only for name == "synthetic": what the generator writes on first use.
-    num_classes: int = field(default=10, metadata=_rule(min=2, max=12))
+    # Only for the built-in corpora: what the generator writes on first use. num_classes is
+    # at most the corpus's own (synthetic 12, speech 20, instruments 16).
+    num_classes: int = field(default=10, metadata=_rule(min=2))
     clips_per_class: int = field(default=40, metadata=_rule(min=5))
     sample_rate: int = field(default=22050, metadata=_rule(min=8000))
 
@@ -322,12 +325,12 @@ class Config:
         return data
 
     def dataset_path(self) -> str:
-        """`dataset.path`; unset for the built-in corpus, `data/synthetic-<its settings>`, so
+        """`dataset.path`; unset for a built-in corpus, `data/<name>-<its settings>`, so
         configs with other generation settings never meet in one folder."""
         ds = self.dataset
-        if ds.path or ds.name != "synthetic":
+        if ds.path or ds.name not in BUILTIN_DATASETS:
             return ds.path
-        return (f"data/synthetic-seed{self.experiment.seed}-{ds.num_classes}x"
+        return (f"data/{ds.name}-seed{self.experiment.seed}-{ds.num_classes}x"
                 f"{ds.clips_per_class}-{ds.clip_seconds:g}s-{ds.sample_rate}hz")
 
     def make_paths_absolute(self) -> None:
@@ -544,6 +547,17 @@ def check_node_diffusion(config: Config, node: NodeConfig, where: str) -> None:
             f"{json.dumps(wanted)} or leave the node's key out")
 
 
+def check_builtin_classes(config: Config, source: str) -> None:
+    """'dataset.num_classes' is at most the classes of each built-in corpus the run reads."""
+    from .builtin import BUILTIN  # the generators build on this module
+    from .generator import check_num_classes
+
+    kinds = [config.dataset.name, *(node.dataset for node in config.nodes.values())]
+    for kind in dict.fromkeys(k for k in kinds if k in BUILTIN):
+        check_num_classes(BUILTIN[kind], config.dataset.num_classes,
+                          f"{source}: 'dataset.num_classes'")
+
+
 def check_consistency(config: Config, source: str) -> None:
     """Rules that span several keys."""
     try:
@@ -567,6 +581,7 @@ def check_consistency(config: Config, source: str) -> None:
         fed.num_clients = len(config.nodes) or 3
     if fed.min_clients is None:
         fed.min_clients = min(2, fed.num_clients)
+    check_builtin_classes(config, source)
     for name in config.dataset.paths:
         if name not in DATASETS:
             raise ConfigError(f"{source}: 'dataset.paths.{name}': no such dataset"

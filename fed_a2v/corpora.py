@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
+from .config import BUILTIN_DATASETS, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def _note_missing(root: Path, missing: int, where: str) -> None:
 
 # Each corpus kind: its reader, and the file whose presence says the corpus is there.
 def read_corpus(kind: str, root: Path, seed: int) -> Corpus:
-    """The corpus of `kind` ("synthetic", "esc50", "csv", "vegas", "vggsound") at `root`."""
+    """The corpus of `kind` (a built-in one, "esc50", "csv", "vegas", "vggsound") at `root`."""
     if kind == "csv":
         return read_manifest(root, seed)
     if kind == "vegas":
@@ -288,7 +288,8 @@ def corpus_present(kind: str, root: Path) -> bool:
     return (root / "meta" / "esc50.csv").exists() or (root / "class_labels.json").exists()
 
 
-EXPECTED = {"synthetic": "a folder with meta/esc50.csv (generated on first use)",
+EXPECTED = {**dict.fromkeys(BUILTIN_DATASETS, "a folder with meta/esc50.csv (generated on "
+                                               "first use)"),
             "esc50": "a folder with meta/esc50.csv and audio/, or upstream's class_labels.json, "
                      "fold00.json..fold04.json and audio/fold0K/",
             "csv": "a CSV manifest, or a folder holding manifest.csv",

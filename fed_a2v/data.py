@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .builtin import BUILTIN
 from .cache import file_digest
 from .config import DATASETS, Config, ConfigError, NodeConfig
 from .corpora import EXPECTED, Clip, Corpus, corpus_present, read_corpus, read_esc50, read_manifest
+from .generator import ensure_corpus
 from .overlap import ClipSets, OverlapError, find_overlaps, report
 from .splits import NodeSplit, node_classes, shard_clips, split_for_node
-from .synthetic import SOUNDS, ensure_synthetic_corpus
 
 __all__ = ["Clip", "Corpus", "NodeSplit", "check_node_shares", "corpus_index", "corpus_on_disk",
            "node_classes", "node_corpus", "node_kind", "open_corpus", "read_esc50",
@@ -74,13 +75,13 @@ def located(config: Config, kind: str, path: str | Path | None, where: str) -> P
 def open_corpus(config: Config, path: str | Path | None = None,
                 kind: str | None = None) -> Corpus:
     """The corpus of `kind` (default: `dataset.name`) at `path` (default: its configured
-    folder), generating the built-in one on first use."""
+    folder), generating a built-in one on first use."""
     kind = kind or node_kind(config, NodeConfig(), "'dataset.name'")
     root = corpus_root(config, kind, path)
-    if kind == "synthetic":
+    if kind in BUILTIN:
         ds = config.dataset
-        ensure_synthetic_corpus(root, config.experiment.seed, ds.num_classes,
-                                ds.clips_per_class, ds.clip_seconds, ds.sample_rate)
+        ensure_corpus(BUILTIN[kind], root, config.experiment.seed, ds.num_classes,
+                      ds.clips_per_class, ds.clip_seconds, ds.sample_rate)
     return read_corpus(kind, root, config.experiment.seed)
 
 
@@ -103,12 +104,12 @@ def index_kinds(config: Config) -> list[str]:
 
 def corpus_index(config: Config) -> Corpus:
     """What the server needs of the corpora: classes and captions, not audio. It reads the
-    metadata files only; the built-in corpus's classes are known without generating it. With
+    metadata files only; a built-in corpus's classes are known without generating it. With
     several kinds, the classes are the union in order of `index_kinds` (a class name shared
     by two corpora is one class, one target)."""
     ds = config.dataset
-    corpora = [Corpus(corpus_root(config, kind), list(SOUNDS)[:ds.num_classes], [])
-               if kind == "synthetic" else open_corpus(config, kind=kind)
+    corpora = [Corpus(corpus_root(config, kind), list(BUILTIN[kind].classes[:ds.num_classes]),
+                      []) if kind in BUILTIN else open_corpus(config, kind=kind)
                for kind in index_kinds(config)]
     if len(corpora) == 1:
         return corpora[0]
@@ -127,15 +128,15 @@ def corpus_on_disk(config: Config, path: str | Path | None = None,
 def require_corpus(config: Config, path: str | Path | None, where: str,
                    generate: bool = False, kind: str | None = None) -> Corpus | None:
     """The metadata of the corpus of `kind` (default: `dataset.name`) at `path` (default: its
-    configured folder). A real corpus must be there; the built-in one is generated if
+    configured folder). A real corpus must be there; a built-in one is generated if
     `generate`, else None until it is. `where` names the file and key in errors, e.g.
     "exp.json: 'dataset.path'"."""
     kind = kind or node_kind(config, NodeConfig(), "'dataset.name'")
     root = located(config, kind, path, where)
-    if kind == "synthetic" and generate:
+    if kind in BUILTIN and generate:
         return open_corpus(config, path, kind)
     corpus = corpus_on_disk(config, path, kind)
-    if corpus is None and kind != "synthetic":
+    if corpus is None and kind not in BUILTIN:
         raise ConfigError(f"{where}: {root}: no {kind} corpus there (expected {EXPECTED[kind]})")
     return corpus
 

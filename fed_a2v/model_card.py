@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
+from .config import BUILTIN_DATASETS, Config
 
 if TYPE_CHECKING:
     from .pretrained import FedA2VAdapters
@@ -24,7 +24,7 @@ def _data_lines(package: FedA2VAdapters, summary: dict[str, Any],
     if run_config is not None:
         ds = run_config.dataset
         kind = ds.name + (f" ({ds.num_classes} classes x {ds.clips_per_class} generated clips)"
-                          if ds.name == "synthetic" else "")
+                          if ds.name in BUILTIN_DATASETS else "")
         lines.append(f"- Dataset: {kind}, {ds.clip_seconds:g} s per clip")
     lines += [f"- {len(names)} classes: " + ", ".join(f"`{n}`" for n in names),
               f"- Prompt template: `{package.config.get('prompt_template', '{label}')}`"]

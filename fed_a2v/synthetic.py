@@ -1,29 +1,18 @@
-"""The built-in corpus: acoustically distinct synthetic sounds, written in the ESC-50 layout.
-
-Generated once, deterministically from the seed, into `meta/esc50.csv` + `audio/*.wav`, so the
-same loader reads it as reads real ESC-50. Every clip varies in pitch, timing, level and noise.
+"""The default built-in corpus: acoustically distinct synthetic sounds, in the ESC-50 layout
+(`generator.ensure_corpus`). Every clip varies in pitch, timing, level and noise.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import soundfile
-from tqdm import tqdm
 
-from .config import ConfigError
-
-log = logging.getLogger(__name__)
+from .generator import NUM_FOLDS, Generator, ensure_corpus
 
 Synth = Callable[[np.random.Generator, int, int], np.ndarray]
-NUM_FOLDS = 5
+__all__ = ["NUM_FOLDS", "SOUNDS", "SYNTHETIC", "ensure_synthetic_corpus", "synthesize_clip"]
 
 
 def _tone(freqs: np.ndarray, sr: int, harmonics: tuple[float, ...] = (1.0,)) -> np.ndarray:
@@ -193,57 +182,16 @@ def synthesize_clip(name: str, rng: np.random.Generator, sr: int, n: int) -> np.
     return (sound + noise_level * rng.standard_normal(n)).clip(-1, 1).astype(np.float32)
 
 
+SYNTHETIC = Generator("synthetic", tuple(SOUNDS), synthesize_clip,
+                      "12 kinds of synthesised sound (dog, rooster, siren, rain, ...) over "
+                      "a little white noise")
+
+
 def ensure_synthetic_corpus(
     root: str | Path, seed: int, num_classes: int, clips_per_class: int,
     clip_seconds: float, sample_rate: int,
 ) -> Path:
-    """Write the corpus under `root` unless it is already there with the same settings."""
-    root = Path(root)
-    settings = {"seed": seed, "num_classes": num_classes, "clips_per_class": clips_per_class,
-                "clip_seconds": clip_seconds, "sample_rate": sample_rate}
-    marker = root / "meta" / "synthetic.json"
-    if marker.exists():
-        found = json.loads(marker.read_text())
-        if found != settings:
-            raise ConfigError(
-                f"{root}: holds a synthetic corpus made with {found}, but the config asks for "
-                f"{settings}; leave 'dataset.path' out (each setting then gets its own "
-                f"folder), set it to another folder, or delete this one"
-            )
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise ConfigError(f"{root}: exists and is not a synthetic corpus; choose another path")
-
-    # Build in a private folder, then rename: nodes starting together never see half a corpus.
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "audio").mkdir(parents=True)
-    (tmp / "meta").mkdir()
-    names = list(SOUNDS)[:num_classes]
-    n = round(clip_seconds * sample_rate)
-    rows = []
-    jobs = [(t, name, i) for t, name in enumerate(names) for i in range(clips_per_class)]
-    for target, name, i in tqdm(jobs, desc="synthetic corpus", unit="clip",
-                                disable=None, leave=False):
-        rng = np.random.default_rng([seed, target, i])
-        fold = i % NUM_FOLDS + 1
-        filename = f"{fold}-{target:02d}{i:04d}-A-{target}.wav"
-        soundfile.write(tmp / "audio" / filename, synthesize_clip(name, rng, sample_rate, n),
-                        sample_rate, subtype="PCM_16")
-        rows.append([filename, fold, target, name, "False", f"{target:02d}{i:04d}", "A"])
-    with open(tmp / "meta" / "esc50.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        writer.writerows(rows)
-    (tmp / "meta" / "synthetic.json").write_text(json.dumps(settings))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if root.exists():
-            root.rmdir()  # an empty folder left for us
-        tmp.rename(root)
-        log.info("wrote synthetic corpus: %d clips, %d classes, in %s", len(rows), len(names), root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        if not marker.exists():
-            raise
-    return root
+    """Write the synthetic corpus under `root` unless it is already there with the same
+    settings (`generator.ensure_corpus`)."""
+    return ensure_corpus(SYNTHETIC, root, seed, num_classes, clips_per_class, clip_seconds,
+                         sample_rate)
