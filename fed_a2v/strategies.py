@@ -185,7 +185,9 @@ class Composed(FedA2VStrategy):
         """The Flower class's aggregate (round numbers as Flower counts them, from 1 in this
         process: FedAdam's bias correction starts again with its moments after a resume)."""
         if self.streams:
-            self._mean = super()._new_global(server_round, accepted)
+            mean = super()._new_global(server_round, accepted)
+            # in the global adapters' key order: FedAvgM pairs arrays by position
+            self._mean = ArrayRecord({k: mean[k] for k in self.global_state})
             replies = accepted
         else:
             replies = [self._as_reply(msg) for msg in accepted]

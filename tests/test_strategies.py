@@ -2,10 +2,15 @@
 
 In process, on real Flower Messages: what each strategy makes of the same replies (FedAvg as
 before, the robust ones unmoved by a poisoned update, FedAdam Flower's own step), what the
-nodes are told (FedProx's mu), the node's proximal term, and the config errors. A real
-simulation of every strategy is in `test_strategy_simulation.py`."""
+nodes are told (FedProx's mu), the node's proximal term, and the config errors. Then every
+strategy for 3 rounds in one real Flower simulation (Ray; `tests/one_simulation.py`)."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +36,8 @@ from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
 from fed_a2v.train import LocalTrainConfig, train_local
 from fed_a2v.transport import encode_update
+
+from drills import experiment_dict
 
 SHAPES = {"clip.w": (4, 3), "clip.b": (3,), "t5.w": (2, 5, 7)}
 ROBUST = {"FedMedian": {}, "FedTrimmedAvg": {"beta": 0.2}, "Krum": {"num_malicious_nodes": 1},
@@ -135,6 +142,25 @@ def test_fedprox_tells_the_nodes_its_mu_beside_fedA2Vs_learning_rates(task_ident
         config = m.content["config"]
         assert config["proximal-mu"] == 0.25 and config["clip-lr"] == 1e-3
         assert "targets" in m.content  # FedA2V's delivery, first contact
+
+
+@pytest.mark.parametrize("name,options", [("FedAvgM", {"server_learning_rate": 0.5,
+                                                        "server_momentum": 0.9}),
+                                          ("FedYogi", {"eta": 0.01}),
+                                          ("FedAdagrad", {"eta": 0.01})])
+def test_server_optimisers_are_flowers_own_step_from_fedA2Vs_mean(task_identity, name: str,
+                                                                  options: dict) -> None:
+    reference, updates = states(3, seed=5, spread=0.05)
+    weights = [2, 7, 1]
+    ours = one_round(strategy(name, options), reference, updates, weights)
+    flower = STRATEGIES[name](**options)
+    list(flower.configure_train(1, record(reference), ConfigRecord(), Nodes([10, 11, 12])))
+    expected, _ = flower.aggregate_train(1, [reply(10 + i, u, w, reference) for i, (u, w)
+                                             in enumerate(zip(updates, weights, strict=True))])
+    fedavg = one_round(strategy("FedAvg"), reference, updates, weights)
+    for key in reference:
+        np.testing.assert_allclose(ours[key], expected[key].numpy(), rtol=0, atol=1e-6)
+        assert not np.allclose(ours[key], fedavg[key], atol=1e-4)
 
 
 @pytest.mark.parametrize("resumed_after", [0, 3])
@@ -257,3 +283,77 @@ def test_every_strategy_has_a_config_that_loads() -> None:
                                              strategy_options=options.get(name, {})))
         assert config.federation.strategy == name
         assert config.to_dict()["federation"]["strategy_options"] == options.get(name, {})
+
+
+# Every strategy in the simulation, with the options it runs with there.
+SWEEP = {"FedAvg": {}, "FedProx": {"proximal_mu": 100.0}, "FedAvgM": {"server_momentum": 0.9},
+         "FedAdam": {"eta": 0.01}, "FedYogi": {"eta": 0.01}, "FedAdagrad": {"eta": 0.01},
+         "FedTrimmedAvg": {"beta": 0.2}, "FedMedian": {}, "Krum": {},
+         "MultiKrum": {"num_nodes_to_select": 2}, "Bulyan": {}}
+SIM_ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict[str, Path]:
+    """Each strategy's run directory, all run in one Flower simulation of 3 nodes."""
+    root = tmp_path_factory.mktemp("strategies")
+    paths = []
+    for name, options in SWEEP.items():
+        experiment = experiment_dict(
+            root, name, seed=4, output_dir=root / "runs" / name,
+            federation={"global_rounds": SIM_ROUNDS, "num_clients": 3, "min_clients": 3,
+                        "local_epochs": 1, "eval_gap": SIM_ROUNDS, "strategy": name,
+                        "strategy_options": options},
+            dataset={"clips_per_class": 8})
+        experiment["training"]["batch_size"] = 2  # a few local steps: FedProx's term acts
+        paths.append(root / f"{name}.json")
+        paths[-1].write_text(json.dumps(experiment))
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("one_simulation.py")),
+                           "3", *map(str, paths)], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert done.stdout.count("RUN ") == len(SWEEP), done.stderr[-5000:]
+    return {name: next((root / "runs" / name).iterdir()) for name in SWEEP}
+
+
+def final_adapters(run_dir: Path, round_: int = SIM_ROUNDS) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "checkpoints" / f"round-{round_:04d}.safetensors")
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a).sqrt())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SWEEP))
+def test_every_strategy_runs_three_rounds_in_a_flower_simulation(sweep, name: str) -> None:
+    run_dir = sweep[name]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["strategy"] == name and summary["strategy_options"] == SWEEP[name]
+    assert summary["rounds"] == SIM_ROUNDS and summary["num_nodes"] == 3
+    assert summary["rejected_updates"] == [] and summary["failed_replies"] == []
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert all(m["train_nodes"] == 3 for m in metrics)
+    assert all(m["clip_lr"] == 0.003 for m in metrics)  # FedA2V's schedule still drives nodes
+    assert metrics[-1]["eval_clip_top1"] is not None  # evaluated after the last round only
+    assert metrics[0]["eval_clip_top1"] is None  # eval_gap 3
+    rounds = [final_adapters(run_dir, r) for r in range(1, SIM_ROUNDS + 1)]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all()
+               for state in rounds for v in state.values())
+    assert distance(rounds[0], rounds[-1]) > 0  # the global adapters moved
+
+
+@pytest.mark.slow
+def test_strategies_make_their_own_global_adapters(sweep) -> None:
+    """The same nodes and seeds: FedAdam's server step is not FedAvg's, and FedProx's large
+    mu (sent to the nodes) holds each round's local training near the global adapters."""
+    fedavg = final_adapters(sweep["FedAvg"])
+    assert distance(final_adapters(sweep["FedAdam"]), fedavg) > 1e-2 * distance(fedavg, {
+        k: torch.zeros_like(v) for k, v in fedavg.items()})
+
+    def moved(name: str) -> float:  # how far the global adapters went from round 1 to 3
+        return distance(final_adapters(sweep[name], 1), final_adapters(sweep[name]))
+
+    assert moved("FedProx") < 0.5 * moved("FedAvg")
