@@ -9,6 +9,7 @@ moment, mixed over random noise at a random SNR.
 from __future__ import annotations
 
 import importlib.util
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,8 +48,9 @@ SOUNDFONT = "TimGM6mb.sf2"
 TEMPO_BPM = (70, 160)
 NOTES = (1, 6)  # notes per phrase
 BEATS = (0.5, 1.0, 1.5, 2.0)  # note lengths
-STEPS = (-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5)  # semitones from one note to the next
+STEPS = (-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5)  # playable keys from one note to the next
 VELOCITY = (45, 120)
+JITTER = 10  # a note's velocity differs from the phrase's by up to this
 SNR_DB = (5.0, 25.0)
 PEAK = (0.2, 0.9)
 
@@ -63,14 +65,26 @@ def soundfont() -> SoundFont:
     return load_soundfont(str(path))
 
 
+@cache
+def playable_keys(name: str) -> tuple[int, ...]:
+    """The keys of instrument `name`'s range that the SoundFont has samples for at every
+    velocity a clip uses (TimGM6mb's saxophone lacks one)."""
+    inst, font = INSTRUMENTS[name], soundfont()
+    softest = max(1, VELOCITY[0] - JITTER)
+    keys = tuple(k for k in range(inst.low, inst.high + 1)
+                 if all(font.zones(inst.program, k, v) for v in (softest, 127)))
+    if not keys:
+        raise ValueError(f"{font.path} has no samples for {name} in keys {inst.low}-{inst.high}")
+    return keys
+
+
 def instrument_clip(name: str, rng: np.random.Generator, sample_rate: int,
                     n: int) -> np.ndarray:
     """One clip of instrument `name`: a random phrase, placed at a random start, over noise."""
-    inst = INSTRUMENTS[name]
-    font = soundfont()
+    program, keys, font = INSTRUMENTS[name].program, playable_keys(name), soundfont()
     beat = 60.0 / rng.uniform(*TEMPO_BPM)
     velocity = rng.integers(*VELOCITY, endpoint=True)
-    key = int(rng.integers(inst.low, inst.high, endpoint=True))
+    at = int(rng.integers(len(keys)))
     onset = rng.uniform(0.0, 0.3) * n / sample_rate
     out = np.zeros(n, np.float32)
     for _ in range(rng.integers(*NOTES, endpoint=True)):
@@ -78,12 +92,12 @@ def instrument_clip(name: str, rng: np.random.Generator, sample_rate: int,
         if start >= n:
             break
         length = beat * BEATS[rng.integers(len(BEATS))]
-        jitter = rng.integers(-10, 10, endpoint=True)
-        note = font.note(inst.program, key, int(np.clip(velocity + jitter, 1, 127)),
+        jitter = rng.integers(-JITTER, JITTER, endpoint=True)
+        note = font.note(program, keys[at], int(np.clip(velocity + jitter, 1, 127)),
                          0.9 * length, sample_rate)[:n - start]
         out[start:start + len(note)] += note
         onset += length
-        key = int(np.clip(key + STEPS[rng.integers(len(STEPS))], inst.low, inst.high))
+        at = int(np.clip(at + STEPS[rng.integers(len(STEPS))], 0, len(keys) - 1))
     return over_noise(out, rng, sample_rate, SNR_DB, PEAK)
 
 

@@ -1,10 +1,10 @@
 """The built-in `speech` corpus: short spoken words in many voices over background noise.
 
-Each clip is one word said by eSpeak NG (the `espeakng-loader` wheel ships its library and
-data; it is driven here through ctypes) in a random English accent and voice variant, at a
-random rate, pitch and pitch range, with a random intonation (said as a statement, question
-or exclamation), then played slower or faster (pitch and formants move with it), placed at a
-random moment of the clip and mixed over random noise at a random SNR.
+Each clip is one word, said one to three times, by eSpeak NG (the `espeakng-loader` wheel
+ships its library and data; it is driven here through ctypes) in a random English accent and
+voice variant, at a random rate, pitch and pitch range, with a random intonation (statement,
+question or exclamation), then played slower or faster (pitch and formants move with it),
+placed at a random moment of the clip and mixed over random noise at a random SNR.
 
 eSpeak NG keeps state from one utterance to the next (its wave generator's phase and
 flutter), so every clip loads a fresh copy of the library, and some voices draw from the C
@@ -40,11 +40,12 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f4", "kla
             "benjamin", "anika", "adam", "announcer", "Lee", "Michael", "Mike", "Gene", "Jacky",
             "ian", "paul", "shelby")
 ENDINGS = ("", ".", "?", "!")
-RATE_WPM = (110, 260)  # eSpeak's range is 80..450
+REPEATS = (1, 3)  # a clip says its word this many times, commas between
+RATE_WPM = (80, 180)  # eSpeak's range is 80..450
 PITCH = (5, 95)  # base pitch, 0..100
 PITCH_RANGE = (10, 100)  # intonation range, 0..100
 STRETCH = (0.86, 1.14)  # played at this times its speed: tempo, pitch and formants together
-SNR_DB = (0.0, 20.0)
+SNR_DB = (5.0, 25.0)
 PEAK = (0.2, 0.9)
 
 # speak_lib.h
@@ -124,22 +125,24 @@ def _trim(wave: np.ndarray, level: float = 0.02) -> np.ndarray:
 
 
 def speech_clip(word: str, rng: np.random.Generator, sample_rate: int, n: int) -> np.ndarray:
-    """One clip of `word`: a random voice, rate, pitch and intonation, stretched, placed at a
-    random start, over noise."""
+    """One clip of `word`, said 1-3 times: a random voice, rate, pitch and intonation,
+    stretched, placed at a random start, over noise."""
     import torch  # here, not at the top: config validation imports this module's WORDS
 
     from .audio import resample
 
     voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
-    text = word + ENDINGS[rng.integers(len(ENDINGS))]
+    text = ", ".join([word] * rng.integers(*REPEATS, endpoint=True))
+    text += ENDINGS[rng.integers(len(ENDINGS))]
     wave, native = speak(text, voice.rstrip("+"), rng.integers(*RATE_WPM, endpoint=True),
                          rng.integers(*PITCH, endpoint=True),
                          rng.integers(*PITCH_RANGE, endpoint=True), rng.integers(2**31))
     word_wave = _trim(wave.astype(np.float32) / 32768.0)
     if not word_wave.size:
         raise EspeakError(f"eSpeak NG said nothing for {text!r} with voice '{voice}'")
-    # Read as if recorded at a rate 50 Hz-aligned, so the resampling ratio stays small.
-    source_rate = int(round(native * rng.uniform(*STRETCH) / 50) * 50)
+    # Read as if recorded at another rate, a multiple of 525 Hz (22050 = 42 x 525): few
+    # distinct rate pairs, each a small ratio, so the resampling filters are few and cached.
+    source_rate = round(native * rng.uniform(*STRETCH) / 525) * 525
     sound = resample(torch.from_numpy(word_wave), source_rate, sample_rate).numpy()[:n]
     fade = min(len(sound), round(0.01 * sample_rate))  # no click where a long word is cut
     sound[len(sound) - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
@@ -150,6 +153,7 @@ def speech_clip(word: str, rng: np.random.Generator, sample_rate: int, n: int) -
 
 
 SPEECH = Generator("speech", WORDS, speech_clip,
-                   f"{len(WORDS)} spoken words (yes, no, up, down, ..., then the digits) said "
-                   f"by eSpeak NG in {len(ACCENTS)} English accents x {len(VARIANTS)} voices, "
-                   "random rate, pitch and intonation, over noise at 0-20 dB SNR")
+                   f"{len(WORDS)} spoken words (yes, no, up, down, ..., then the digits), 1-3 "
+                   f"times a clip, by eSpeak NG in {len(ACCENTS)} English accents x "
+                   f"{len(VARIANTS)} voices, random rate, pitch and intonation, over noise at "
+                   f"{SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")

@@ -15,7 +15,7 @@ from fed_a2v.builtin import BUILTIN
 from fed_a2v.config import BUILTIN_DATASETS, ConfigError, config_from_dict
 from fed_a2v.data import corpus_index, open_corpus
 from fed_a2v.generator import ClipError, Generator, ensure_corpus, over_noise
-from fed_a2v.instruments import INSTRUMENTS, soundfont
+from fed_a2v.instruments import INSTRUMENTS, playable_keys, soundfont
 from fed_a2v.speech import ACCENTS, VARIANTS, WORDS, EspeakError, speak
 
 NEW = ("speech", "instruments")
@@ -106,8 +106,12 @@ def test_every_instrument_sounds_across_its_range_and_each_its_own_way():
     font = soundfont()
     spectra = []
     for name, inst in INSTRUMENTS.items():
+        keys = playable_keys(name)
+        assert len(keys) >= 0.9 * (inst.high - inst.low + 1), name
+        for key in keys:
+            assert font.zones(inst.program, key, 35) and font.zones(inst.program, key, 127)
         low, high = (font.note(inst.program, key, 100, 0.5, 16000)[:8000]
-                     for key in (inst.low, inst.high))
+                     for key in (keys[0], keys[-1]))
         assert np.abs(low).max() > 0.01 and np.abs(high).max() > 0.01, name
         assert _centroid(high) > _centroid(low) + 50, name  # its pitch follows the key
         spectra.append(_log_spectrum(font.note(inst.program, 67, 100, 0.5, 16000)[:8000]))
