@@ -4,12 +4,15 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fed_a2v.node import evaluate_reply, train_reply
+from fed_a2v.privacy import clipping_mod
 from fed_a2v.process import setup_process
 
 app = ClientApp()
 
 
-@app.train()
+# The experiment's privacy.mechanism picks Flower's clipping mod per message: the node learns
+# the config from the server's instruction, after this app is built.
+@app.train(mods=[clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     setup_process()
     return train_reply(msg, context)

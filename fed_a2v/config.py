@@ -641,13 +641,12 @@ def check_privacy(config: Config, source: str) -> None:
         raise ConfigError(
             f"{where} needs 'federation.baselines' false: the ridge baselines have every node "
             "send XᵀX and class sums of its features, which no noise protects")
-    strategy = getattr(fed, "strategy", "fedavg")
-    if strategy.lower() not in ("fedavg", "fedprox"):
+    if fed.strategy not in ("FedAvg", "FedProx"):
         raise ConfigError(
-            f"{where} needs 'federation.strategy' \"fedavg\" or \"fedprox\", not "
-            f"{json.dumps(strategy)}: the noise is calibrated to the plain mean of the clipped "
-            "updates, which other strategies replace (robust statistics) or rescale (server "
-            "optimizers)")
+            f"{where} needs 'federation.strategy' \"FedAvg\" or \"FedProx\", not "
+            f"{json.dumps(fed.strategy)}: the noise is calibrated to the plain mean of the "
+            "clipped updates, which other strategies replace (robust statistics) or rescale "
+            "(server optimizers)")
     if dp.delta >= 1 / fed.num_clients:
         raise ConfigError(
             f"{source}: 'privacy.delta' ({dp.delta:g}) must be below 1 / "

@@ -19,6 +19,7 @@ from .config import Config, load_config
 from .data import corpus_index
 from .encoders import describe_audio_encoder
 from .pretrained import FedA2VAdapters, package_config
+from .privacy import privacy_record, with_privacy
 from .report import write_report
 from .run_dir import CONFIG_FILE, RunRecorder, new_run_dir, run_to_resume
 from .schedule import round_lr
@@ -141,11 +142,12 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     round_ends: list[float] = []
     started = time.time()
     final = initial  # a resumed run with no round left only writes its final files
+    runner = with_privacy(strategy, config)  # `strategy` itself without differential privacy
     if fed.global_rounds > strategy.round_offset:
-        result = strategy.start(grid, initial, fed.global_rounds - strategy.round_offset,
-                                timeout=fed.round_timeout, train_config=node_config,
-                                evaluate_config=ConfigRecord(dict(node_config)),
-                                evaluate_fn=end_round)
+        result = runner.start(grid, initial, fed.global_rounds - strategy.round_offset,
+                              timeout=fed.round_timeout, train_config=node_config,
+                              evaluate_config=ConfigRecord(dict(node_config)),
+                              evaluate_fn=end_round)
         if not strategy.nodes_seen:
             raise RuntimeError("no node completed a training round; see the errors above")
         final = result.arrays
@@ -176,6 +178,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "strategy_options": fed.strategy_options,
         "update_bytes_received_per_round": strategy.update_bytes_per_round(fed.global_rounds),
         "eval_gap": fed.eval_gap,
+        # Differential privacy (fed_a2v.privacy): mechanism, settings, the (ε, δ) spent.
+        "privacy": privacy_record(runner),
         # Images rendered on the nodes (they stay there): round, node, count, folder.
         "node_images": strategy.node_images,
         # Held-out top-1 of linear ridge maps and chance beside FedA2V's (fed_a2v.baselines);

@@ -97,7 +97,22 @@ def _mode_lines(summary: dict[str, Any]) -> list[str]:
                   + ".", "", "| node | its adapters | rounds trained |", "|---|---|---|"]
         lines += [f"| {node} | `{own['path']}` | {own['rounds']} |"
                   for node, own in sorted(standalone["node_adapters"].items())]
+    lines += _privacy_lines(summary.get("privacy"))
     return [*lines, ""] if lines else []
+
+
+def _privacy_lines(privacy: dict[str, Any] | None) -> list[str]:
+    """The (ε, δ) the run spent, node level (fed_a2v.privacy)."""
+    if not privacy or privacy.get("mechanism", "none") == "none":
+        return []
+    settings = (f"{privacy['mechanism']}, noise multiplier {privacy['noise_multiplier']:g}, "
+                f"clipping norm {privacy['clipping_norm']:.4g}")
+    if privacy["epsilon"] is None:
+        return ["", f"Differential privacy ({settings}): no guarantee, the noise multiplier is "
+                "0 (ε is infinite)."]
+    return ["", f"Differential privacy ({settings}): (ε, δ) = ({privacy['epsilon']:.4g}, "
+            f"{privacy['delta']:g}) after {privacy['rounds']} released rounds, for one node's "
+            "participation in the global adapters (not the metrics nodes report)."]
 
 
 def _baseline_lines(baselines: dict[str, Any] | None) -> list[str]:

@@ -36,7 +36,9 @@ def round_keys(config: Config) -> tuple[str, ...]:
     return (*(f"train_{a}_loss" for a in names),
             *(f"{stage}_{a}_{m}" for stage in ("eval", "val") for m in ("mse", "cosine", "top1")
               for a in names),
-            *(f"{a}_lr" for a in names), "train_nodes")
+            *(f"{a}_lr" for a in names), "train_nodes",
+            # differential privacy (fed_a2v.privacy): ε spent so far, the round's clipping norm
+            *(("dp_epsilon", "dp_clipping_norm") if config.privacy.mechanism != "none" else ()))
 
 
 def eval_keys(config: Config) -> tuple[str, ...]:

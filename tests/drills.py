@@ -342,17 +342,22 @@ class LoopbackGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages) -> list[str]:
+    def answer(self, message: Message, context: Context) -> Message:
+        """The node's reply (FedA2V's node code, without the ClientApp's mods)."""
         from fed_a2v.node import evaluate_reply, train_reply
 
+        answer = (train_reply if message.metadata.message_type == MessageType.TRAIN
+                  else evaluate_reply)
+        return answer(message, context)
+
+    def push_messages(self, messages) -> list[str]:
         ids = []
         for message in messages:
             message_id = uuid.uuid4().hex
             message.metadata.__dict__["_message_id"] = message_id  # as a SuperLink does
             self.sent.append(message)
-            answer = (train_reply if message.metadata.message_type == MessageType.TRAIN
-                      else evaluate_reply)
-            self.replies[message_id] = answer(message, self.contexts[message.metadata.dst_node_id])
+            self.replies[message_id] = self.answer(message,
+                                                   self.contexts[message.metadata.dst_node_id])
             ids.append(message_id)
         return ids
 
