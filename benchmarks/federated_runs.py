@@ -1,18 +1,16 @@
 """One federated run of an experiment file with a few keys changed, by the ServerApp's code
-and FedA2V's node code on an in-process grid (`tests/drills.py`: no Ray, no SuperLink), so a
+and FedA2V's node code on an in-process grid (`fed_a2v.inprocess`: no Ray, no SuperLink), so a
 benchmark compares settings, not engines. Runs sharing `root` share the token cache; runs of
 the built-in corpus with the same seed share its data (the seed generates it)."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from drills import LoopbackGrid, run_in_process  # noqa: E402
+from fed_a2v.inprocess import LoopbackGrid, run_in_process
 
 
 def run_experiment(config_path: Path, root: Path, name: str, seed: int, rounds: int,

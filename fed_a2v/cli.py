@@ -16,6 +16,13 @@ import torch
 from .app_dir import default_config, flower_app_dir
 from .config import Config, ConfigError, check_node_diffusion, load_config, load_node_config
 from .data import check_node_shares, corpus_index
+from .federation_study import ARMS as FEDERATION_ARMS
+from .federation_study import (
+    StudySettings,
+    arms_named,
+    run_federation_study,
+    write_federation_study,
+)
 from .launch import (
     COMPLETED,
     flower_env,
@@ -177,6 +184,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_federation(args: argparse.Namespace) -> int:
+    """The federation study on the config's data; writes study.md, study.json and a PNG."""
+    arms = arms_named(args.arms)  # an unknown name fails before any work
+    torch.set_num_threads(args.threads)
+    config = _load(args.config)
+    out = Path(args.out or Path(config.experiment.output_dir) / "study-federation").resolve()
+    settings = StudySettings(rounds=args.rounds, seeds=list(range(args.seeds)),
+                             proximal_mu=args.proximal_mu)
+    study = run_federation_study(config, arms, settings, Path(args.work or out / "work"))
+    print(write_federation_study(study, out))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Plots and report.md for a run directory (a finished run has them already)."""
     from .report import write_report
@@ -264,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--out", required=True, help="a .safetensors file to write")
     p.set_defaults(func=cmd_targets)
-    p = sub.add_parser("study", help="experiments on FedA2V's own choices")
-    p.add_argument("kind", choices=["batch-size"])
+    studies = sub.add_parser("study", help="experiments on FedA2V's own choices").add_subparsers(
+        dest="kind", required=True)
+    p = studies.add_parser("batch-size", help="batch size, stratified batching, per-class loss")
     p.add_argument("--config", default=str(default_config()))
     p.add_argument("--out", help="output folder (default: <output_dir>/study-batch-size)")
     p.add_argument("--epochs", type=int, default=10)
@@ -273,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.set_defaults(func=cmd_study)
+    p = studies.add_parser("federation", help="centralized vs FedAvg (IID, non-IID), FedProx "
+                                              "and local-only, as real in-process federations")
+    p.add_argument("--config", default=str(default_config()))
+    p.add_argument("--out", help="output folder (default: <output_dir>/study-federation)")
+    p.add_argument("--work", help="runs, configs and generated corpora (default: <out>/work)")
+    p.add_argument("--seeds", type=int, default=3, help="repeats with seeds 0..N-1")
+    p.add_argument("--rounds", type=int, help="rounds per run (default: global_rounds)")
+    p.add_argument("--arms", nargs="+", metavar="ARM",
+                   help="arms to run (default: all): " + ", ".join(FEDERATION_ARMS))
+    p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's μ (default 0.01)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.set_defaults(func=cmd_study_federation)
     p = sub.add_parser("report", help="PNG plots and report.md for a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)

@@ -51,7 +51,7 @@ def default_arms(batch_sizes: tuple[int, ...] = (1, 8, 16, 32)) -> list[Arm]:
     return arms + [Arm(4, False, False, grad_accum_steps=4)]
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
+def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -81,7 +81,7 @@ def run_arm(arm: Arm, config: Config, train: EncodedSet, test: EncodedSet, targe
             weight_decays={n: config.adapter_weight_decay(n) for n in names}, seed=seed)
         history = train_local(adapters, train, targets.tensors, local, cpu, on_epoch=after_epoch)
         runs.append({"seed": seed, **{f"train_{n}_loss": history[n] for n in names}, **curves})
-    final = {key: _mean_std([r[key][-1] for r in runs])
+    final = {key: mean_std([r[key][-1] for r in runs])
              for key in (*(f"train_{n}_loss" for n in names), *curves)}
     log.info("%s: %s", arm.name, {k: round(v["mean"], 4) for k, v in final.items()})
     return {"arm": asdict(arm), "name": arm.name, "epochs": epochs,
@@ -116,7 +116,7 @@ def run_study(config: Config, arms: list[Arm], seeds: list[int], epochs: int,
             "classes": len(targets.names), "arms": results}
 
 
-def _cell(stat: dict[str, float], digits: int = 3) -> str:
+def format_cell(stat: dict[str, float], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
@@ -131,7 +131,7 @@ def study_table(study: dict[str, Any]) -> str:
     lines = [f"| arm | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
     for arm in study["arms"]:
         f = arm["final"]
-        cells = [_cell(f[k], 4) for k in losses] + [_cell(f[k]) for k in top1]
+        cells = [format_cell(f[k], 4) for k in losses] + [format_cell(f[k]) for k in top1]
         lines.append(f"| {arm['name']} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

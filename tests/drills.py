@@ -13,9 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +24,14 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MessageType,
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from fed_a2v.adapters import ADAPTERS_BY_DIFFUSION
+from fed_a2v.inprocess import LoopbackGrid, run_in_process, server_identity  # noqa: F401 (tests)
 from fed_a2v.launch import (
     Process,
     flower_env,
@@ -276,18 +272,6 @@ def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
             "checkpoints": len(list((run_dir / "checkpoints").glob("round-*.safetensors")))}
 
 
-@contextmanager
-def server_identity() -> Iterator[None]:
-    """The run and task ids a ServerApp process has (Flower Messages read them), restored
-    after: lets a strategy meet real Messages outside a running federation."""
-    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # 0: SuperLink
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
 def train_reply(node: int, state: dict[str, np.ndarray], examples: int) -> Message:
     """Node `node`'s answer to a train instruction, built as a ClientApp builds it (a reply to
     the instruction, so Flower sets its source node). Needs `server_identity()`."""
@@ -313,70 +297,3 @@ def updates_aggregated(global_state: dict[str, np.ndarray],
         arrays, _ = strategy.aggregate_train(1, [train_reply(*u) for u in updates])
     return {"global": None if arrays is None else {k: v.numpy() for k, v in arrays.items()},
             "dropped": [(node, why) for _, node, why in strategy.rejected]}
-
-
-class LoopbackGrid(Grid):
-    """A whole federation in this process: each node is FedA2V's ClientApp code
-    (`fed_a2v.node`) with a simulated node's Context (partition `i` of `num_nodes`), answering
-    as soon as its instruction is pushed; no SuperLink, no Ray. Every message pushed is kept in
-    `sent`. Use it inside `server_identity()`."""
-
-    def __init__(self, num_nodes: int) -> None:
-        self.contexts = {i + 1: Context(run_id=1, node_id=i + 1, state=RecordDict(),
-                                        node_config={"partition-id": i,
-                                                     "num-partitions": num_nodes},
-                                        run_config={}) for i in range(num_nodes)}
-        self.sent: list[Message] = []
-        self.replies: dict[str, Message] = {}
-
-    def set_run(self, run) -> None:
-        self._run = run
-
-    @property
-    def run(self):
-        return self._run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        raise NotImplementedError("the strategy builds its own messages")
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def answer(self, message: Message, context: Context) -> Message:
-        """The node's reply (FedA2V's node code, without the ClientApp's mods)."""
-        from fed_a2v.node import evaluate_reply, train_reply
-
-        answer = (train_reply if message.metadata.message_type == MessageType.TRAIN
-                  else evaluate_reply)
-        return answer(message, context)
-
-    def push_messages(self, messages) -> list[str]:
-        ids = []
-        for message in messages:
-            message_id = uuid.uuid4().hex
-            message.metadata.__dict__["_message_id"] = message_id  # as a SuperLink does
-            self.sent.append(message)
-            self.replies[message_id] = self.answer(message,
-                                                   self.contexts[message.metadata.dst_node_id])
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids) -> list[Message]:
-        return [self.replies.pop(i) for i in message_ids if i in self.replies]
-
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-
-def run_in_process(experiment: dict[str, Any], path: Path, grid: LoopbackGrid) -> Path:
-    """`experiment`, written to `path`, run by the ServerApp's code on `grid`; returns the run
-    directory."""
-    from fed_a2v.federation import run_federation
-
-    path.write_text(json.dumps(experiment))
-    with server_identity():
-        run_federation(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                     run_config={"config": str(path)}), APP_DIR)
-    (run_dir,) = Path(experiment["experiment"]["output_dir"]).glob(
-        f"{experiment['experiment']['name']}-*")
-    return run_dir
