@@ -19,6 +19,7 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    Context,
     Message,
     MessageType,
     MetricRecord,
@@ -37,7 +38,7 @@ from fed_a2v.targets import Targets
 from fed_a2v.train import LocalTrainConfig, train_local
 from fed_a2v.transport import encode_update
 
-from drills import experiment_dict
+from drills import APP_DIR, LoopbackGrid, experiment_dict, run_in_process, server_identity
 
 SHAPES = {"clip.w": (4, 3), "clip.b": (3,), "t5.w": (2, 5, 7)}
 ROBUST = {"FedMedian": {}, "FedTrimmedAvg": {"beta": 0.2}, "Krum": {"num_malicious_nodes": 1},
@@ -220,6 +221,35 @@ def test_robust_strategies_report_the_metrics_of_every_accepted_update(task_iden
     assert [(n, why) for _, n, why in s.rejected] == [(13, "'clip.b' holds non-finite values")]
     assert metrics["train_clip_loss"] == pytest.approx(5.0 / 3)
     assert s.round_metrics[1]["train_nodes"] == 3 and not s.kept
+
+
+@pytest.mark.slow
+def test_a_resumed_run_takes_its_server_step_from_the_resumed_adapters(tmp_path: Path) -> None:
+    """Two FedAvg rounds, then the run resumed for a third with FedAdam: Flower's FedOpt
+    takes the round's global adapters as its `current_arrays`, so the third round's adapters
+    are the second's plus one Adam step, no value moving more than eta·sqrt(1+β2)/(1+β1)."""
+    from fed_a2v.federation import run_federation
+
+    eta = 1e-4
+    experiment = experiment_dict(tmp_path, "resumed", seed=2, output_dir=tmp_path / "runs",
+                                 federation={"global_rounds": 2, "num_clients": 2,
+                                             "min_clients": 2, "local_epochs": 1,
+                                             "baselines": False},
+                                 dataset={"clips_per_class": 8})
+    run_dir = run_in_process(experiment, tmp_path / "resumed.json", LoopbackGrid(2))
+    with server_identity():
+        summary = run_federation(LoopbackGrid(2), Context(
+            run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={
+                "run-dir": str(run_dir), "resume": True, "rounds": 3,
+                "set": f"federation.strategy=FedAdam "
+                       f"'federation.strategy_options={{\"eta\": {eta}}}'"}), APP_DIR)
+    assert summary["strategy"] == "FedAdam" and summary["rounds"] == 3
+    first, second, third = (final_adapters(run_dir, r) for r in (1, 2, 3))
+    bound = eta * np.sqrt(1 + 0.99) / (1 + 0.9) * (1 + 1e-3)
+    assert max(float((third[k] - second[k]).abs().max()) for k in third) <= bound
+    assert max(float((second[k] - first[k]).abs().max()) for k in third) > 20 * bound
+    assert third.keys() == second.keys() and any(not torch.equal(third[k], second[k])
+                                                 for k in third)
 
 
 def test_proximal_term_keeps_local_adapters_nearer_the_global_ones() -> None:
