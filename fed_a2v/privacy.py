@@ -83,9 +83,18 @@ class NodeAccountant:
         if self.rdp is not None:
             size = min(self.population,
                        math.ceil(sampled * self.population / max(connected, sampled, 1)))
-            self.rdp.compose(GaussianPrivacyEvent(noise_multiplier=self.noise_multiplier,
-                                                  sample_size=max(size, 1),
-                                                  population_size=self.population))
+            event = GaussianPrivacyEvent(noise_multiplier=self.noise_multiplier,
+                                         sample_size=max(size, 1),
+                                         population_size=self.population)
+            # dp-accounting logs a warning for each low fractional order its series does not
+            # converge at with q < 1 (it leaves those orders out): one per order and round
+            absl = logging.getLogger("absl")
+            level = absl.level
+            absl.setLevel(logging.ERROR)
+            try:
+                self.rdp.compose(event)
+            finally:
+                absl.setLevel(level)
 
     @property
     def epsilon(self) -> float | None:

@@ -14,9 +14,10 @@ from safetensors.numpy import load_file
 from test_simulation import read_metrics, simulate
 
 from fed_a2v.config import ConfigError, config_from_dict
+from fed_a2v.inprocess import LoopbackGrid, run_in_process
 from fed_a2v.privacy import NodeAccountant, clipping_mod
 
-from drills import LoopbackGrid, experiment_dict, run_in_process
+from drills import experiment_dict
 
 DELTA = 1e-5
 
