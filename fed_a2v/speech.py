@@ -62,7 +62,8 @@ class EspeakError(RuntimeError):
 def _paths() -> tuple[str, str]:
     """The eSpeak NG library and data folder that the `espeakng-loader` wheel ships."""
     if importlib.util.find_spec("espeakng_loader") is None:
-        raise EspeakError("the speech corpus needs eSpeak NG: pip install espeakng-loader")
+        raise EspeakError("the speech corpus needs eSpeak NG: pip install espeakng-loader "
+                          "(wheels for Linux x86_64, macOS and Windows)")
     import espeakng_loader
 
     return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
