@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fed_a2v.config import BUILTIN_DATASETS
 from fed_a2v.inprocess import LoopbackGrid, run_in_process
 
 
@@ -21,9 +22,10 @@ def run_experiment(config_path: Path, root: Path, name: str, seed: int, rounds: 
     experiment["experiment"].update(name=name, seed=seed, output_dir=str(root / "runs"),
                                     cache_dir=str(root / "cache"))
     experiment["federation"]["global_rounds"] = rounds
-    if experiment["dataset"].get("name", "synthetic") == "synthetic":
+    kind = experiment["dataset"].get("name", "synthetic")
+    if kind in BUILTIN_DATASETS:
         # The seed also generates the built-in corpus: each seed its own, under `root`.
-        experiment["dataset"]["path"] = str(root / f"data-s{seed}")
+        experiment["dataset"]["path"] = str(root / f"data-{kind}-s{seed}")
     for section, values in (changes or {}).items():
         experiment.setdefault(section, {}).update(values)
     start = time.perf_counter()
