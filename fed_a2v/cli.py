@@ -188,7 +188,7 @@ def cmd_study_federation(args: argparse.Namespace) -> int:
     """The federation study on the config's data; writes study.md, study.json and a PNG."""
     arms = arms_named(args.arms)  # an unknown name fails before any work
     torch.set_num_threads(args.threads)
-    config = _load(args.config)
+    config = _load(args.config, overrides=args.overrides, strict=args.strict)
     out = Path(args.out or Path(config.experiment.output_dir) / "study-federation").resolve()
     settings = StudySettings(rounds=args.rounds, seeds=list(range(args.seeds)),
                              proximal_mu=args.proximal_mu)
@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arms to run (default: all): " + ", ".join(FEDERATION_ARMS))
     p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's μ (default 0.01)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    _add_overrides(p)
     p.set_defaults(func=cmd_study_federation)
     p = sub.add_parser("report", help="PNG plots and report.md for a run directory")
     p.add_argument("run_dir")
