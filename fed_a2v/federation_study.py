@@ -291,7 +291,7 @@ def run_federation_study(config: Config, arms: list[FederationArm], settings: St
             "local_epochs": base["federation"]["local_epochs"],
             "num_clients": base["federation"]["num_clients"], "seeds": settings.seeds,
             "proximal_mu": settings.proximal_mu, "classes": len(classes),
-            "adapters": list(names), "per_seed": held, "references": references,
+            "adapters": list(names), "experiment": base, "per_seed": held, "references": references,
             "arms": arm_results, "wall_seconds": time.perf_counter() - started}
 
 
@@ -330,6 +330,7 @@ def plot_study(study: dict[str, Any], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = study["adapters"]
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
@@ -346,6 +347,7 @@ def plot_study(study: dict[str, Any], out: Path) -> Path:
                        linestyle=style, label=ref.replace("_", " "))
         ax.set_title(f"{n.upper()}: top-1 on all held-out clips (mean ± std over seeds)")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
