@@ -250,18 +250,25 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     if mod is None:
         return call_next(msg, context)
     replies: list[Message] = []
+    received = msg.content["arrays"]
 
     def answer(_view: Message, ctx: Context) -> Message:
         reply = call_next(msg, ctx)
         if reply.has_error():
             return reply
         replies.append(reply)
-        return _only(reply, {"arrays": reply.content["arrays"],
-                             "metrics": reply.content["metrics"]})
+        arrays = reply.content["arrays"]
+        if set(arrays) == set(received):  # the mod compares the key lists, order included
+            arrays = ArrayRecord({k: arrays[k] for k in received})
+        return _only(reply, {"arrays": arrays, "metrics": reply.content["metrics"]})
 
-    out = mod(_only(msg, {"arrays": msg.content["arrays"], "config": msg.content["config"]}),
+    out = mod(_only(msg, {"arrays": received, "config": msg.content["config"]}),
               context, answer)
-    if out.has_error() or not replies:
+    if out.has_error():
+        # Flower's mods build some errors as replies to the node's reply, which the server
+        # cannot match to its instruction: answer the instruction itself
+        return Message(out.error, reply_to=msg)
+    if not replies:
         return out
     reply = replies[0]
     reply.content["arrays"], reply.content["metrics"] = (out.content["arrays"],

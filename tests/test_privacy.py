@@ -9,15 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MessageType
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from safetensors.numpy import load_file
 from test_simulation import read_metrics, simulate
 
 from fed_a2v.config import ConfigError, config_from_dict
-from fed_a2v.inprocess import LoopbackGrid, run_in_process
+from fed_a2v.federation import run_federation
+from fed_a2v.inprocess import LoopbackGrid, run_in_process, server_identity
 from fed_a2v.privacy import NodeAccountant, clipping_mod
 
-from drills import experiment_dict
+from drills import APP_DIR, experiment_dict
 
 DELTA = 1e-5
 
@@ -224,6 +234,41 @@ def checkpoint(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float64) for k, v in state.items()}
 
 
+def instruction(arrays: dict[str, np.ndarray], **config) -> Message:
+    experiment = json.dumps({"privacy": {"mechanism": "client_fixed_clipping"}})
+    msg = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                              "config": ConfigRecord({"experiment": experiment, **config})}),
+                  dst_node_id=7, message_type=MessageType.TRAIN)
+    msg.metadata.__dict__["_message_id"] = "instruction-1"  # as the SuperLink sets it
+    return msg
+
+
+def test_the_mod_clips_in_the_servers_key_order_and_its_errors_answer_the_instruction(
+        task_identity) -> None:
+    sent = {"b": np.zeros(3, np.float32), "a": np.zeros(4, np.float32)}
+    msg = instruction(sent, clipping_norm=1.0)
+
+    def node(own: dict[str, np.ndarray]):
+        return lambda m, _ctx: Message(RecordDict({
+            "arrays": ArrayRecord({k: Array(v) for k, v in own.items()}),
+            "metrics": MetricRecord({"num-examples": 5}),
+            "node": ConfigRecord({"key": "n"})}), reply_to=m)
+
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    # the node's adapters in another key order (a resumed run's checkpoint is sorted)
+    reply = clipping_mod(msg, context, node({"a": np.full(4, 3.0, np.float32),
+                                             "b": np.full(3, 4.0, np.float32)}))
+    assert not reply.has_error() and "node" in reply.content  # the node's reports stay
+    update = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    assert list(update) == ["b", "a"] and norm(update) == pytest.approx(1.0, rel=1e-6)
+    # keys the node should not have: Flower's mod errs as a reply to the node's reply
+    wrong = clipping_mod(msg, context, node({"c": np.ones(2, np.float32)}))
+    assert wrong.has_error() and wrong.metadata.reply_to_message_id == "instruction-1"
+    # no clipping norm in the instruction: an error, never an unclipped update
+    unset = clipping_mod(instruction(sent), context, node(sent))
+    assert unset.has_error() and unset.metadata.reply_to_message_id == "instruction-1"
+
+
 def test_each_node_update_is_clipped_and_the_mean_moves_at_most_the_norm(tmp_path) -> None:
     clip = 0.05
     unclipped = ClientAppGrid(3, with_mod=False)
@@ -294,6 +339,27 @@ def test_adaptive_clipping_moves_the_norm(tmp_path) -> None:
     assert norms == pytest.approx([0.01 * math.exp(0.5 * r) for r in range(3)])
     for r, bound in enumerate(norms):
         assert all(norm(u) <= bound * (1 + 1e-5) for u in grid.updates[3 * r:3 * r + 3])
+
+
+def test_a_resumed_run_goes_on_from_the_privacy_spent(tmp_path) -> None:
+    """Two rounds, then the run resumed for a third: ε and the adaptive norm go on from where
+    the stopped part left them, as if the run had never stopped."""
+    settings = {"mechanism": "client_adaptive_clipping", "noise_multiplier": 1.0,
+                "clipped_count_stddev": 1.0, "clipping_norm": 0.01,
+                "target_clipped_quantile": 0.0}
+    experiment = dp_experiment(tmp_path, "stopped", **settings)
+    experiment["federation"]["global_rounds"] = 2
+    run_dir = run_in_process(experiment, tmp_path / "stopped.json", ClientAppGrid(3))
+    with server_identity():
+        run_federation(ClientAppGrid(3), Context(
+            run_id=2, node_id=0, node_config={}, state=RecordDict(),
+            run_config={"resume": True, "run-dir": str(run_dir), "rounds": 3}), APP_DIR)
+    metrics = read_metrics(run_dir)
+    assert [m["dp_epsilon"] for m in metrics] == pytest.approx(spent(1.0, 3, 3, 3))
+    norms = [m["dp_clipping_norm"] for m in metrics]
+    assert norms[2] > norms[1] > norms[0]  # every update clipped, none should be: it grows
+    privacy = json.loads((run_dir / "summary.json").read_text())["privacy"]
+    assert privacy["rounds"] == 3 and privacy["epsilon"] == pytest.approx(spent(1.0, 3, 3, 3)[-1])
 
 
 # --- a real federation: Flower's simulation engine, FedA2V's ClientApp -------------------------
