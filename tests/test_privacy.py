@@ -216,9 +216,9 @@ def norm(update: dict[str, np.ndarray]) -> float:
 
 
 def dp_experiment(root: Path, name: str, mechanism: str = "client_fixed_clipping",
-                  **privacy) -> dict:
+                  rounds: int = 3, **privacy) -> dict:
     experiment = experiment_dict(root, name, output_dir=root / name,
-                                 federation={"global_rounds": 3, "baselines": False},
+                                 federation={"global_rounds": rounds, "baselines": False},
                                  feda2v={"adapter_aggregation_mode": "avg"})
     experiment["privacy"] = {"mechanism": mechanism, **privacy}
     return experiment
@@ -299,8 +299,8 @@ def test_noise_is_added_to_the_mean_and_zero_noise_changes_nothing(tmp_path) -> 
         a, b = checkpoint(plain, r), checkpoint(silent, r)
         assert all(np.allclose(a[k], b[k], rtol=0, atol=tolerance) for k in a)
     small = 1e-3
-    quiet = run(tmp_path, "quiet", noise_multiplier=0.0, clipping_norm=small)
-    noisy = [run(tmp_path, f"noisy{i}", noise_multiplier=sigma, clipping_norm=small)
+    quiet = run(tmp_path, "quiet", rounds=1, noise_multiplier=0.0, clipping_norm=small)
+    noisy = [run(tmp_path, f"noisy{i}", rounds=1, noise_multiplier=sigma, clipping_norm=small)
              for i in range(2)]
     # round 1 trains from the same adapters with the same seeds: only the noise differs,
     # stdev sigma x clip / 3 nodes per value
