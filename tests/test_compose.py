@@ -72,7 +72,7 @@ def test_images_and_recipes_pin_the_installed_flwr(services: dict) -> None:
             assert service["image"] == APP_IMAGE, name  # one image for every FedA2V container
     pins = (ROOT / "pyproject.toml").read_text()
     major_minor = ".".join(FLWR_VERSION.split(".")[:2])
-    assert f"flwr[simulation]>={major_minor}" in pins
+    assert f"flwr[simulation,dp]>={major_minor}" in pins
 
 
 def test_client_recipe_is_the_server_recipe() -> None:
