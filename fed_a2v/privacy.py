@@ -137,6 +137,7 @@ class PrivateRounds:
         self.ledger = NodeAccountant(dp.noise_multiplier, config.federation.num_clients,
                                      dp.delta)
         self.sampled = self.connected = 0
+        self.norm_used = dp.clipping_norm  # by the nodes in the last round
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float | None = None, **kwargs: Any) -> Result:
@@ -167,7 +168,7 @@ class PrivateRounds:
         inner = self.strategy
         arrays, metrics = inner.aggregate_train(server_round, replies)
         round_metrics = inner.round_metrics.setdefault(inner.train_round, {})
-        round_metrics["dp_clipping_norm"] = self.clipping_norm
+        round_metrics["dp_clipping_norm"] = self.norm_used = self.clipping_norm
         if arrays is not None and len(arrays):
             self.num_sampled_clients = int(round_metrics["train_nodes"])  # Flower's divisor
             arrays = self._add_noise_to_aggregated_arrays(arrays)
@@ -194,7 +195,7 @@ class PrivateRounds:
     def privacy_record(self) -> dict[str, Any]:
         """What `summary.json` says of the privacy spent (`privacy`)."""
         return {"mechanism": self.mechanism, "noise_multiplier": self.configured_noise,
-                "clipping_norm": self.clipping_norm, "delta": self.ledger.delta,
+                "clipping_norm": self.norm_used, "delta": self.ledger.delta,
                 "epsilon": self.ledger.epsilon, "rounds": self.ledger.releases,
                 "accounting": "RDP (Flower's RdpAccountant), node-level, add/remove one node, "
                               "Poisson-subsampled Gaussian with q = sampled / connected nodes",

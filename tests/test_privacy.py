@@ -337,6 +337,8 @@ def test_adaptive_clipping_moves_the_norm(tmp_path) -> None:
     norms = [m["dp_clipping_norm"] for m in read_metrics(run_dir)]
     # every update exceeds the norm and none should: it grows each round by e^(0.5 x 1)
     assert norms == pytest.approx([0.01 * math.exp(0.5 * r) for r in range(3)])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["privacy"]["clipping_norm"] == norms[-1]  # the last one the nodes used
     for r, bound in enumerate(norms):
         assert all(norm(u) <= bound * (1 + 1e-5) for u in grid.updates[3 * r:3 * r + 3])
 
