@@ -98,10 +98,13 @@ def test_image_requirements_leave_out_ray() -> None:
     done = subprocess.run(["sh", str(ROOT / "scripts" / "install_app_in_image.sh"),
                            "requirements"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PATH": venv_first}, check=True)
-    names = {re.match(r"[A-Za-z0-9_.-]+(\[[^]]*\])?", line)[0]
-             for line in done.stdout.splitlines()}
+    found = [re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?", line)
+             for line in done.stdout.splitlines()]
+    names = {m[1] for m in found}
+    extras = {m[1]: m[2] or "" for m in found}
     assert {"flwr", "torch", "transformers"} <= names, names
-    assert not any("simulation" in n or n == "ray" for n in names), names
+    assert "ray" not in names and "simulation" not in extras["flwr"], extras["flwr"]
+    assert "dp" in extras["flwr"], "the server's privacy accountant needs flwr[dp]"
 
 
 def test_every_process_listens_on_all_interfaces(services: dict) -> None:
