@@ -28,6 +28,7 @@ def run_experiment(config_path: Path, root: Path, name: str, seed: int, rounds: 
         experiment["dataset"]["path"] = str(root / f"data-{kind}-s{seed}")
     for section, values in (changes or {}).items():
         experiment.setdefault(section, {}).update(values)
+    root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     run_dir = run_in_process(experiment, root / f"{name}.json",
                              LoopbackGrid(experiment["federation"]["num_clients"]))
