@@ -29,6 +29,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.serverapp import Grid
 
 from fed_a2v.adapters import ADAPTERS_BY_DIFFUSION
 from fed_a2v.inprocess import LoopbackGrid, run_in_process, server_identity  # noqa: F401 (tests)
@@ -297,3 +298,35 @@ def updates_aggregated(global_state: dict[str, np.ndarray],
         arrays, _ = strategy.aggregate_train(1, [train_reply(*u) for u in updates])
     return {"global": None if arrays is None else {k: v.numpy() for k, v in arrays.items()},
             "dropped": [(node, why) for _, node, why in strategy.rejected]}
+
+
+class NodesGrid(Grid):
+    """A Grid of connected nodes and nothing else: enough for `configure_train`; a subclass
+    that answers messages overrides `push_messages` / `pull_messages`."""
+
+    def __init__(self, nodes: Sequence[int]) -> None:
+        self.nodes = list(nodes)
+
+    def set_run(self, run) -> None: ...
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, *args, **kwargs) -> Message:
+        raise NotImplementedError
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+    def get_nodes(self):
+        return []
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError

@@ -25,7 +25,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam
 
 from fed_a2v.adapters import adapters_state, build_adapters
@@ -39,6 +38,7 @@ from fed_a2v.train import LocalTrainConfig, train_local
 from fed_a2v.transport import encode_update
 
 from drills import APP_DIR, LoopbackGrid, experiment_dict, run_in_process, server_identity
+from drills import NodesGrid as Nodes
 
 SHAPES = {"clip.w": (4, 3), "clip.b": (3,), "t5.w": (2, 5, 7)}
 ROBUST = {"FedMedian": {}, "FedTrimmedAvg": {"beta": 0.2}, "Krum": {"num_malicious_nodes": 1},
@@ -74,37 +74,6 @@ def reply(node: int, state: dict, examples: int, reference: dict, dtype: str = "
     return Message(RecordDict({"arrays": arrays, TRANSPORT: transport,
                                "metrics": MetricRecord({"num-examples": examples})}),
                    reply_to=instruction)
-
-
-class Nodes(Grid):
-    """Connected nodes and nothing else: enough for `configure_train`."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def set_run(self, run) -> None: ...
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, *args, **kwargs) -> Message:
-        raise NotImplementedError
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
-
-    def get_nodes(self):
-        return []
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        raise NotImplementedError
 
 
 def one_round(s: FedA2VStrategy, reference: dict, updates: list[dict], weights: list[int],

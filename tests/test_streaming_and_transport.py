@@ -19,7 +19,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fed_a2v.aggregation import RunningAverage
@@ -29,7 +28,7 @@ from fed_a2v.strategy import FedA2VStrategy
 from fed_a2v.targets import Targets
 from fed_a2v.transport import WIRE_DTYPES, WireUpdate, decode_tensor, encode_update
 
-from drills import LoopbackGrid, experiment_dict, run_in_process, train_reply
+from drills import LoopbackGrid, NodesGrid, experiment_dict, run_in_process, train_reply
 
 SHAPES = {"clip.w": (4, 3), "clip.b": (3,), "t5.w": (2, 5, 7)}
 
@@ -50,30 +49,16 @@ def make_strategy(reference: dict[str, np.ndarray], **kwargs) -> FedA2VStrategy:
     return strategy
 
 
-class ReplyGrid(Grid):
+class ReplyGrid(NodesGrid):
     """Hands out prepared replies, one per answered instruction, and records at each pull how
     many replies it handed out earlier still hold their arrays (the server's live updates)."""
 
     def __init__(self, replies: dict[int, Message]) -> None:
+        super().__init__(list(replies))
         self.replies = replies  # node id -> its reply
         self.out: list[Message] = []
         self.live_at_pull: list[int] = []
         self.pending: dict[str, Message] = {}
-
-    def set_run(self, run) -> None: ...
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, *args, **kwargs) -> Message:
-        raise NotImplementedError
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.replies)
-
-    def get_nodes(self):
-        return []
 
     def push_messages(self, messages) -> list[str]:
         ids = []
@@ -91,9 +76,6 @@ class ReplyGrid(Grid):
         pulled = [self.pending.pop(i) for i in message_ids if i in self.pending]
         self.out.extend(pulled)
         return pulled
-
-    def send_and_receive(self, messages, *, timeout=None):
-        raise NotImplementedError
 
 
 def stream_round(strategy: FedA2VStrategy, replies: dict[int, Message]
