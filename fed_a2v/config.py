@@ -195,6 +195,10 @@ class FedA2VConfig:
     lr_min_ratio: float = field(default=0.1, metadata=_rule(min=0.0, max=1.0))
     use_stratified_batching: bool = False
     use_per_class_loss: bool = False
+    # Adds weight x the cross-entropy of each prediction's cosine similarities to every target
+    # row against its own (fed_a2v.losses.retrieval_loss); 0: MSE alone, as upstream.
+    retrieval_loss_weight: float = field(default=0.0, metadata=_rule(min=0.0))
+    retrieval_temperature: float = field(default=0.1, metadata=_rule(min_exclusive=0.0))
     adapter_dropout: float = field(default=0.05, metadata=_rule(min=0.0, max=0.9))
     adapter_hidden_dim: int = field(default=512, metadata=_rule(min=1))
     adapter_num_heads: int = field(default=4, metadata=_rule(min=1))

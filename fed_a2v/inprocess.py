@@ -89,9 +89,11 @@ def run_in_process(experiment: dict[str, Any], path: Path, grid: LoopbackGrid) -
     from .federation import run_federation
 
     path.write_text(json.dumps(experiment))
+    runs = Path(experiment["experiment"]["output_dir"])
+    pattern = f"{experiment['experiment']['name']}-*"
+    earlier = set(runs.glob(pattern))  # runs of the same name before this one
     with server_identity():
         run_federation(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                                      run_config={"config": str(path)}), app_files())
-    (run_dir,) = Path(experiment["experiment"]["output_dir"]).glob(
-        f"{experiment['experiment']['name']}-*")
+    (run_dir,) = set(runs.glob(pattern)) - earlier
     return run_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -30,6 +31,19 @@ def adapter_loss(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
     sums = sums.index_add(0, inverse, losses)
     counts = torch.bincount(inverse, minlength=len(classes)).to(losses.dtype)
     return (sums / counts).mean()
+
+
+def retrieval_loss(pred: torch.Tensor, class_targets: torch.Tensor, rows: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """Cross-entropy of each prediction's cosine similarity to every target row (over
+    `temperature`) against its own row `rows[i]`: the held-out top-1 task itself.
+
+    MSE weighs every target value alike; where the rows share most of their values (T5 prompts
+    that differ in one word, padded to one length) the part that tells them apart is a small
+    share of it, and this term is what pushes the predictions apart along it."""
+    table = F.normalize(class_targets.flatten(1), dim=1)
+    logits = F.normalize(pred.flatten(1), dim=1) @ table.T / temperature
+    return F.cross_entropy(logits, rows)
 
 
 def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -334,6 +334,8 @@ def train_reply(msg: Message, context: Context) -> Message:
         batch_size=rnd.ident.settings.batch_size or cfg.training.batch_size,
         stratified=cfg.feda2v.use_stratified_batching,
         per_class_loss=cfg.feda2v.use_per_class_loss,
+        retrieval_weight=cfg.feda2v.retrieval_loss_weight,
+        retrieval_temperature=cfg.feda2v.retrieval_temperature,
         grad_accum_steps=cfg.training.gradient_accumulation_steps,
         learning_rates={name: float(rnd.record[f"{name}-lr"]) for name in rnd.adapters},
         weight_decays={name: cfg.adapter_weight_decay(name) for name in rnd.adapters},

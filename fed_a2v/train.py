@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .adapters import Adapter
 from .encoded import EncodedSet
-from .losses import adapter_loss, batch_targets, per_sample_mse
+from .losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss
 from .sampling import EpochBatches
 
 
@@ -28,6 +28,9 @@ class LocalTrainConfig:
     # FedProx: each adapter's loss gets (mu / 2) * ||w - w_global||^2, w_global the adapters
     # it started the round from; 0: no proximal term.
     proximal_mu: float = 0.0
+    # Each adapter's loss gets weight * retrieval_loss (fed_a2v.losses); 0: MSE alone.
+    retrieval_weight: float = 0.0
+    retrieval_temperature: float = 0.1
 
 
 @contextmanager
@@ -94,6 +97,9 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
                 pred = adapter(tokens)
                 target = batch_targets(targets[name], rows)
                 loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
+                if cfg.retrieval_weight:
+                    loss = loss + cfg.retrieval_weight * retrieval_loss(
+                        pred, targets[name], rows, cfg.retrieval_temperature)
                 if cfg.proximal_mu:
                     loss = loss + proximal_term(adapter, anchors[name], cfg.proximal_mu)
                 (loss / group_size).backward()  # the group's gradient: mean over its batches

@@ -132,6 +132,8 @@ def test_section_must_be_an_object(tmp_path):
     ("federation", "join_ratio", 0, "0.0"),
     ("training", "learning_rate", -0.1, "0.0"),
     ("feda2v", "adapter_dropout", 0.95, "0.9"),
+    ("feda2v", "retrieval_loss_weight", -0.5, "0.0"),
+    ("feda2v", "retrieval_temperature", 0, "0.0"),
 ])
 def test_out_of_range_names_key_and_bound(tmp_path, section, key, value, bound):
     message = _error(tmp_path, {section: {key: value}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -13,7 +14,7 @@ from fed_a2v.adapters import build_adapters
 from fed_a2v.config import FedA2VConfig
 from fed_a2v.encoded import EncodedSet
 from fed_a2v.evaluation import evaluate_adapters
-from fed_a2v.losses import adapter_loss, batch_targets, per_sample_mse
+from fed_a2v.losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss
 from fed_a2v.train import LocalTrainConfig, train_local
 
 # Four samples of two dims; prediction is all ones, the targets differ by known amounts.
@@ -109,7 +110,28 @@ def test_perfect_predictor_has_zero_loss_and_permuted_one_does_not(per_class):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training at batch size 4 learns the per-sample mapping.
+# The retrieval term: cross-entropy over cosine similarities to every target row.
+
+def test_retrieval_loss_by_hand():
+    gen = torch.Generator().manual_seed(3)
+    table, pred = torch.randn(3, 2, 4, generator=gen), torch.randn(5, 2, 4, generator=gen)
+    rows = torch.tensor([0, 2, 1, 1, 0])
+    cos = F.cosine_similarity(pred.flatten(1)[:, None], table.flatten(1)[None], dim=-1)
+    expected = -(cos / 0.1).log_softmax(dim=1)[torch.arange(5), rows].mean()
+    assert torch.allclose(retrieval_loss(pred, table, rows, 0.1), expected)
+    # cosine: the predictions' scale does not count, the temperature does
+    assert torch.allclose(retrieval_loss(7 * pred, table, rows, 0.1), expected)
+    assert not torch.allclose(retrieval_loss(pred, table, rows, 0.5), expected)
+
+
+def test_retrieval_loss_is_lowest_for_each_clips_own_row():
+    table = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
+    rows = torch.tensor([0, 1, 2, 3, 3, 1])
+    own = retrieval_loss(table[rows], table, rows, 0.1)
+    assert own < retrieval_loss(table[rows.roll(1)], table, rows, 0.1)
+    assert own < retrieval_loss(table[rows.flip(0)], table, rows, 0.1)
+
+
 
 NUM_CLASSES, D_TOKEN, N_TOKENS, T5_LEN = 3, 16, 6, 3
 
@@ -158,6 +180,25 @@ def test_training_at_batch_size_4_learns_each_class(stratified, per_class):
         assert after[f"eval_{name}_mse"] < 0.1 * before[f"eval_{name}_mse"]
         assert after[f"eval_{name}_top1"] == 1.0
     assert before["eval_clip_top1"] < 1.0 and before["eval_t5_top1"] < 1.0
+
+
+def test_the_retrieval_term_tells_apart_rows_that_share_most_values():
+    """Targets that differ in a small share of their values (as T5 prompts padded to one
+    length): after the same training, MSE alone still confuses classes and the retrieval
+    term does not."""
+    cpu = torch.device("cpu")
+    top1 = {}
+    for weight in (0.0, 1.0):
+        adapters, train, test, targets = _task()
+        gen = torch.Generator().manual_seed(7)
+        shared = {k: torch.randn(t.shape[1:], generator=gen) + 0.05 * t
+                  for k, t in targets.items()}
+        cfg = dataclasses.replace(_train_cfg(False, False), epochs=10, retrieval_weight=weight)
+        train_local(adapters, train, shared, cfg, cpu)
+        metrics = evaluate_adapters(adapters, test, shared, batch_size=4, device=cpu)
+        top1[weight] = [metrics[f"eval_{n}_top1"] for n in ("clip", "t5")]
+    assert top1[1.0] == [1.0, 1.0]
+    assert sum(top1[0.0]) < 1.9
 
 
 def test_upstream_collated_targets_are_rejected_by_training():

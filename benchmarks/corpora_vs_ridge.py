@@ -1,0 +1,96 @@
+"""FedA2V against the centralized ridge baseline on built-in corpora, over seeds: each corpus's
+experiment file run for `--rounds` rounds per seed (each seed generates its own corpus), by the
+in-process federation of `federated_runs.py`. Prints one markdown table, means over the seeds.
+
+    python benchmarks/corpora_vs_ridge.py instruments speech
+    python benchmarks/corpora_vs_ridge.py quickstart --set feda2v.retrieval_loss_weight=0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from federated_runs import run_experiment
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SPACES = ("clip", "t5")
+
+
+def parse_changes(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`section.key=value` (value as JSON, else a string) -> {section: {key: value}}."""
+    changes: dict[str, dict[str, Any]] = {}
+    for item in items:
+        dotted, _, raw = item.partition("=")
+        section, _, key = dotted.partition(".")
+        if not (section and key and raw):
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        changes.setdefault(section, {})[key] = value
+    return changes
+
+
+def corpus_row(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds of FedA2V's final held-out top-1 and cosine, the ridge baselines' top-1,
+    and in how many seeds FedA2V reached the centralized ridge, per space."""
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values)
+
+    row: dict[str, Any] = {"seeds": len(summaries)}
+    for s in SPACES:
+        fed = [x["baselines"]["fedA2V"][f"{s}_top1"] for x in summaries]
+        ridge = [x["baselines"]["ridge_centralized"][f"{s}_top1"] for x in summaries]
+        row[s] = {"fed": mean(fed), "ridge": mean(ridge),
+                  "local": mean([x["baselines"]["local_only_ridge"][f"{s}_top1_mean"]
+                                 for x in summaries]),
+                  "chance": mean([x["baselines"]["chance"][f"{s}_top1"] for x in summaries]),
+                  "cosine": mean([x[f"eval_{s}_cosine"] for x in summaries]),
+                  "reached": sum(f >= r for f, r in zip(fed, ridge, strict=True))}
+    return row
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    def pair(row: dict[str, Any], key: str, fmt: str = ".3f") -> str:
+        return " / ".join(format(row[s][key], fmt) for s in SPACES)
+
+    lines = ["| corpus | FedA2V top-1 | ridge, centralized | gap | seeds FedA2V ≥ ridge | "
+             "ridge, local-only | chance | FedA2V held-out cosine |",
+             "|---|---|---|---|---|---|---|---|"]
+    for corpus, row in rows.items():
+        gap = " / ".join(f"{row[s]['fed'] - row[s]['ridge']:+.3f}" for s in SPACES)
+        reached = " / ".join(f"{row[s]['reached']}" for s in SPACES) + f" of {row['seeds']}"
+        lines.append(f"| `{corpus}` | {pair(row, 'fed')} | {pair(row, 'ridge')} | {gap} | "
+                     f"{reached} | {pair(row, 'local')} | {pair(row, 'chance')} | "
+                     f"{pair(row, 'cosine')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("corpora", nargs="+", help="experiment files in configs/, by stem")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change one experiment key in every run")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/feda2v-corpora"),
+                        help="where the corpora, token caches and runs go")
+    args = parser.parse_args()
+    changes = parse_changes(args.set)
+    rows = {}
+    for corpus in args.corpora:
+        summaries = [run_experiment(CONFIGS / f"{corpus}.json", args.root, f"{corpus}-s{seed}",
+                                    seed, args.rounds, changes) for seed in range(args.seeds)]
+        rows[corpus] = corpus_row(summaries)
+    print(f"{args.rounds} rounds, seeds 0-{args.seeds - 1}, means over seeds, CLIP / T5"
+          + (f"; changed: {json.dumps(changes)}" if changes else ""))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
