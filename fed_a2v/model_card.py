@@ -49,6 +49,12 @@ def _training_lines(package: FedA2VAdapters, summary: dict[str, Any],
         tr = run_config.training
         lines.append(f"- Local epochs {run_config.federation.local_epochs}, batch size "
                      f"{tr.batch_size}, learning rate {tr.learning_rate:g}")
+        fa = run_config.feda2v
+        loss = "per-class mean MSE" if fa.use_per_class_loss else "MSE"
+        if fa.retrieval_loss_weight:
+            loss += (f" + {fa.retrieval_loss_weight:g} x retrieval cross-entropy over the target "
+                     f"rows (temperature {fa.retrieval_temperature:g})")
+        lines.append(f"- Loss: {loss}")
     lines += [f"- Audio encoder: `{audio['model']}` ({audio['dtype']}, "
               f"{audio['clip_seconds']:g} s clips at {audio['sampling_rate']} Hz)",
               *[f"- {name.upper()} targets from `{e['model']}`"

@@ -137,7 +137,8 @@ def test_a_finished_runs_final_folder_is_a_package(tmp_path: Path, monkeypatch) 
                                  federation={"global_rounds": 2, "num_clients": 2,
                                              "min_clients": 2},
                                  dataset={"clips_per_class": 10,
-                                          "prompt_template": "the sound of a {label}"})
+                                          "prompt_template": "the sound of a {label}"},
+                                 feda2v={"retrieval_loss_weight": 0.2})
     experiment["experiment"]["cache_dir"] = str(tmp_path / "cache")
     run_dir = run_in_process(experiment, tmp_path / "packaged.json", LoopbackGrid(2))
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -171,6 +172,9 @@ def test_a_finished_runs_final_folder_is_a_package(tmp_path: Path, monkeypatch) 
     card = (final / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: fed-a2v\ntags:\n")
     assert run_dir.name in card and "weighted_average" in card
+    loss_lines = [line for line in card.splitlines() if line.startswith("- Loss: ")]
+    assert loss_lines == ["- Loss: MSE + 0.2 x retrieval cross-entropy over the target rows "
+                          "(temperature 0.1)"]
     metrics = card.split("## Final metrics")[1].split("## Use")[0]
     assert f"| eval_clip_top1 | {summary['eval_clip_top1']:.4g} |" in metrics
     assert "eval_gap" not in metrics  # a setting, not a metric

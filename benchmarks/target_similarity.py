@@ -1,0 +1,42 @@
+"""How alike an experiment's target rows are: the mean and the largest cosine similarity between
+two different rows of each target table (CLIP, T5 flattened), the share of the values MSE weighs
+that tell the rows apart. Prints one markdown table.
+
+    python benchmarks/target_similarity.py configs/quickstart.json configs/speech.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fed_a2v.config import load_config
+from fed_a2v.data import open_corpus
+from fed_a2v.targets import targets_for
+
+
+def row_cosines(table: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every pair of different rows of `(K, ...)`, `(K * (K - 1),)`."""
+    rows = F.normalize(table.flatten(1).double(), dim=1)
+    return (rows @ rows.T)[~torch.eye(len(rows), dtype=torch.bool)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("| experiment | space | rows | mean cosine between rows | largest |")
+    print("|---|---|---|---|---|")
+    for path in args.configs:
+        config = load_config(path)
+        targets = targets_for(config, open_corpus(config))
+        for name, table in targets.tensors.items():
+            cos = row_cosines(table)
+            print(f"| `{path.name}` | {name} | {len(table)} | {cos.mean():.2f} | {cos.max():.2f} |")
+
+
+if __name__ == "__main__":
+    main()
