@@ -202,3 +202,14 @@ def test_baselines_off_sends_nothing_extra(tmp_path: Path) -> None:
     assert json.loads((run_dir / "summary.json").read_text())["baselines"] is None
     assert "## Baselines" not in (run_dir / "report.md").read_text()
     assert not (run_dir / "ridge-stats.safetensors").exists()
+
+
+def test_an_in_process_run_is_found_among_earlier_runs_of_its_name(tmp_path: Path) -> None:
+    """`run_in_process` returns the directory its own run wrote, however many runs of the same
+    experiment name the output folder holds already (a benchmark rerun)."""
+    experiment = _experiment(tmp_path, 1, federation={"baselines": False})
+    first = run_in_process(experiment, tmp_path / "first.json", LoopbackGrid(2))
+    second = run_in_process(experiment, tmp_path / "second.json", LoopbackGrid(2))
+    assert first != second
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {first.name, second.name}
+    assert all((d / "summary.json").is_file() for d in (first, second))
