@@ -16,24 +16,11 @@ from typing import Any
 
 from federated_runs import run_experiment
 
+from fed_a2v.config import ConfigError
+from fed_a2v.upstream import apply_overrides
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SPACES = ("clip", "t5")
-
-
-def parse_changes(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`section.key=value` (value as JSON, else a string) -> {section: {key: value}}."""
-    changes: dict[str, dict[str, Any]] = {}
-    for item in items:
-        dotted, _, raw = item.partition("=")
-        section, _, key = dotted.partition(".")
-        if not (section and key and raw):
-            raise SystemExit(f"--set {item!r}: expected section.key=value")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        changes.setdefault(section, {})[key] = value
-    return changes
 
 
 def corpus_row(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,7 +68,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/feda2v-corpora"),
                         help="where the corpora, token caches and runs go")
     args = parser.parse_args()
-    changes = parse_changes(args.set)
+    try:  # `fed-a2v`'s own --set: JSON values, unknown keys named
+        changes = apply_overrides({}, args.set)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from err
     rows = {}
     for corpus in args.corpora:
         summaries = [run_experiment(CONFIGS / f"{corpus}.json", args.root, f"{corpus}-s{seed}",
