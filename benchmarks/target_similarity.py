@@ -11,16 +11,16 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fed_a2v.config import load_config
 from fed_a2v.data import open_corpus
+from fed_a2v.losses import unit_rows
 from fed_a2v.targets import targets_for
 
 
 def row_cosines(table: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every pair of different rows of `(K, ...)`, `(K * (K - 1),)`."""
-    rows = F.normalize(table.flatten(1).double(), dim=1)
+    rows = unit_rows(table.double())
     return (rows @ rows.T)[~torch.eye(len(rows), dtype=torch.bool)]
 
 

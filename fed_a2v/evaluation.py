@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .adapters import Adapter
 from .encoded import EncodedSet
-from .losses import batch_targets, per_sample_mse
+from .losses import batch_targets, per_sample_mse, row_similarities, unit_rows
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
     for name, adapter in adapters.items():
         adapter.to(device).eval()
         targets = class_targets[name].to(device)
-        flat_targets = F.normalize(targets.flatten(1), dim=1)
+        unit_targets = unit_rows(targets)
         mse = cos = hits = 0.0
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(start + batch_size, len(data))))
@@ -34,7 +34,7 @@ def evaluate_adapters(adapters: dict[str, Adapter], data: EncodedSet,
             own = batch_targets(targets, rows)
             mse += per_sample_mse(pred, own).sum().item()
             cos += F.cosine_similarity(pred.flatten(1), own.flatten(1), dim=1).sum().item()
-            nearest = (F.normalize(pred.flatten(1), dim=1) @ flat_targets.T).argmax(dim=1)
+            nearest = row_similarities(pred, unit_targets).argmax(dim=1)
             hits += (nearest == rows).sum().item()
         n = max(len(data), 1)
         sums |= {f"{prefix}_{name}_mse": mse / n, f"{prefix}_{name}_cosine": cos / n,

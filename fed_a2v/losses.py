@@ -33,17 +33,27 @@ def adapter_loss(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
     return (sums / counts).mean()
 
 
-def retrieval_loss(pred: torch.Tensor, class_targets: torch.Tensor, rows: torch.Tensor,
+def unit_rows(table: torch.Tensor) -> torch.Tensor:
+    """`(K, ...)` -> `(K, D)`: each row flattened and scaled to unit length."""
+    return F.normalize(table.flatten(1), dim=1)
+
+
+def row_similarities(pred: torch.Tensor, unit_table: torch.Tensor) -> torch.Tensor:
+    """`(B, K)`: the cosine similarity of each prediction to every row of `unit_table`
+    (`unit_rows` of a target table); its argmax is the nearest target, as top-1 scores it."""
+    return unit_rows(pred) @ unit_table.T
+
+
+def retrieval_loss(pred: torch.Tensor, unit_table: torch.Tensor, rows: torch.Tensor,
                    temperature: float) -> torch.Tensor:
     """Cross-entropy of each prediction's cosine similarity to every target row (over
     `temperature`) against its own row `rows[i]`: the held-out top-1 task itself.
+    `unit_table`: `unit_rows` of the target table, made once per training, not per batch.
 
     MSE weighs every target value alike; where the rows share most of their values (T5 prompts
     that differ in one word, padded to one length) the part that tells them apart is a small
     share of it, and this term is what pushes the predictions apart along it."""
-    table = F.normalize(class_targets.flatten(1), dim=1)
-    logits = F.normalize(pred.flatten(1), dim=1) @ table.T / temperature
-    return F.cross_entropy(logits, rows)
+    return F.cross_entropy(row_similarities(pred, unit_table) / temperature, rows)
 
 
 def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

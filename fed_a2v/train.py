@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .adapters import Adapter
 from .encoded import EncodedSet
-from .losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss
+from .losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss, unit_rows
 from .sampling import EpochBatches
 
 
@@ -75,6 +75,8 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
         for name, a in adapters.items()
     }
     targets = {name: t.to(device) for name, t in class_targets.items()}
+    unit_targets = ({name: unit_rows(t) for name, t in targets.items()}
+                    if cfg.retrieval_weight else {})
     batches = EpochBatches(data.labels.tolist(), cfg.batch_size, cfg.stratified, cfg.seed)
     history: dict[str, list[float]] = {name: [] for name in adapters}
     for a in adapters.values():
@@ -99,7 +101,7 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
                 loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
                 if cfg.retrieval_weight:
                     loss = loss + cfg.retrieval_weight * retrieval_loss(
-                        pred, targets[name], rows, cfg.retrieval_temperature)
+                        pred, unit_targets[name], rows, cfg.retrieval_temperature)
                 if cfg.proximal_mu:
                     loss = loss + proximal_term(adapter, anchors[name], cfg.proximal_mu)
                 (loss / group_size).backward()  # the group's gradient: mean over its batches

@@ -14,7 +14,7 @@ from fed_a2v.adapters import build_adapters
 from fed_a2v.config import FedA2VConfig
 from fed_a2v.encoded import EncodedSet
 from fed_a2v.evaluation import evaluate_adapters
-from fed_a2v.losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss
+from fed_a2v.losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss, unit_rows
 from fed_a2v.train import LocalTrainConfig, train_local
 
 # Four samples of two dims; prediction is all ones, the targets differ by known amounts.
@@ -118,18 +118,20 @@ def test_retrieval_loss_by_hand():
     rows = torch.tensor([0, 2, 1, 1, 0])
     cos = F.cosine_similarity(pred.flatten(1)[:, None], table.flatten(1)[None], dim=-1)
     expected = -(cos / 0.1).log_softmax(dim=1)[torch.arange(5), rows].mean()
-    assert torch.allclose(retrieval_loss(pred, table, rows, 0.1), expected)
+    unit = unit_rows(table)
+    assert torch.allclose(retrieval_loss(pred, unit, rows, 0.1), expected)
     # cosine: the predictions' scale does not count, the temperature does
-    assert torch.allclose(retrieval_loss(7 * pred, table, rows, 0.1), expected)
-    assert not torch.allclose(retrieval_loss(pred, table, rows, 0.5), expected)
+    assert torch.allclose(retrieval_loss(7 * pred, unit, rows, 0.1), expected)
+    assert not torch.allclose(retrieval_loss(pred, unit, rows, 0.5), expected)
 
 
 def test_retrieval_loss_is_lowest_for_each_clips_own_row():
     table = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
     rows = torch.tensor([0, 1, 2, 3, 3, 1])
-    own = retrieval_loss(table[rows], table, rows, 0.1)
-    assert own < retrieval_loss(table[rows.roll(1)], table, rows, 0.1)
-    assert own < retrieval_loss(table[rows.flip(0)], table, rows, 0.1)
+    unit = unit_rows(table)
+    own = retrieval_loss(table[rows], unit, rows, 0.1)
+    assert own < retrieval_loss(table[rows.roll(1)], unit, rows, 0.1)
+    assert own < retrieval_loss(table[rows.flip(0)], unit, rows, 0.1)
 
 
 
