@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from federated_runs import run_experiment
@@ -26,18 +26,15 @@ SPACES = ("clip", "t5")
 def corpus_row(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over seeds of FedA2V's final held-out top-1 and cosine, the ridge baselines' top-1,
     and in how many seeds FedA2V reached the centralized ridge, per space."""
-    def mean(values: list[float]) -> float:
-        return statistics.fmean(values)
-
     row: dict[str, Any] = {"seeds": len(summaries)}
     for s in SPACES:
         fed = [x["baselines"]["fedA2V"][f"{s}_top1"] for x in summaries]
         ridge = [x["baselines"]["ridge_centralized"][f"{s}_top1"] for x in summaries]
-        row[s] = {"fed": mean(fed), "ridge": mean(ridge),
-                  "local": mean([x["baselines"]["local_only_ridge"][f"{s}_top1_mean"]
+        row[s] = {"fed": fmean(fed), "ridge": fmean(ridge),
+                  "local": fmean([x["baselines"]["local_only_ridge"][f"{s}_top1_mean"]
                                  for x in summaries]),
-                  "chance": mean([x["baselines"]["chance"][f"{s}_top1"] for x in summaries]),
-                  "cosine": mean([x[f"eval_{s}_cosine"] for x in summaries]),
+                  "chance": fmean([x["baselines"]["chance"][f"{s}_top1"] for x in summaries]),
+                  "cosine": fmean([x[f"eval_{s}_cosine"] for x in summaries]),
                   "reached": sum(f >= r for f, r in zip(fed, ridge, strict=True))}
     return row
 
