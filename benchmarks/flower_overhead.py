@@ -7,6 +7,8 @@ and one token cache, encoded before either runs, so no round compared holds enco
 reports its own compute seconds (`train_seconds`, `eval_seconds`, in `nodes.jsonl`); a stage
 ends with its slowest node, so a round's compute is the slowest node's training plus the slowest
 node's evaluation, and the rest of the round is the engine's (messages, processes, polls).
+The same rounds of an app that does no work (benchmarks/flower_floor) give what each engine
+costs before FedA2V does anything.
 
     python benchmarks/flower_overhead.py [--rounds 4] [--out-dir benchmarks/out]
 """
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # drills.Federation: SuperLink + SuperN
 from drills import Federation  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart.json"
+FLOOR_APP = ROOT / "benchmarks" / "flower_floor"  # a ServerApp and ClientApp that do no work
 TIMEOUT = 1800.0
 
 
@@ -86,6 +89,50 @@ def deploy(config: dict[str, Any], work: Path) -> Path:
         raise RuntimeError(f"deployment run ended {status}; logs under {root}")
     (run_dir,) = outputs.glob("*/summary.json")
     return run_dir.parent
+
+
+def floor_round(work: Path, stages: int, rounds: int, nodes: int, simulation: bool) -> float:
+    """Median wall seconds of rounds 2.. of the app that does no work (benchmarks/flower_floor)
+    with `stages` messages per node per round, on either engine."""
+    engine = "simulation" if simulation else "deployment"
+    root = work / f"floor-{engine}-{stages}"
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "round_ends.json"
+    with Federation(root, simulation=simulation) as federation:
+        for i in range(0 if simulation else nodes):
+            node_file = root / f"node-{i}.json"
+            node_file.write_text("{}")
+            federation.supernode(node_file)
+        status = federation.run({"rounds": rounds, "stages": stages, "nodes": nodes,
+                                 "out": str(out)}, timeout=TIMEOUT, app_dir=FLOOR_APP,
+                                federation_config={"num-supernodes": nodes} if simulation
+                                else None)
+    if status.get("status") != "finished:completed":
+        raise RuntimeError(f"{engine} run of {FLOOR_APP.name} ended {status}; logs under {root}")
+    ends = json.loads(out.read_text())
+    return statistics.median(b - a for a, b in list(itertools.pairwise(ends))[1:])
+
+
+FLOOR_NOTE = ("Flower alone: benchmarks/flower_floor, a ServerApp and a ClientApp that do no "
+              "work (the nodes reply at once, importing only Flower), same number of nodes, "
+              "rounds and reply polling as FedA2V's server; a deployment SuperNode sleeps 3 s "
+              "whenever it polls the SuperLink and finds no message (flwr/supernode/"
+              "start_client_internal.py) and its SuperExec starts one flwr-clientapp process "
+              "per message.")
+
+
+def floor_rows(floor: dict[tuple[str, int], float], fed_sim_wall: float,
+               rounds: int) -> list[dict]:
+    """Rows for the do-nothing app's rounds, each deployment one against 3x FedA2V's simulated
+    round (the goal)."""
+    out = []
+    for (engine, stages), wall in floor.items():
+        what = "train + evaluate messages" if stages == 2 else "a train message only"
+        compared = (f"{wall / fed_sim_wall:.1f}x FedA2V's simulated round"
+                    if engine == "deployment" else "")
+        out.append(row(f"Flower alone, {engine}: wall per round, {what} (median of rounds "
+                       f"2-{rounds})", wall, "s", compared))
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -184,6 +231,10 @@ def main() -> int:
         sim_rows, sim_wall = engine_rows("simulation", round_costs(sim_dir))
         dep_rows, dep_wall = engine_rows("deployment", round_costs(dep_dir))
         same = (read_jsonl(sim_dir / "metrics.jsonl") == read_jsonl(dep_dir / "metrics.jsonl"))
+        nodes = len(config["nodes"])
+        floor = {(engine, stages): floor_round(work, stages, args.rounds, nodes,
+                                               engine == "simulation")
+                 for engine in ("simulation", "deployment") for stages in (2, 1)}
         split_rows, split_notes = make_run_split(work)
     command = "python benchmarks/flower_overhead.py"
     notes = [f"configs/quickstart.json with {args.rounds} rounds, 3 nodes, on one corpus and "
@@ -196,7 +247,8 @@ def main() -> int:
     write_fragment("flower_overhead", "Flower overhead: simulation vs deployment", command,
                    [*sim_rows, *dep_rows,
                     row("deployment / simulation, wall per round", dep_wall / sim_wall, "x",
-                        "goal: at most 3x")], notes, args.out_dir)
+                        "goal: at most 3x"),
+                    *floor_rows(floor, sim_wall, args.rounds)], [*notes, FLOOR_NOTE], args.out_dir)
     write_fragment("make_run_split", "make run: wall time split", command, split_rows,
                    split_notes, args.out_dir)
     return 0

@@ -196,9 +196,11 @@ class Federation:
 
     def run(self, run_config: dict[str, Any], timeout: float = 2 * HANG,
             during: Callable[[], None] | None = None,
-            federation_config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`flwr run` the app; `during()` runs while it does. Returns the run's `flwr ls` entry."""
-        run_id = submit_run(APP_DIR, "fed", self.user_env, run_config=run_config,
+            federation_config: dict[str, Any] | None = None,
+            app_dir: Path = APP_DIR) -> dict[str, Any]:
+        """`flwr run` the app (FedA2V's unless `app_dir`); `during()` runs while it does.
+        Returns the run's `flwr ls` entry."""
+        run_id = submit_run(app_dir, "fed", self.user_env, run_config=run_config,
                             federation_config=federation_config)
         if during is not None:
             during()
