@@ -1,9 +1,9 @@
 """The experiment's JSON config: schema, defaults, loading and validation.
 
 One experiment file has the sections `experiment`, `federation`, `training`, `dataset`, `feda2v`,
-`privacy`, `wandb` and `nodes`; a node's own JSON file has the shape of one `nodes` entry. Every section and key is
-optional and falls back to its default. Unknown keys and bad values raise `ConfigError` naming the
-file, the key path and what is allowed.
+`privacy`, `wandb` and `nodes`; a node's own JSON file has the shape of one `nodes` entry. Every
+section and key is optional and falls back to its default. Unknown keys and bad values raise
+`ConfigError` naming the file, the key path and what is allowed.
 """
 
 from __future__ import annotations
