@@ -123,8 +123,8 @@ FLOOR_NOTE = ("Flower alone: benchmarks/flower_floor, a ServerApp and a ClientAp
 
 def floor_rows(floor: dict[tuple[str, int], float], fed_sim_wall: float,
                rounds: int) -> list[dict]:
-    """Rows for the do-nothing app's rounds, each deployment one against 3x FedA2V's simulated
-    round (the goal)."""
+    """Rows for the do-nothing app's rounds, each deployment one as a multiple of FedA2V's
+    simulated round (the goal is at most 3x)."""
     out = []
     for (engine, stages), wall in floor.items():
         what = "train + evaluate messages" if stages == 2 else "a train message only"

@@ -11,7 +11,7 @@ from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fed_a2v.rounds import RoundGrid, RoundTimeout
+from fed_a2v.rounds import RoundGrid, RoundTimeout, connected_nodes
 
 server = ServerApp()
 client = ClientApp()
@@ -36,8 +36,9 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     grid = RoundGrid(grid, RoundTimeout())
     wanted = int(cfg["nodes"])
-    while len(nodes := list(grid.get_node_ids())) < wanted:
-        time.sleep(0.1)
+    nodes = connected_nodes(grid, wanted, seconds=600)
+    if len(nodes) < wanted:
+        raise RuntimeError(f"{len(nodes)} of {wanted} nodes connected in 600 s")
     kinds = [MessageType.TRAIN, MessageType.EVALUATE][: int(cfg["stages"])]
     ends = [time.time()]
     for _ in range(int(cfg["rounds"])):
