@@ -8,7 +8,8 @@ reports its own compute seconds (`train_seconds`, `eval_seconds`, in `nodes.json
 ends with its slowest node, so a round's compute is the slowest node's training plus the slowest
 node's evaluation, and the rest of the round is the engine's (messages, processes, polls).
 The same rounds of an app that does no work (benchmarks/flower_floor) give what each engine
-costs before FedA2V does anything.
+costs before FedA2V does anything, and a deployment whose nodes each keep one long-lived ClientApp
+runner (benchmarks/flower_floor/runner.py) what is left once no process starts per message.
 
     python benchmarks/flower_overhead.py [--rounds 4] [--out-dir benchmarks/out]
 """
@@ -31,6 +32,8 @@ from fragments import OUT_DIR, row, write_fragment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # drills.Federation: SuperLink + SuperNodes on loopback
+
+from fed_a2v.launch import Process, flower_env  # noqa: E402
 
 from drills import Federation  # noqa: E402
 
@@ -67,10 +70,12 @@ def simulate(config_path: Path, *extra: str, env: dict[str, str] | None = None
     return Path(done.stdout.strip().splitlines()[-1]), started
 
 
-def deploy(config: dict[str, Any], work: Path) -> Path:
+def deploy(config: dict[str, Any], work: Path, runner: bool = False) -> Path:
     """The experiment on a SuperLink and one SuperNode per `nodes` entry, each node reading
-    its own JSON (its entry, its shard, the shared corpus and cache); returns the run dir."""
-    root = work / "deployment"
+    its own JSON (its entry, its shard, the shared corpus and cache); returns the run dir.
+    With `runner`, each SuperNode runs with `--isolation process` and one long-lived
+    `benchmarks/flower_floor/runner.py` runs its ClientApp tasks."""
+    root = work / ("deployment-runner" if runner else "deployment")
     root.mkdir(parents=True, exist_ok=True)
     outputs = root / "outputs"
     path = write_experiment(config, root / "experiment.json", outputs)
@@ -82,7 +87,13 @@ def deploy(config: dict[str, Any], work: Path) -> Path:
                 **entry, "node_split_id": i, "num_nodes": len(entries),
                 "dataset_path": config["dataset"]["path"],
                 "cache_dir": config["experiment"]["cache_dir"]}))
-            federation.supernode(node_file)
+            node = federation.supernode(node_file,
+                                        extra=["--isolation", "process"] if runner else ())
+            if runner:  # the Federation stops it with the SuperNodes, last started first
+                port = node.args[node.args.index("--port") + 1]
+                federation.processes.append(Process(
+                    [sys.executable, str(FLOOR_APP / "runner.py"), f"127.0.0.1:{port}"],
+                    flower_env(root / f"runner-{i}"), root / f"runner-{i}.log"))
         status = federation.run({"config": str(path), "output-dir": str(outputs)},
                                 timeout=TIMEOUT)
     if status.get("status") != "finished:completed":
@@ -119,6 +130,13 @@ FLOOR_NOTE = ("Flower alone: benchmarks/flower_floor, a ServerApp and a ClientAp
               "whenever it polls the SuperLink and finds no message (flwr/supernode/"
               "start_client_internal.py) and its SuperExec starts one flwr-clientapp process "
               "per message.")
+
+
+RUNNER = "deployment, one long-lived ClientApp runner per node"
+RUNNER_NOTE = ("One long-lived ClientApp runner per node: the same deployment with each SuperNode "
+               "in `--isolation process` and benchmarks/flower_floor/runner.py in place of "
+               "Flower's SuperExec, so no process starts per message (built on Flower's internal "
+               "Runtime API; a measurement, not how FedA2V deploys).")
 
 
 def floor_rows(floor: dict[tuple[str, int], float], fed_sim_wall: float,
@@ -228,9 +246,12 @@ def main() -> int:
         sim_dir, _ = simulate(write_experiment(config, work / "simulation.json",
                                                work / "simulation"))
         dep_dir = deploy(config, work)
+        runner_dir = deploy(config, work, runner=True)
         sim_rows, sim_wall = engine_rows("simulation", round_costs(sim_dir))
         dep_rows, dep_wall = engine_rows("deployment", round_costs(dep_dir))
-        same = (read_jsonl(sim_dir / "metrics.jsonl") == read_jsonl(dep_dir / "metrics.jsonl"))
+        runner_rows, runner_wall = engine_rows(RUNNER, round_costs(runner_dir))
+        same = all(read_jsonl(sim_dir / "metrics.jsonl") == read_jsonl(d / "metrics.jsonl")
+                   for d in (dep_dir, runner_dir))
         nodes = len(config["nodes"])
         floor = {(engine, stages): floor_round(work, stages, args.rounds, nodes,
                                                engine == "simulation")
@@ -242,13 +263,15 @@ def main() -> int:
              "Round wall time: the server's round ends (summary.json `timings`); node compute: "
              "each node's own `train_seconds` / `eval_seconds` (nodes.jsonl), slowest node per "
              "stage.",
-             "Both engines did the same work: metrics.jsonl identical" if same else
-             "The engines' metrics.jsonl differ (same seeds; see the runs)"]
+             "All three runs did the same work: metrics.jsonl identical" if same else
+             "The runs' metrics.jsonl differ (same seeds; see the runs)"]
     write_fragment("flower_overhead", "Flower overhead: simulation vs deployment", command,
                    [*sim_rows, *dep_rows,
                     row("deployment / simulation, wall per round", dep_wall / sim_wall, "x",
                         "goal: at most 3x"),
-                    *floor_rows(floor, sim_wall, args.rounds)], [*notes, FLOOR_NOTE], args.out_dir)
+                    *floor_rows(floor, sim_wall, args.rounds), *runner_rows,
+                    row(f"{RUNNER} / simulation, wall per round", runner_wall / sim_wall, "x")],
+                   [*notes, FLOOR_NOTE, RUNNER_NOTE], args.out_dir)
     write_fragment("make_run_split", "make run: wall time split", command, split_rows,
                    split_notes, args.out_dir)
     return 0
