@@ -33,7 +33,7 @@ from fragments import OUT_DIR, row, write_fragment
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # drills.Federation: SuperLink + SuperNodes on loopback
 
-from fed_a2v.launch import Process, flower_env  # noqa: E402
+from fed_a2v.launch import COMPLETED, Process, flower_env  # noqa: E402
 
 from drills import Federation  # noqa: E402
 
@@ -96,7 +96,7 @@ def deploy(config: dict[str, Any], work: Path, runner: bool = False) -> Path:
                     flower_env(root / f"runner-{i}"), root / f"runner-{i}.log"))
         status = federation.run({"config": str(path), "output-dir": str(outputs)},
                                 timeout=TIMEOUT)
-    if status.get("status") != "finished:completed":
+    if status.get("status") != COMPLETED:
         raise RuntimeError(f"deployment run ended {status}; logs under {root}")
     (run_dir,) = outputs.glob("*/summary.json")
     return run_dir.parent
@@ -118,7 +118,7 @@ def floor_round(work: Path, stages: int, rounds: int, nodes: int, simulation: bo
                                  "out": str(out)}, timeout=TIMEOUT, app_dir=FLOOR_APP,
                                 federation_config={"num-supernodes": nodes} if simulation
                                 else None)
-    if status.get("status") != "finished:completed":
+    if status.get("status") != COMPLETED:
         raise RuntimeError(f"{engine} run of {FLOOR_APP.name} ended {status}; logs under {root}")
     ends = json.loads(out.read_text())
     return statistics.median(b - a for a, b in list(itertools.pairwise(ends))[1:])
