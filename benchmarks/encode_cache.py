@@ -23,14 +23,15 @@ import torch
 from fragments import OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
-from fed_a2v.adapters import adapter_names, adapters_for_targets
-from fed_a2v.audio import load_audio
-from fed_a2v.config import load_config
-from fed_a2v.data import open_corpus, split_for_node
-from fed_a2v.encoders import AudioEncoder
-from fed_a2v.node import Encoding, NodeIdentity, encoded_set
-from fed_a2v.targets import targets_for
-from fed_a2v.train import LocalTrainConfig, train_local
+from fed_a2v.config.load import load_config
+from fed_a2v.data.audio import load_audio
+from fed_a2v.data.node_corpora import open_corpus
+from fed_a2v.data.splits import split_for_node
+from fed_a2v.encode.encoders import AudioEncoder
+from fed_a2v.encode.node_data import Encoding, NodeIdentity, encoded_set
+from fed_a2v.encode.targets import targets_for
+from fed_a2v.model.adapters import adapter_names, adapters_for_targets
+from fed_a2v.model.train import LocalTrainConfig, train_local
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """One federated run of an experiment file with a few keys changed, by the ServerApp's code
-and FedA2V's node code on an in-process grid (`fed_a2v.inprocess`: no Ray, no SuperLink), so a
+and FedA2V's node code on an in-process grid (`fed_a2v.launch.inprocess`: no Ray, no SuperLink), so a
 benchmark compares settings, not engines. Runs sharing `root` share the token cache; runs of
 the built-in corpus with the same seed share its data (the seed generates it)."""
 
@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fed_a2v.config import BUILTIN_DATASETS
-from fed_a2v.inprocess import LoopbackGrid, run_in_process
+from fed_a2v.config.schema import BUILTIN_DATASETS
+from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process
 
 
 def run_experiment(config_path: Path, root: Path, name: str, seed: int, rounds: int,

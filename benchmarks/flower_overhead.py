@@ -33,7 +33,7 @@ from fragments import OUT_DIR, row, write_fragment
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # drills.Federation: SuperLink + SuperNodes on loopback
 
-from fed_a2v.launch import COMPLETED, Process, flower_env  # noqa: E402
+from fed_a2v.launch.host import COMPLETED, Process, flower_env  # noqa: E402
 
 from drills import Federation  # noqa: E402
 

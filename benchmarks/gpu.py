@@ -24,10 +24,10 @@ import torch
 from fragments import OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
-from fed_a2v.adapters import build_adapters
-from fed_a2v.config import FedA2VConfig
-from fed_a2v.encoded import EncodedSet
-from fed_a2v.train import LocalTrainConfig, train_local
+from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.model.adapters import build_adapters
+from fed_a2v.model.train import LocalTrainConfig, train_local
 
 NUM_CLASSES = 10
 FRAMES, MEL_BINS = 1024, 128  # the AudioSet AST's input: 10.24 s of 10 ms frames

@@ -18,9 +18,9 @@ import torch
 from fragments import OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
-from fed_a2v.adapters import adapters_state, build_adapters
-from fed_a2v.audio import FeatureSettings, fbank_features
-from fed_a2v.config import FedA2VConfig
+from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.data.audio import FeatureSettings, fbank_features
+from fed_a2v.model.adapters import adapters_state, build_adapters
 
 
 def main() -> None:

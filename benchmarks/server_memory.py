@@ -55,12 +55,12 @@ def one(mode: str, nodes: int, transport: str) -> dict[str, float]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-    from fed_a2v.adapters import adapters_state, build_adapters
-    from fed_a2v.config import FedA2VConfig
-    from fed_a2v.rounds import RoundGrid, RoundTimeout
-    from fed_a2v.strategy import FedA2VStrategy
-    from fed_a2v.targets import Targets
-    from fed_a2v.transport import encode_update
+    from fed_a2v.config.schema import FedA2VConfig
+    from fed_a2v.encode.targets import Targets
+    from fed_a2v.federation.rounds import RoundGrid, RoundTimeout
+    from fed_a2v.federation.strategy import FedA2VStrategy
+    from fed_a2v.federation.transport import encode_update
+    from fed_a2v.model.adapters import adapters_state, build_adapters
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from drills import server_identity

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from fed_a2v.config import load_config
-from fed_a2v.data import open_corpus
-from fed_a2v.losses import unit_rows
-from fed_a2v.targets import targets_for
+from fed_a2v.config.load import load_config
+from fed_a2v.data.node_corpora import open_corpus
+from fed_a2v.encode.targets import targets_for
+from fed_a2v.model.losses import unit_rows
 
 
 def row_cosines(table: torch.Tensor) -> torch.Tensor:

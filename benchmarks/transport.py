@@ -23,7 +23,7 @@ from federated_runs import run_experiment
 from fragments import OUT_DIR, row, write_fragment
 from tqdm import tqdm
 
-from fed_a2v.protocol import TRANSPORT_DTYPES
+from fed_a2v.config.schema import TRANSPORT_DTYPES
 
 METRICS = ("eval_clip_top1", "eval_t5_top1")
 

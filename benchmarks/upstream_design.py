@@ -2,7 +2,7 @@
 held-out top-1 each reaches on the built-in data at equal rounds.
 
 Sizes: both designs built at the real widths (AST 768 in, CLIP 768, T5 17 x 4096);
-upstream's shapes come from lucapalazzo/fedgfe (see `fed_a2v/upstream_adapters.py`).
+upstream's shapes come from lucapalazzo/fedgfe (see `fed_a2v/model/upstream_adapters.py`).
 Training: configs/quickstart.json (synthetic corpus, tiny models, 3 nodes, FedAvg) run by the
 ServerApp's code with FedA2V's node code on an in-process grid (`tests/drills.py`), once per
 design and seed, `feda2v.adapter_design` the only difference (each seed generates its own
@@ -26,9 +26,10 @@ import torch
 from federated_runs import run_experiment
 from fragments import OUT_DIR, row, write_fragment
 
-from fed_a2v.adapters import adapters_state, build_adapters
-from fed_a2v.config import FedA2VConfig, load_config
-from fed_a2v.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
+from fed_a2v.config.load import load_config
+from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.encode.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
+from fed_a2v.model.adapters import adapters_state, build_adapters
 
 DESIGNS = ("fed_a2v", "upstream")
 MIB = 2**20

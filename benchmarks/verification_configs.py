@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fed_a2v.config import load_config
+from fed_a2v.config.load import load_config
 
 CONFIGS = ["configs/test_bs1.json", "configs/test_bs8.json", "configs/test_bs16.json",
            "configs/quickstart.json"]

@@ -1,11 +1,11 @@
-"""FedA2V ClientApp: wires `fed_a2v.node` into Flower."""
+"""FedA2V ClientApp: wires `fed_a2v.federation.node` into Flower."""
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fed_a2v.node import evaluate_reply, train_reply
-from fed_a2v.privacy import clipping_mod
-from fed_a2v.process import setup_process
+from fed_a2v.federation.node import evaluate_reply, train_reply
+from fed_a2v.federation.privacy import clipping_mod
+from fed_a2v.launch.host import setup_process
 
 app = ClientApp()
 

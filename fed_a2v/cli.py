@@ -13,29 +13,31 @@ from pathlib import Path
 
 import torch
 
-from .app_dir import default_config, flower_app_dir
-from .config import Config, ConfigError, check_node_diffusion, load_config, load_node_config
-from .data import check_node_shares, corpus_index
-from .federation_study import ARMS as FEDERATION_ARMS
-from .federation_study import (
-    StudySettings,
-    arms_named,
-    run_federation_study,
-    write_federation_study,
-)
-from .launch import (
+from fed_a2v.config.load import load_config, load_node_config
+from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.validate import check_node_diffusion
+from fed_a2v.data.node_corpora import check_node_shares, corpus_index
+from fed_a2v.encode.targets import compute_targets, target_prompts
+from fed_a2v.launch.app_dir import default_config, flower_app_dir
+from fed_a2v.launch.host import (
     COMPLETED,
     flower_env,
     free_port,
+    setup_process,
     start_superlink,
     submit_run,
     wait_for_run,
     write_connection,
 )
-from .process import setup_process
-from .run_dir import new_run_dir, run_to_resume
-from .targets import compute_targets, target_prompts
-from .wandb_log import require_wandb
+from fed_a2v.runs.run_dir import new_run_dir, run_to_resume
+from fed_a2v.runs.wandb_log import require_wandb
+from fed_a2v.studies.federation import ARMS as FEDERATION_ARMS
+from fed_a2v.studies.federation import (
+    StudySettings,
+    arms_named,
+    run_federation_study,
+    write_federation_study,
+)
 
 log = logging.getLogger("fed_a2v.cli")
 
@@ -134,7 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Print (or write) the experiment in FedA2V's own format, with a notes file beside it."""
-    from .upstream import convert, notes
+    from fed_a2v.config.upstream import convert, notes
 
     native, translation = convert(args.config, args.overrides)
     text = json.dumps(native, indent=2) + "\n"
@@ -173,7 +175,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """The batch-size study on the config's data; writes study.md, study.json and PNGs."""
-    from .study import default_arms, run_study, write_study
+    from fed_a2v.studies.batch_size import default_arms, run_study, write_study
 
     torch.set_num_threads(args.threads)
     config = _load(args.config)
@@ -199,7 +201,7 @@ def cmd_study_federation(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Plots and report.md for a run directory (a finished run has them already)."""
-    from .report import write_report
+    from fed_a2v.runs.report import write_report
 
     print(write_report(args.run_dir))
     return 0
@@ -207,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Images from audio clips with the adapters and a FLUX pipeline (no text encoder)."""
-    from .generate import GenerateSettings, generate
+    from fed_a2v.generate.from_sound import GenerateSettings, generate
 
     settings = GenerateSettings(
         pipeline=args.pipeline, steps=args.steps, guidance=args.guidance,
@@ -233,7 +235,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """The conditioning tensors of audio clips, for generating elsewhere."""
     from safetensors import safe_open
 
-    from .generate import embed
+    from fed_a2v.generate.from_sound import embed
 
     out = embed(args.adapters, args.audio, args.out, args.device, args.cache_dir)
     with safe_open(str(out), "pt") as f:

@@ -16,12 +16,12 @@ echo "install: ${SECONDS} s, venv $(du -sh "$work/venv" | cut -f1)"
 cd "$work"  # not the checkout: everything must come from the installed package
 "$work/venv/bin/python" - <<'PY'
 import importlib.metadata as md
-import fed_a2v.audio  # noqa: F401  (the feature path imports without torchaudio)
+import fed_a2v.data.audio  # noqa: F401  (the feature path imports without torchaudio)
 print("resolved:", ", ".join(f"{p} {md.version(p)}" for p in
                              ("torch", "transformers", "flwr", "ray", "numpy", "diffusers")))
 PY
 "$work/venv/bin/fed-a2v" validate "$("$work/venv/bin/python" -c \
-    'from fed_a2v.app_dir import default_config; print(default_config())')"
+    'from fed_a2v.launch.app_dir import default_config; print(default_config())')"
 "$work/venv/bin/fed-a2v" simulate --rounds 2 --output-dir "$work/runs"
 test -f "$work"/runs/*/summary.json
 # A picture from a sound: the run's adapters drive the built-in tiny FLUX pipeline.

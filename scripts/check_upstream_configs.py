@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from fed_a2v.cli import main as fed_a2v
-from fed_a2v.config import Config, ConfigError
-from fed_a2v.layouts import write_layout
-from fed_a2v.upstream import pattern_of, resolve
+from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.upstream import pattern_of, resolve
+from fed_a2v.data.builtin.layouts import write_layout
 
 LAYOUT = {"esc50": "esc50-upstream", "vegas": "vegas", "vggsound": "vggsound"}
 MIN_CLIPS = 20  # per class: enough for a 0.8 / 0.1 / 0.1 split to leave a clip in each part

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from fed_a2v.launch import COMPLETED, flower_env, submit_run, wait_for_run, write_connection
+from fed_a2v.launch.host import COMPLETED, flower_env, submit_run, wait_for_run, write_connection
 
 CONNECTION = "compose"
 log = logging.getLogger("compose-run")

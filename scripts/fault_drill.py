@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fed_a2v.audio import AudioError, load_audio
+from fed_a2v.data.audio import AudioError, load_audio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared scenarios
 from drills import (  # noqa: E402
@@ -52,7 +52,7 @@ def audio_rows(root: Path) -> list[Row]:
 
 
 def config_rows(root: Path) -> list[Row]:
-    from fed_a2v.synthetic import ensure_synthetic_corpus
+    from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 
     data = ensure_synthetic_corpus(root / "corpus", 0, 3, 10, 0.3, 16000)
     cases = {

@@ -44,7 +44,7 @@ app)
   python - <<'PY'
 import importlib.util
 
-import fed_a2v.federation, fed_a2v.node, server.app, client.app, torch  # noqa: F401
+import fed_a2v.federation.server, fed_a2v.federation.node, server.app, client.app, torch  # noqa: F401
 
 assert importlib.util.find_spec("ray") is None, "Ray is in the image"
 print("fed-a2v ready: torch", torch.__version__, "(CUDA build)" if torch.version.cuda else "(CPU)")

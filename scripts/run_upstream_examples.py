@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from fed_a2v.config import load_config
-from fed_a2v.layouts import write_layout
+from fed_a2v.config.load import load_config
+from fed_a2v.data.builtin.layouts import write_layout
 
 # A federated run, a standalone (`*_sa`) run and a mixed ESC-50 + VEGAS run.
 EXAMPLES = ("a2v_vegas_2n_2c_200s_avg.json", "a2v_esc50_3n_1c_generate_sa.json",

@@ -1,12 +1,12 @@
-"""FedA2V ServerApp: wires `fed_a2v.federation` into Flower."""
+"""FedA2V ServerApp: wires `fed_a2v.federation.server` into Flower."""
 
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fed_a2v.federation import run_federation
-from fed_a2v.process import setup_process
+from fed_a2v.federation.server import run_federation
+from fed_a2v.launch.host import setup_process
 
 APP_DIR = Path(__file__).resolve().parent.parent
 

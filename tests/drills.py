@@ -31,9 +31,9 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 
-from fed_a2v.adapters import ADAPTERS_BY_DIFFUSION
-from fed_a2v.inprocess import LoopbackGrid, run_in_process, server_identity  # noqa: F401 (tests)
-from fed_a2v.launch import (
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.launch.host import (
     Process,
     flower_env,
     free_port,
@@ -43,8 +43,8 @@ from fed_a2v.launch import (
     wait_for_run,
     write_connection,
 )
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.targets import Targets
+from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process, server_identity  # noqa: F401 (tests)
+from fed_a2v.model.adapters import ADAPTERS_BY_DIFFUSION
 
 APP_DIR = Path(__file__).resolve().parent.parent
 

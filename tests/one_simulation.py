@@ -21,8 +21,8 @@ APP_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(APP_DIR))
 
 from client.app import app as client_app  # noqa: E402
-from fed_a2v.federation import run_federation  # noqa: E402
-from fed_a2v.process import setup_process  # noqa: E402
+from fed_a2v.federation.server import run_federation  # noqa: E402
+from fed_a2v.launch.host import setup_process  # noqa: E402
 
 
 def main(num_nodes: int, experiments: list[str]) -> None:

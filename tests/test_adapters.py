@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fed_a2v.adapters import ChannelGroupNorm, adapters_state, build_adapters, load_adapters_state
-from fed_a2v.config import ConfigError, FedA2VConfig, load_config
+from fed_a2v.config.load import load_config
+from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.model.adapters import adapters_state, build_adapters, load_adapters_state
+from fed_a2v.model.layers import ChannelGroupNorm
 
 D_AUDIO, D_CLIP, D_T5, TOKENS = 32, 24, 16, 10
 
@@ -164,8 +166,8 @@ def test_upstream_design_has_fed_a2vs_interface(diffusion_type):
 
 
 def test_a_package_rebuilds_the_design_it_was_trained_with():
-    from fed_a2v.pretrained import FedA2VAdapters
-    from fed_a2v.targets import Targets
+    from fed_a2v.encode.targets import Targets
+    from fed_a2v.model.pretrained import FedA2VAdapters
 
     cfg = FedA2VConfig(adapter_design="upstream")
     state = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=4))

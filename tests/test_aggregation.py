@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fed_a2v.aggregation import fedavg, fedavg_per_adapter, split_by_adapter
+from fed_a2v.federation.aggregation import fedavg, fedavg_per_adapter, split_by_adapter
 
 A = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32),
      "b": np.array([0.0, -4.0], dtype=np.float32)}

@@ -16,14 +16,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fed_a2v.adapters import adapters_state, build_adapters
-from fed_a2v.aggregation import aggregate_adapters, fedavg_per_adapter
-from fed_a2v.config import ConfigError, config_from_dict
-from fed_a2v.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
-from fed_a2v.pretrained import FedA2VAdapters
-from fed_a2v.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.targets import Targets
+from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.encode.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.aggregation import aggregate_adapters, fedavg_per_adapter
+from fed_a2v.federation.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
+from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.model.pretrained import FedA2VAdapters
 
 from drills import LoopbackGrid, experiment_dict, run_in_process, small_experiment, train_reply
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from transformers import ASTFeatureExtractor
 
-from fed_a2v import encoders
-from fed_a2v.audio import FeatureSettings, fbank_features, load_audio, pad_or_trim, resample
-from fed_a2v.synthetic import SOUNDS
+from fed_a2v.data.audio import FeatureSettings, fbank_features, load_audio, pad_or_trim, resample
+from fed_a2v.data.builtin.synthetic import SOUNDS
+from fed_a2v.encode import encoders
 
 PROMPTS = [encoders.class_prompt(name) for name in SOUNDS]
 

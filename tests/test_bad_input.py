@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fed_a2v.aggregation import update_problem
-from fed_a2v.audio import AudioError, load_audio
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.targets import Targets
+from fed_a2v.data.audio import AudioError, load_audio
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.aggregation import update_problem
+from fed_a2v.federation.strategy import FedA2VStrategy
 
 from drills import DECODABLE, UNUSABLE, train_reply, write_audio_cases
 

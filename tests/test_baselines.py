@@ -1,4 +1,4 @@
-"""Ridge baselines (fed_a2v.baselines): the map solved from summed node statistics is the ridge
+"""Ridge baselines (fed_a2v.federation.baselines): the map solved from summed node statistics is the ridge
 of the pooled clips, its top-1 is the explicit ridge's, and a real run (the ServerApp's code and
 the nodes' in one process) reports it beside FedA2V and chance; `federation.baselines` false
 sends nothing extra."""
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from flwr.app import Context, MessageType, RecordDict
 
-from fed_a2v.baselines import (
+from fed_a2v.federation.baselines import (
     RidgeStats,
     nearest_rows,
     pooled_features,
@@ -22,8 +22,8 @@ from fed_a2v.baselines import (
     solve,
     top1_hits,
 )
-from fed_a2v.federation import run_federation
-from fed_a2v.protocol import RIDGE_HITS, RIDGE_MAPS, RIDGE_REQUEST, RIDGE_STATS
+from fed_a2v.federation.protocol import RIDGE_HITS, RIDGE_MAPS, RIDGE_REQUEST, RIDGE_STATS
+from fed_a2v.federation.server import run_federation
 
 from drills import APP_DIR, LoopbackGrid, experiment_dict, run_in_process, server_identity
 
@@ -60,7 +60,7 @@ def test_predictions_through_a_and_t_are_the_explicit_ridge_predictions() -> Non
     coeffs = predict_rows(solve(RidgeStats.of(x, rows, 6), LAM), test)
     np.testing.assert_allclose((coeffs @ targets.flatten(1)).numpy(), test.numpy() @ w,
                                rtol=1e-8, atol=1e-10)
-    # Top-1 as fed_a2v.evaluation computes it for the adapters: cosine to every flat target.
+    # Top-1 as fed_a2v.model.evaluation computes it for the adapters: cosine to every flat target.
     pred = torch.from_numpy(test.numpy() @ w)
     nearest = (F.normalize(pred, dim=1) @ F.normalize(targets.flatten(1), dim=1).T).argmax(1)
     assert torch.equal(nearest_rows(coeffs, targets), nearest)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from fed_a2v.builtin import BUILTIN
-from fed_a2v.config import BUILTIN_DATASETS, ConfigError, config_from_dict
-from fed_a2v.data import corpus_index, open_corpus
-from fed_a2v.generator import ClipError, Generator, ensure_corpus, over_noise
-from fed_a2v.instruments import INSTRUMENTS, playable_keys, soundfont
-from fed_a2v.speech import ACCENTS, VARIANTS, WORDS, EspeakError, speak
+from fed_a2v.config.schema import BUILTIN_DATASETS, ConfigError
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.data.builtin.generator import ClipError, Generator, ensure_corpus, over_noise
+from fed_a2v.data.builtin.instruments import INSTRUMENTS, playable_keys, soundfont
+from fed_a2v.data.builtin.speech import ACCENTS, VARIANTS, WORDS, EspeakError, speak
+from fed_a2v.data.node_corpora import BUILTIN, corpus_index, open_corpus
 
 NEW = ("speech", "instruments")
 TINY = {"num_classes": 3, "clips_per_class": 5, "clip_seconds": 1.0, "sample_rate": 16000}

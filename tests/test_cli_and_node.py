@@ -11,9 +11,9 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fed_a2v.cli import main
-from fed_a2v.config import Config, ConfigError, NodeConfig
-from fed_a2v.federation import resolve_path
-from fed_a2v.node import identify, node_seed
+from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.federation.node import identify, node_seed
+from fed_a2v.federation.server import resolve_path
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_validate_error_exits_2_naming_file_and_key(tmp_path: Path) -> None:
 
 
 def test_validate_checks_node_json_against_the_corpus(tmp_path: Path, capsys) -> None:
-    from fed_a2v.synthetic import ensure_synthetic_corpus
+    from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 
     data = ensure_synthetic_corpus(tmp_path / "data", 0, 3, 10, 0.3, 16000)
     experiment = tmp_path / "exp.json"
@@ -69,7 +69,7 @@ def test_validate_fails_for_a_corpus_that_is_not_on_disk(tmp_path: Path, capsys,
 
 def test_validate_fails_for_a_node_dataset_path_that_is_not_on_disk(tmp_path: Path,
                                                                     capsys) -> None:
-    from fed_a2v.synthetic import ensure_synthetic_corpus
+    from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 
     data = ensure_synthetic_corpus(tmp_path / "data", 0, 3, 10, 0.3, 16000)
     experiment = tmp_path / "exp.json"

@@ -14,7 +14,7 @@ import flwr
 import pytest
 import yaml
 
-from fed_a2v.config import load_config, load_node_config
+from fed_a2v.config.load import load_config, load_node_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR_VERSION = flwr.__version__

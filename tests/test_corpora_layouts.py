@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.config import Config, ConfigError, NodeConfig, config_from_dict
-from fed_a2v.corpora import VEGAS_CLASSES, read_esc50, read_vegas, read_vggsound
-from fed_a2v.data import check_node_shares, corpus_index, node_corpus, split_for_node
-from fed_a2v.layouts import write_layout
-from fed_a2v.pretrained import FedA2VAdapters
+from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.data.builtin.layouts import write_layout
+from fed_a2v.data.corpora import VEGAS_CLASSES, read_esc50, read_vegas, read_vggsound
+from fed_a2v.data.node_corpora import check_node_shares, corpus_index, node_corpus
+from fed_a2v.data.splits import split_for_node
+from fed_a2v.model.pretrained import FedA2VAdapters
 
 TINY = {"clip_seconds": 0.05, "sample_rate": 8000}
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from fed_a2v.config import Config, ConfigError, NodeConfig
-from fed_a2v.data import read_esc50, shard_clips, split_for_node
-from fed_a2v.synthetic import SOUNDS, ensure_synthetic_corpus
+from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.data.builtin.synthetic import SOUNDS, ensure_synthetic_corpus
+from fed_a2v.data.corpora import read_esc50
+from fed_a2v.data.splits import shard_clips, split_for_node
 
 SMALL = {"num_classes": 4, "clips_per_class": 10, "clip_seconds": 0.5, "sample_rate": 16000}
 CLASSES = list(SOUNDS)[:4]  # dog, rooster, siren, rain
@@ -216,8 +217,8 @@ def test_configs_relying_on_synthetic_defaults_each_get_their_own_corpus(tmp_pat
                                                                        monkeypatch):
     """Two configs that leave `dataset.path` out but generate differently both work, in
     either order, in one working directory (as after `make run`)."""
-    from fed_a2v.config import config_from_dict
-    from fed_a2v.data import check_node_shares, open_corpus
+    from fed_a2v.config.validate import config_from_dict
+    from fed_a2v.data.node_corpora import check_node_shares, open_corpus
 
     monkeypatch.chdir(tmp_path)
     small = {"clip_seconds": 0.2, "sample_rate": 8000}

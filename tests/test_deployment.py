@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.launch import (
+from fed_a2v.launch.host import (
     COMPLETED,
     Process,
     flower_env,

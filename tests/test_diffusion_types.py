@@ -14,27 +14,28 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from safetensors.torch import load_file
 
-from fed_a2v import encoders
-from fed_a2v import targets as targets_module
-from fed_a2v.adapters import (
+import fed_a2v.encode.targets as targets_module
+from fed_a2v.cli import main
+from fed_a2v.config.schema import Config, ConfigError, FedA2VConfig
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.data.node_corpora import open_corpus
+from fed_a2v.encode import encoders
+from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.targets import Targets, compute_targets, target_prompts, targets_for
+from fed_a2v.federation.node import evaluate_reply, train_reply
+from fed_a2v.federation.protocol import TARGET_NAMES, TARGETS
+from fed_a2v.federation.server import lr_plan
+from fed_a2v.model.adapters import (
     Adapter,
     adapter_names,
     adapters_for_targets,
     adapters_state,
     build_adapters,
 )
-from fed_a2v.cli import main
-from fed_a2v.config import Config, ConfigError, FedA2VConfig, config_from_dict
-from fed_a2v.data import open_corpus
-from fed_a2v.encoded import EncodedSet
-from fed_a2v.evaluation import evaluate_adapters
-from fed_a2v.federation import lr_plan
-from fed_a2v.node import evaluate_reply, train_reply
-from fed_a2v.pretrained import FedA2VAdapters
-from fed_a2v.protocol import TARGET_NAMES, TARGETS
-from fed_a2v.run_dir import eval_keys, round_keys
-from fed_a2v.targets import Targets, compute_targets, target_prompts, targets_for
-from fed_a2v.train import LocalTrainConfig, train_local
+from fed_a2v.model.evaluation import evaluate_adapters
+from fed_a2v.model.pretrained import FedA2VAdapters
+from fed_a2v.model.train import LocalTrainConfig, train_local
+from fed_a2v.runs.run_dir import eval_keys, round_keys
 
 from drills import experiment_dict
 

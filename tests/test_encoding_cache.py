@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from fed_a2v import node as node_module
-from fed_a2v.cache import TokenCache
+import fed_a2v.federation.node as node_module
 from fed_a2v.cli import main
-from fed_a2v.config import Config, NodeConfig
-from fed_a2v.data import open_corpus
-from fed_a2v.node import NodeIdentity, node_data
-from fed_a2v.synthetic import ensure_synthetic_corpus
-from fed_a2v.targets import Targets, compute_targets, target_prompts, targets_for
+from fed_a2v.config.schema import Config, NodeConfig
+from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
+from fed_a2v.data.node_corpora import open_corpus
+from fed_a2v.encode.cache import TokenCache
+from fed_a2v.encode.node_data import NodeIdentity, node_data
+from fed_a2v.encode.targets import Targets, compute_targets, target_prompts, targets_for
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_targets_cache_follows_changed_local_weights(setup, tmp_path: Path) -> N
     import torch
     from transformers import T5EncoderModel
 
-    from fed_a2v.encoders import save_builtin
+    from fed_a2v.encode.encoders import save_builtin
 
     config, _, _, _ = setup
     config.feda2v.clip_model_name = str(save_builtin("builtin:tiny-clip", tmp_path / "clip"))
@@ -165,8 +165,8 @@ def _live_waveforms(num_samples: int) -> int:
 def test_encoding_streams_a_batch_at_a_time(setup) -> None:
     """Every batch's tokens are in the cache before the next batch is encoded, and only one
     batch of waveforms is alive while the encoder runs."""
-    from fed_a2v.data import split_for_node
-    from fed_a2v.node import Encoding
+    from fed_a2v.data.splits import split_for_node
+    from fed_a2v.encode.node_data import Encoding
 
     config, ident, _, _ = setup
     clips = split_for_node(open_corpus(config), ident.settings, 0, 1, config).train
@@ -186,8 +186,8 @@ def test_encoding_streams_a_batch_at_a_time(setup) -> None:
 
 
 def test_a_crash_mid_encoding_keeps_the_batches_done(setup) -> None:
-    from fed_a2v.data import split_for_node
-    from fed_a2v.node import Encoding
+    from fed_a2v.data.splits import split_for_node
+    from fed_a2v.encode.node_data import Encoding
 
     config, ident, _, _ = setup
     clips = split_for_node(open_corpus(config), ident.settings, 0, 1, config).train

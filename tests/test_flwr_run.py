@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fed_a2v.launch import COMPLETED
+from fed_a2v.launch.host import COMPLETED
 
 from drills import Federation
 

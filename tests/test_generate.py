@@ -13,10 +13,10 @@ import transformers
 from safetensors import safe_open
 from test_pretrained import fresh_package
 
-from fed_a2v.adapters import adapters_state, build_adapters
 from fed_a2v.cli import EXIT_CONFIG, main
-from fed_a2v.config import ConfigError, FedA2VConfig
-from fed_a2v.encoders import (
+from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
+from fed_a2v.encode.encoders import (
     BUILTIN_CLIP_WIDTH,
     BUILTIN_T5_WIDTH,
     builtin_clip,
@@ -24,7 +24,8 @@ from fed_a2v.encoders import (
     clip_targets,
     t5_targets,
 )
-from fed_a2v.flux import (
+from fed_a2v.encode.targets import Targets
+from fed_a2v.generate.flux import (
     TINY_FLUX,
     check_widths,
     is_flux_source,
@@ -33,7 +34,7 @@ from fed_a2v.flux import (
     render,
     save_tiny_flux,
 )
-from fed_a2v.generate import (
+from fed_a2v.generate.from_sound import (
     GenerateSettings,
     audio_inputs,
     encode_clips,
@@ -41,10 +42,9 @@ from fed_a2v.generate import (
     read_inputs,
     unique_stems,
 )
-from fed_a2v.pretrained import FedA2VAdapters
-from fed_a2v.scoring import write_tiny_clip
-from fed_a2v.synthetic import ensure_synthetic_corpus
-from fed_a2v.targets import Targets
+from fed_a2v.generate.scoring import write_tiny_clip
+from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.model.pretrained import FedA2VAdapters
 
 from drills import LoopbackGrid, experiment_dict, run_in_process
 
@@ -216,7 +216,7 @@ def test_generate_writes_images_gallery_and_report_same_seed_same_bytes(package,
     monkeypatch.setattr(transformers.CLIPTextModel, "__init__", no_text_model)
     monkeypatch.setattr(transformers.T5EncoderModel, "__init__", no_text_model)
     loaded = []
-    import fed_a2v.generate as gen
+    import fed_a2v.generate.from_sound as gen
 
     def spy(*args, **kwargs):
         loaded.append(load_flux_pipeline(*args, **kwargs))

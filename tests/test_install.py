@@ -35,7 +35,7 @@ def test_an_installed_wheel_simulates_from_another_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import fed_a2v, fed_a2v.app_dir as a; "
+                            "import fed_a2v, fed_a2v.launch.app_dir as a; "
                             "print(fed_a2v.__file__); print(a.checkout_root())"],
                            cwd=elsewhere, capture_output=True, text=True, check=True).stdout
     assert str(ROOT) not in where.splitlines()[0] and where.splitlines()[1] == "None"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fed_a2v.encoders import (
+from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
+from fed_a2v.encode.encoders import (
     builtin_clip,
     builtin_t5,
     clip_targets,
@@ -20,7 +21,6 @@ from fed_a2v.encoders import (
     save_builtin,
     t5_targets,
 )
-from fed_a2v.synthetic import ensure_synthetic_corpus
 
 PROMPTS = ["dog", "church bells", "the sound of a siren"]
 

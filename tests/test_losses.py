@@ -9,13 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fed_a2v.train as train_mod
-from fed_a2v.adapters import build_adapters
-from fed_a2v.config import FedA2VConfig
-from fed_a2v.encoded import EncodedSet
-from fed_a2v.evaluation import evaluate_adapters
-from fed_a2v.losses import adapter_loss, batch_targets, per_sample_mse, retrieval_loss, unit_rows
-from fed_a2v.train import LocalTrainConfig, train_local
+import fed_a2v.model.train as train_mod
+from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.model.adapters import build_adapters
+from fed_a2v.model.evaluation import evaluate_adapters
+from fed_a2v.model.losses import (
+    adapter_loss,
+    batch_targets,
+    per_sample_mse,
+    retrieval_loss,
+    unit_rows,
+)
+from fed_a2v.model.train import LocalTrainConfig, train_local
 
 # Four samples of two dims; prediction is all ones, the targets differ by known amounts.
 PRED = torch.ones(4, 2)

@@ -11,12 +11,13 @@ import torch
 from flwr.app import MessageType
 from PIL import Image
 
-from fed_a2v import node_images
-from fed_a2v.config import ConfigError, NodeConfig, config_from_dict
-from fed_a2v.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.targets import Targets
-from fed_a2v.upstream import resolve
+from fed_a2v.config.schema import ConfigError, NodeConfig
+from fed_a2v.config.upstream import resolve
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.generate.from_sound import node_images
+from fed_a2v.generate.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
 
 from drills import LoopbackGrid, experiment_dict, run_in_process
 

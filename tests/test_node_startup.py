@@ -1,6 +1,6 @@
 """A node's start-up per message: deployed, every message runs in a fresh process, so a node
 whose tokens are cached must not import `transformers` (nor `diffusers`), and the token cache's
-key, kept on disk for that, must be the key `fed_a2v.encoders` computes."""
+key, kept on disk for that, must be the key `fed_a2v.encode.encoders` computes."""
 
 from __future__ import annotations
 
@@ -14,22 +14,22 @@ import torch
 from flwr.app import MessageType
 from transformers import ASTModel
 
-from fed_a2v.cache import fingerprint
-from fed_a2v.encoders import audio_encoder_key, save_builtin
-from fed_a2v.token_keys import token_cache_key
+from fed_a2v.encode.cache import fingerprint
+from fed_a2v.encode.encoders import audio_encoder_key, save_builtin
+from fed_a2v.encode.token_keys import token_cache_key
 
 from drills import LoopbackGrid, experiment_dict, run_in_process
 
 CHILD = """
 import json, pickle, sys
 from flwr.supercore.task_identity import TaskIdentity
-from fed_a2v.node import train_reply
+from fed_a2v.federation.node import train_reply
 
 msg, context = pickle.loads(open(sys.argv[1], "rb").read())
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, context.node_id
 metrics = dict(train_reply(msg, context).content["metrics"])
 print(json.dumps({"metrics": metrics, "imported": sorted(
-    m for m in ("transformers", "diffusers", "fed_a2v.encoders", "fed_a2v.flux")
+    m for m in ("transformers", "diffusers", "fed_a2v.encode.encoders", "fed_a2v.generate.flux")
     if m in sys.modules)}))
 """
 
@@ -87,7 +87,7 @@ def test_the_kept_key_is_the_encoders_key_and_follows_local_weights(tmp_path: Pa
 
 
 def test_no_kept_key_for_a_hub_id(tmp_path: Path, monkeypatch) -> None:
-    import fed_a2v.encoders as encoders
+    import fed_a2v.encode.encoders as encoders
 
     monkeypatch.setattr(encoders, "audio_encoder_key", lambda name, dtype: f"{name} {dtype}")
     key = token_cache_key("someone/some-ast", "fp32", 0.5, tmp_path)

@@ -12,11 +12,12 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fed_a2v.cli import main
-from fed_a2v.overlap import OverlapError, digests_record
-from fed_a2v.protocol import DIGESTS, DIGESTS_REQUEST
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.synthetic import ensure_synthetic_corpus
-from fed_a2v.targets import Targets
+from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
+from fed_a2v.data.overlap import OverlapError
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.overlap_check import digests_record
+from fed_a2v.federation.protocol import DIGESTS, DIGESTS_REQUEST
+from fed_a2v.federation.strategy import FedA2VStrategy
 
 # ---------------------------------------------------------------------------------------------
 # Before the run: `fed-a2v validate` (and `simulate`, which calls the same check)
@@ -128,7 +129,7 @@ def test_allowed_overlap_and_a_restarted_node_do_not_fail(task_identity) -> None
 def test_deployed_nodes_holding_the_same_clips_fail_the_run(tmp_path: Path) -> None:
     """Two SuperNodes, each with its own copy of the same corpus and no split keys (so each
     uses all of it): the server finds the overlap from their first replies and fails the run."""
-    from fed_a2v.launch import COMPLETED
+    from fed_a2v.launch.host import COMPLETED
 
     from drills import Federation, small_experiment
 

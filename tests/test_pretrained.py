@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fed_a2v.adapters import adapters_for_targets, adapters_state
-from fed_a2v.config import ConfigError, config_from_dict
-from fed_a2v.encoders import describe_audio_encoder
-from fed_a2v.pretrained import FedA2VAdapters, package_config
-from fed_a2v.targets import compute_targets
+from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.encode.encoders import describe_audio_encoder
+from fed_a2v.encode.targets import compute_targets
+from fed_a2v.model.adapters import adapters_for_targets, adapters_state
+from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 
 from drills import LoopbackGrid, experiment_dict, run_in_process
 
@@ -144,7 +145,7 @@ def test_a_finished_runs_final_folder_is_a_package(tmp_path: Path, monkeypatch) 
     summary = json.loads((run_dir / "summary.json").read_text())
 
     # No text encoder may load: the package carries its targets.
-    import fed_a2v.encoders as encoders
+    import fed_a2v.encode.encoders as encoders
 
     def no_text_encoder(*args, **kwargs):
         raise AssertionError("a text encoder was loaded")

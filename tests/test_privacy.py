@@ -22,10 +22,11 @@ from flwr.app import (
 from safetensors.numpy import load_file
 from test_simulation import read_metrics, simulate
 
-from fed_a2v.config import ConfigError, config_from_dict
-from fed_a2v.federation import run_federation
-from fed_a2v.inprocess import LoopbackGrid, run_in_process, server_identity
-from fed_a2v.privacy import NodeAccountant, clipping_mod
+from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.federation.privacy import NodeAccountant, clipping_mod
+from fed_a2v.federation.server import run_federation
+from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process, server_identity
 
 from drills import APP_DIR, experiment_dict
 

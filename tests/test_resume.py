@@ -13,9 +13,11 @@ from flwr.app import Context, RecordDict
 from safetensors import safe_open
 
 from fed_a2v.cli import EXIT_CONFIG, main
-from fed_a2v.config import Config, ConfigError, load_config
-from fed_a2v.federation import lr_plan, run_federation
-from fed_a2v.run_dir import RunRecorder, run_to_resume, save_adapters
+from fed_a2v.config.load import load_config
+from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.federation.server import lr_plan, run_federation
+from fed_a2v.model.adapters import save_adapters
+from fed_a2v.runs.run_dir import RunRecorder, run_to_resume
 
 from drills import server_stopped_and_resumed
 

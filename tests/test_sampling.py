@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fed_a2v.sampling import EpochBatches, random_batches, stratified_batches
+from fed_a2v.model.train import EpochBatches, random_batches, stratified_batches
 
 # Label lists of 1-80 samples over 1-9 classes, with batch sizes and seeds to match.
 label_lists = st.integers(1, 9).flatmap(

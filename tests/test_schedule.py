@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fed_a2v.schedule import round_lr
+from fed_a2v.federation.server import round_lr
 
 
 def test_constant_is_constant():

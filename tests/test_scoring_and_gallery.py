@@ -8,7 +8,7 @@ import re
 import pytest
 from PIL import Image
 
-from fed_a2v.gallery import (
+from fed_a2v.generate.gallery import (
     LINE_HEIGHT,
     PAD,
     TITLE_HEIGHT,
@@ -16,7 +16,7 @@ from fed_a2v.gallery import (
     render_grid,
     write_gallery,
 )
-from fed_a2v.scoring import ZeroShotScorer, classification_metrics, write_tiny_clip
+from fed_a2v.generate.scoring import ZeroShotScorer, classification_metrics, write_tiny_clip
 
 CLASSES = ["dog", "rooster", "crackling_fire", "rain", "sea_waves"]
 

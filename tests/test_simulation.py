@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fed_a2v.config import config_from_dict
-from fed_a2v.pretrained import FedA2VAdapters
-from fed_a2v.run_dir import eval_keys, round_keys
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.model.pretrained import FedA2VAdapters
+from fed_a2v.runs.run_dir import eval_keys, round_keys
 
 from drills import experiment_dict
 
@@ -43,7 +43,7 @@ def simulate(experiment: dict, path: Path, timeout: float = 600) -> subprocess.C
 
 def broken_corpus(root: Path) -> Path:
     """The small experiment's corpus with every audio file overwritten by garbage."""
-    from fed_a2v.synthetic import ensure_synthetic_corpus
+    from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 
     data = ensure_synthetic_corpus(root, 3, 4, 40, 1.0, 16000)
     for wav in (data / "audio").glob("*.wav"):

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.config import Config, ConfigError, NodeConfig, config_from_dict
-from fed_a2v.corpora import Corpus, read_esc50, read_vegas, read_vggsound
-from fed_a2v.data import check_node_shares, split_for_node
-from fed_a2v.layouts import write_layout
-from fed_a2v.overlap import OverlapError
-from fed_a2v.splits import NodeSplit
+from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.data.builtin.layouts import write_layout
+from fed_a2v.data.corpora import Corpus, read_esc50, read_vegas, read_vggsound
+from fed_a2v.data.node_corpora import check_node_shares
+from fed_a2v.data.overlap import OverlapError
+from fed_a2v.data.splits import NodeSplit, split_for_node
 
 TINY = {"clip_seconds": 0.05, "sample_rate": 8000}
 THREE = ["dog", "drum", "printer"]
@@ -88,7 +89,7 @@ def test_halves_round_up(roots) -> None:
 
 def test_ratios_not_summing_to_one_are_scaled_with_a_warning(roots, caplog) -> None:
     node = NodeConfig(use_folds=False, train_ratio=0.6, val_ratio=0.2, test_ratio=0.1)
-    with caplog.at_level(logging.WARNING, logger="fed_a2v.splits"):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.data.splits"):
         split = _split(read_vegas(roots["vegas20"]), node)
     # Scaled to 2/3, 2/9, 1/9: of 20, round(4.44) = 4 val and round(2.22) = 2 test.
     assert _per_class(split) == dict.fromkeys(THREE, (14, 4, 2))
@@ -167,7 +168,7 @@ def test_vggsound_follows_its_csv_and_takes_val_from_train(roots) -> None:
 
 
 def test_manifest_val_split_is_followed(tmp_path: Path) -> None:
-    from fed_a2v.data import read_manifest
+    from fed_a2v.data.corpora import read_manifest
 
     rows = "".join(f"a{i}.wav,x,{s}\n" for i, s in enumerate(["train"] * 6 + ["val", "test"]))
     (tmp_path / "manifest.csv").write_text("path,label,split\n" + rows)

@@ -1,4 +1,4 @@
-"""`federation.strategy`: Flower's strategies with FedA2V around them (fed_a2v.strategies).
+"""`federation.strategy`: Flower's strategies with FedA2V around them (fed_a2v.federation.strategies).
 
 In process, on real Flower Messages: what each strategy makes of the same replies (FedAvg as
 before, the robust ones unmoved by a poisoned update, FedAdam Flower's own step), what the
@@ -27,15 +27,16 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAdam
 
-from fed_a2v.adapters import adapters_state, build_adapters
-from fed_a2v.config import ConfigError, FedA2VConfig, config_from_dict
-from fed_a2v.encoded import EncodedSet
-from fed_a2v.protocol import TRANSPORT
-from fed_a2v.strategies import STRATEGIES, build_strategy
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.targets import Targets
-from fed_a2v.train import LocalTrainConfig, train_local
-from fed_a2v.transport import encode_update
+from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.protocol import TRANSPORT
+from fed_a2v.federation.strategies import STRATEGIES, build_strategy
+from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.federation.transport import encode_update
+from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.model.train import LocalTrainConfig, train_local
 
 from drills import APP_DIR, LoopbackGrid, experiment_dict, run_in_process, server_identity
 from drills import NodesGrid as Nodes
@@ -197,7 +198,7 @@ def test_a_resumed_run_takes_its_server_step_from_the_resumed_adapters(tmp_path:
     """Two FedAvg rounds, then the run resumed for a third with FedAdam: Flower's FedOpt
     takes the round's global adapters as its `current_arrays`, so the third round's adapters
     are the second's plus one Adam step, no value moving more than eta·sqrt(1+β2)/(1+β1)."""
-    from fed_a2v.federation import run_federation
+    from fed_a2v.federation.server import run_federation
 
     eta = 1e-4
     experiment = experiment_dict(tmp_path, "resumed", seed=2, output_dir=tmp_path / "runs",

@@ -21,12 +21,13 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAvg
 
-from fed_a2v.aggregation import RunningAverage
-from fed_a2v.protocol import TRANSPORT, TRANSPORT_DTYPES
-from fed_a2v.rounds import RoundGrid, RoundTimeout
-from fed_a2v.strategy import FedA2VStrategy
-from fed_a2v.targets import Targets
-from fed_a2v.transport import WIRE_DTYPES, WireUpdate, decode_tensor, encode_update
+from fed_a2v.config.schema import TRANSPORT_DTYPES
+from fed_a2v.encode.targets import Targets
+from fed_a2v.federation.aggregation import RunningAverage
+from fed_a2v.federation.protocol import TRANSPORT
+from fed_a2v.federation.rounds import RoundGrid, RoundTimeout
+from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.federation.transport import WIRE_DTYPES, WireUpdate, decode_tensor, encode_update
 
 from drills import LoopbackGrid, NodesGrid, experiment_dict, run_in_process, train_reply
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.cache import TokenStore
-from fed_a2v.config import Config, NodeConfig
-from fed_a2v.data import open_corpus
-from fed_a2v.encoded import EncodedSet
-from fed_a2v.node import NodeIdentity, node_data
-from fed_a2v.study import (
+from fed_a2v.config.schema import Config, NodeConfig
+from fed_a2v.data.node_corpora import open_corpus
+from fed_a2v.encode.cache import TokenStore
+from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.node_data import NodeIdentity, node_data
+from fed_a2v.encode.targets import targets_for
+from fed_a2v.studies.batch_size import (
     Arm,
     check_same_split,
     default_arms,
@@ -22,7 +23,6 @@ from fed_a2v.study import (
     run_study,
     write_study,
 )
-from fed_a2v.targets import targets_for
 
 ARMS = [Arm(2, False, False), Arm(2, True, False), Arm(2, True, True),
         Arm(4, False, False, grad_accum_steps=2)]

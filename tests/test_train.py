@@ -7,11 +7,11 @@ import torch
 from torch.func import functional_call
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from fed_a2v.adapters import adapters_state, build_adapters
-from fed_a2v.config import FedA2VConfig
-from fed_a2v.encoded import EncodedSet
-from fed_a2v.losses import adapter_loss
-from fed_a2v.train import LocalTrainConfig, accumulation_sizes, train_local
+from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.model.losses import adapter_loss
+from fed_a2v.model.train import LocalTrainConfig, accumulation_sizes, train_local
 
 NUM_CLASSES, D_TOKEN, N_TOKENS, D_CLIP, D_T5, T5_LEN = 3, 16, 6, 8, 8, 3
 CPU = torch.device("cpu")

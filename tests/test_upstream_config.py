@@ -1,7 +1,7 @@
 """Upstream's config files read as they are: the key table, translation, `--set`, `convert`.
 
 The fixtures under tests/fixtures/upstream/ are ours, written in upstream's format; together
-they use every key of the table (fed_a2v/upstream_keys.py).
+they use every key of the table (fed_a2v/config/upstream_keys.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from fed_a2v.cli import main
-from fed_a2v.config import ConfigError, load_config
-from fed_a2v.federation import config_for_run
-from fed_a2v.upstream import (
+from fed_a2v.config.load import load_config
+from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.upstream import (
     BEGIN,
     END,
     apply_overrides,
@@ -27,7 +27,8 @@ from fed_a2v.upstream import (
     pattern_of,
     resolve,
 )
-from fed_a2v.upstream_keys import KEYS, METADATA, TABLE
+from fed_a2v.config.upstream_keys import KEYS, METADATA, TABLE
+from fed_a2v.federation.server import config_for_run
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "upstream"
@@ -152,11 +153,11 @@ def test_metadata_keys_anywhere_are_ignored(tmp_path):
 
 
 def test_one_warning_line_names_only_the_keys_that_ask(caplog):
-    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config.schema"):
         load_config(FIXTURES / "esc50_3n_avg.json")
     # optimize_memory_usage is always silent; the image keys are silent with frequency 0.
     assert caplog.records == []
-    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config.schema"):
         load_config(FIXTURES / "vegas_2n_sa.json")
     (record,) = caplog.records
     line = record.getMessage()
@@ -200,7 +201,7 @@ def test_an_unknown_key_is_still_an_error_with_a_suggestion(tmp_path):
 
 
 def test_upstream_fold_lists_are_shifted_by_one(caplog):
-    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config.schema"):
         config = load_config(FIXTURES / "esc50_3n_avg.json")
     node0, node2 = config.nodes["0"], config.nodes["2"]
     assert (node0.train_folds, node0.test_folds) == ([1, 2, 3, 4], [5])
@@ -210,7 +211,7 @@ def test_upstream_fold_lists_are_shifted_by_one(caplog):
 
 
 def test_fold_lists_without_a_zero_warn_once_how_they_were_read(caplog):
-    with caplog.at_level(logging.WARNING, logger="fed_a2v.config"):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.config.schema"):
         config = load_config(FIXTURES / "esc50_folds_ambiguous.json")
     assert (config.nodes["0"].train_folds, config.nodes["0"].test_folds) == ([2, 3, 4], [5])
     (record,) = caplog.records
@@ -311,7 +312,7 @@ def test_a_resolved_config_reads_back_as_itself(tmp_path):
 def test_the_doc_shows_the_table_of_the_code():
     doc = (ROOT / "docs" / "upstream-config.md").read_text()
     assert doc.split(BEGIN, 1)[1].split(END, 1)[0] == "\n" + markdown_table(), (
-        "regenerate: python -m fed_a2v.upstream --update-doc docs/upstream-config.md")
+        "regenerate: python -m fed_a2v.config.upstream --update-doc docs/upstream-config.md")
     for row in KEYS:
         assert f"| `{row.path}` |" in doc
     assert sum(row.status == METADATA for row in KEYS) == 9

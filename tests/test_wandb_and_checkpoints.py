@@ -16,12 +16,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fed_a2v.adapters import adapters_state, build_adapters
-from fed_a2v.checkpoints import AdapterCheckpoints
 from fed_a2v.cli import EXIT_CONFIG, main
-from fed_a2v.config import Config, ConfigError, config_from_dict
-from fed_a2v.run_dir import RunRecorder
-from fed_a2v.wandb_log import require_wandb
+from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.validate import config_from_dict
+from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.runs.checkpoints import AdapterCheckpoints
+from fed_a2v.runs.run_dir import RunRecorder
+from fed_a2v.runs.wandb_log import require_wandb
 
 from drills import APP_DIR, experiment_dict
 
@@ -265,7 +266,7 @@ def test_adapters_that_do_not_fit_name_the_tensor_and_both_shapes(tmp_path: Path
 def test_standalone_runs_save_no_checkpoints_and_cannot_load_one(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = ckpt_config(tmp_path, adapter_aggregation_mode="none")
-    with caplog.at_level(logging.WARNING, logger="fed_a2v.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="fed_a2v.runs.checkpoints"):
         checkpoints = AdapterCheckpoints(config, tmp_path, {})
     assert "standalone" in caplog.text and "no global adapters" in caplog.text
     assert save_rounds(checkpoints, adapter_state(config), 5) == {r: [] for r in range(1, 6)}

@@ -1,6 +1,6 @@
 """A ServerApp and a ClientApp that do no work: each round sends `stages` messages (train, then
 evaluate) to every node and waits for the replies, which the nodes send at once, importing
-nothing beyond Flower. Replies are polled as FedA2V's server polls them (`fed_a2v.rounds`), not
+nothing beyond Flower. Replies are polled as FedA2V's server polls them (`fed_a2v.federation.rounds`), not
 every 3 s as Flower's own `send_and_receive`. The rounds' wall times are what the engine costs."""
 
 import json
@@ -11,7 +11,7 @@ from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fed_a2v.rounds import RoundGrid, RoundTimeout, connected_nodes
+from fed_a2v.federation.rounds import RoundGrid, RoundTimeout, connected_nodes
 
 server = ServerApp()
 client = ClientApp()

@@ -1,0 +1,633 @@
+"""Upstream's config files read as they are: profile, key translation, `--set`, `convert`.
+
+A raw JSON object becomes FedA2V's own (native) one here, before `config_from_dict` builds it.
+A file is upstream's when it has `federation.algorithm` or a `model` section; then upstream's
+defaults apply and its 0-based fold lists are shifted. Every upstream key has a row in
+`fed_a2v.config.upstream_keys` saying what happens to it; docs/upstream-config.md shows that table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import fnmatch
+import json
+import logging
+import re
+import sys
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fed_a2v.config.parse import read_json
+from fed_a2v.config.schema import DATASETS, Config, ConfigError, suggest
+from fed_a2v.config.upstream_keys import (
+    ALWAYS,
+    IMPLEMENTED,
+    KEYS,
+    MAPPED,
+    METADATA,
+    METADATA_KEYS,
+    REASONS,
+    TABLE,
+    UNSET,
+    UNSUPPORTED,
+    Key,
+)
+from fed_a2v.config.validate import config_from_dict
+
+log = logging.getLogger("fed_a2v.config.schema")
+
+DATASET_KINDS = (*DATASETS, "mixed")
+UPSTREAM_SPELLING = "ESC50, VEGAS, VGGSound, MIXED"
+FOLD_KEYS = ("train_folds", "val_folds", "test_folds", "use_folds")
+AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
+FLUX = "black-forest-labs/FLUX.1-schnell"
+SD = "runwayml/stable-diffusion-v1-5"
+# Upstream's effective defaults that FedA2V's own differ from; written into upstream files.
+UPSTREAM_DEFAULTS: dict[str, Any] = {
+    "experiment.device": "auto",
+    "federation.global_rounds": 100,
+    "federation.local_epochs": 1,
+    "federation.eval_gap": 1,
+    "training.batch_size": 10,
+    "training.learning_rate": 0.005,
+    "training.weight_decay": 0.001,
+    "dataset.use_folds": False,
+    "dataset.partition": "classes",
+    "dataset.train_ratio": 0.8,
+    "dataset.val_ratio": 0.1,
+    "dataset.stratify": True,
+    "dataset.node_split_seed": 42,
+    "feda2v.diffusion_type": "sd",
+    "feda2v.clip_adapter_learning_rate": 1e-4,
+    "feda2v.clip_adapter_weight_decay": 1e-4,
+    "feda2v.t5_adapter_learning_rate": 1e-3,
+    "feda2v.t5_adapter_weight_decay": 1e-3,
+    "feda2v.adapter_aggregation_mode": "none",
+    "feda2v.adapter_dropout": 0.0,
+    "feda2v.audio_model_name": AST,
+    "wandb.disabled": False,
+    "wandb.project": "FedA2V",
+}
+# Written with the defaults above, so they too are explicit in `convert`'s output.
+DERIVED = ("federation.num_clients", "federation.min_clients", "dataset.name",
+           "feda2v.clip_model_name", "feda2v.clip_model_subfolder",
+           "feda2v.clip_tokenizer_subfolder", "feda2v.t5_model_name", "feda2v.t5_model_subfolder")
+
+
+def is_upstream(raw: Any) -> bool:
+    """Upstream's files all have `federation.algorithm` and a `model` section; ours neither."""
+    if not isinstance(raw, dict):
+        return False
+    federation = raw.get("federation")
+    return "model" in raw or (isinstance(federation, dict) and "algorithm" in federation)
+
+
+def is_metadata(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(str(key), k.path) for k in METADATA_KEYS)
+
+
+def node_file_entry(raw: Any) -> Any:
+    """A node's own JSON as a `nodes` entry reads: comments left out, `dataset` in any case."""
+    if not isinstance(raw, dict):
+        return raw
+    entry = {k: v for k, v in raw.items() if not is_metadata(k)}
+    if _kind(entry.get("dataset")):
+        entry["dataset"] = _kind(entry["dataset"])
+    return entry
+
+
+def pattern_of(path: str) -> str:
+    """`nodes.3.dataset` -> `nodes.*.dataset`, the table's spelling."""
+    return re.sub(r"^nodes\.[^.]+\.", "nodes.*.", path)
+
+
+def native_fields(parts: list[str]) -> list[str] | None:
+    """The native keys allowed beside `parts[-1]`, or None when its parent is no section."""
+    tp: Any = Config
+    for part in parts[:-1]:
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    if dataclasses.is_dataclass(tp):
+        return [f.name for f in dataclasses.fields(tp)]
+    return [] if typing.get_origin(tp) is dict else None
+
+
+def is_native(path: str) -> bool:
+    parts = path.split(".")
+    allowed = native_fields(parts)
+    if allowed is None:
+        return False
+    return parts[-1] in allowed or (allowed == [] and len(parts) > 1)
+
+
+def unknown_key(path: str, where: str) -> ConfigError:
+    """Today's unknown-key message; close spellings come from native and upstream keys."""
+    parts = path.split(".")
+    allowed = native_fields(parts) or []
+    prefix = pattern_of(path).rsplit(".", 1)[0] + "." if len(parts) > 1 else ""
+    upstream = [p[len(prefix):] for p in TABLE if p.startswith(prefix) and "." not in
+                p[len(prefix):]] if prefix else sorted({p.split(".")[0] for p in TABLE})
+    hint = suggest(parts[-1], [*allowed, *upstream])
+    return ConfigError(f"{where}: unknown key '{path}'{hint}; allowed keys here: "
+                       f"{', '.join(allowed)} (and upstream's, docs/upstream-config.md)")
+
+
+def _kind(value: Any) -> str | None:
+    """`ESC50` -> `esc50`: a dataset name in any case, or None."""
+    name = str(value).lower()
+    return name if isinstance(value, str) and name in DATASET_KINDS else None
+
+
+def _get(raw: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return None
+        raw = raw[part]
+    return raw
+
+
+@dataclass
+class Translation:
+    """A raw config turned native, with what was mapped, dropped and not supported."""
+
+    source: str
+    upstream: bool
+    native: dict[str, Any] = field(default_factory=dict)
+    mapped: list[tuple[str, str, str]] = field(default_factory=list)  # (key, native, how)
+    unsupported: list[tuple[str, Any, str]] = field(default_factory=list)  # (key, value, why)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (key, why): silent
+    defaults: list[tuple[str, Any]] = field(default_factory=list)  # upstream defaults written
+    warnings: list[str] = field(default_factory=list)
+    metadata: int = 0
+
+    def warning_line(self) -> str:
+        """The single line naming every key asked for that FedA2V does not do, by reason."""
+        groups: dict[str, list[str]] = {}
+        for key, value, reason in self.unsupported:
+            shown = key if isinstance(value, (bool, dict, list)) else f"{key}={value}"
+            groups.setdefault(reason, []).append(shown)
+        parts = []
+        for reason, keys in groups.items():
+            label, text = REASONS[reason]
+            parts.append(f"{', '.join(keys)} ({text})" if len(keys) <= 3
+                         else f"{label} ({len(keys)} keys: {', '.join(keys)}; {text})")
+        return (f"{self.source}: not supported, ignored (docs/upstream-config.md): "
+                + "; ".join(parts))
+
+
+class _Translator:
+    def __init__(self, raw: dict[str, Any], source: str, upstream: bool) -> None:
+        self.raw, self.t = raw, Translation(source, upstream)
+        self.device: dict[str, Any] = {}
+        self.dropouts: dict[str, Any] = {}
+        self.folds: list[tuple[str, list[Any]]] = []
+
+    def put(self, path: str, value: Any) -> None:
+        *parents, last = path.split(".")
+        node = self.t.native
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    def run(self) -> Translation:
+        for section, body in self.raw.items():
+            if is_metadata(section):
+                self.t.metadata += 1
+            elif section == "nodes" and isinstance(body, dict):
+                self.nodes(body)
+            elif isinstance(body, dict) and (native_fields([section, ""]) is not None
+                                             or any(p.startswith(f"{section}.") for p in TABLE)):
+                for key, value in body.items():
+                    if is_metadata(key):
+                        self.t.metadata += 1
+                    else:
+                        self.key(f"{section}.{key}", value)
+            elif section in (native_fields([""]) or []):
+                self.t.native[section] = body  # a bad value: config_from_dict says what is wrong
+            else:
+                raise unknown_key(section, self.t.source)
+        self.finish_device()
+        if self.t.upstream:
+            self.finish_upstream()
+        return self.t
+
+    def nodes(self, body: dict[str, Any]) -> None:
+        out = self.t.native.setdefault("nodes", {})
+        for node_id, entry in body.items():
+            if is_metadata(node_id) or isinstance(entry, str):
+                self.t.metadata += 1  # upstream writes comments between the nodes
+                continue
+            if not isinstance(entry, dict):
+                out[node_id] = entry
+                continue
+            out[node_id] = {}
+            for key, value in entry.items():
+                if is_metadata(key):
+                    self.t.metadata += 1
+                else:
+                    self.key(f"nodes.{node_id}.{key}", value)
+        if self.dropouts:
+            self.finish_dropout(list(out))
+
+    def key(self, path: str, value: Any) -> None:
+        pattern = pattern_of(path)
+        row, native = TABLE.get(pattern), is_native(path)
+        if row is None or (native and not self.t.upstream):
+            if not native:
+                raise unknown_key(path, self.t.source)
+            if pattern in ("dataset.name", "nodes.*.dataset") and _kind(value):
+                value = _kind(value)
+            if self.t.upstream and pattern.split(".")[-1] in FOLD_KEYS:
+                value = self.shift(path, value)
+            self.put(path, value)
+        elif row.status == IMPLEMENTED:
+            self.put(path, value)
+        elif row.status == MAPPED:
+            if row.to.startswith("@"):
+                getattr(self, "map_" + row.to[1:])(path, value, row)
+            else:
+                target = row.to.replace("*", path.split(".")[1])
+                self.put(target, value)
+                self.t.mapped.append((path, target, row.does))
+        elif self.asks(row, value):
+            self.t.unsupported.append((path, value, row.reason))
+        else:
+            self.t.dropped.append((path, REASONS[row.reason][1] if row.inert == ALWAYS
+                                   else f"{json.dumps(value)} asks for nothing"))
+
+    def asks(self, row: Key, value: Any) -> bool:
+        """A not-supported key asks for something: its value, and a gate key's where it has."""
+        if row.is_inert(value):
+            return False
+        for gate in row.when:
+            path, _, want = gate.partition("=")
+            got = _get(self.raw, path)
+            if (got == want) if want else (got is not None and not TABLE[path].is_inert(got)):
+                return True
+        return not row.when
+
+    # --- mapped keys: one method per `@name` of the table ---------------------------------
+
+    def map_drop(self, path: str, value: Any, row: Key) -> None:
+        self.t.mapped.append((path, "", row.does))
+
+    def map_num_clients(self, path: str, value: Any, row: Key) -> None:
+        self.t.mapped.append((path, "federation.num_clients", row.does))
+
+    def map_device(self, path: str, value: Any, row: Key) -> None:
+        self.device[path.split(".")[1]] = value
+
+    def map_seed(self, path: str, value: Any, row: Key) -> None:
+        if value != -1:
+            self.put("experiment.seed", value)
+        self.t.mapped.append((path, "experiment.seed", row.does))
+
+    def map_optimizer(self, path: str, value: Any, row: Key) -> None:
+        if str(value).lower() != "adamw":
+            self.t.unsupported.append((path, value, "optimizer"))
+        self.put("training.optimizer", "AdamW")
+
+    def map_aggregation(self, path: str, value: Any, row: Key) -> None:
+        if value == "kd":
+            self.t.unsupported.append((path, value, "kd_mode"))
+            value = "weighted_average"
+        self.put(path, value)
+
+    def map_dataset_name(self, path: str, value: Any, row: Key) -> None:
+        self.t.mapped.append((path, "dataset.name", row.does))
+        if _kind(value):
+            self.put(path, _kind(value))
+        elif not self.t.upstream:
+            self.put(path, value)  # a native file: config_from_dict names the allowed values
+        else:
+            self.put(path, None)  # decided from the nodes in finish_upstream
+
+    def map_node_dataset(self, path: str, value: Any, row: Key) -> None:
+        if not _kind(value) or _kind(value) == "mixed":
+            raise ConfigError(f"{self.t.source}: '{path}': {json.dumps(value)} is no corpus; "
+                              f"use one of {UPSTREAM_SPELLING[:-7]} (any case) or "
+                              f"{', '.join(DATASETS)}")
+        self.put(path, _kind(value))
+        self.t.mapped.append((path, path, row.does))
+
+    def map_folds(self, path: str, value: Any, row: Key) -> None:
+        self.put(path, self.shift(path, value) if self.t.upstream else value)
+        if self.t.upstream and isinstance(value, list):
+            self.t.mapped.append((path, path, row.does))
+
+    def shift(self, path: str, value: Any) -> Any:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value):
+            return value
+        self.folds.append((path, value))
+        return [v + 1 for v in value]
+
+    def map_node_dropout(self, path: str, value: Any, row: Key) -> None:
+        self.dropouts[path.split(".")[1]] = value
+        self.t.mapped.append((path, "feda2v.adapter_dropout", row.does))
+
+    # --- after every key ------------------------------------------------------------------
+
+    def finish_dropout(self, node_ids: list[str]) -> None:
+        values = [self.dropouts.get(n, 0.0) for n in node_ids]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            bad = next(n for n in node_ids if n in self.dropouts
+                       and not isinstance(self.dropouts[n], (int, float)))
+            raise ConfigError(f"{self.t.source}: 'nodes.{bad}.adapter_dropout' must be a number")
+        if len(set(values)) > 1:
+            for node_id, value in self.dropouts.items():
+                self.t.unsupported.append((f"nodes.{node_id}.adapter_dropout", value,
+                                           "node_adapter"))
+        if _get(self.raw, "feda2v.adapter_dropout") is None:
+            self.put("feda2v.adapter_dropout", float(max(values)))
+
+    def finish_device(self) -> None:
+        if not self.device:
+            return
+        device = str(self.device.get("device", _get(self.raw, "experiment.device") or "cuda"))
+        if device == "cuda":
+            device = f"cuda:{self.device.get('device_id', 0)}"
+        self.put("experiment.device", device)
+        self.t.mapped.append(("experiment.device / device_id", "experiment.device",
+                              f"\"{device}\""))
+
+    def default(self, path: str, value: Any) -> None:
+        section, key = path.split(".")
+        if key not in self.t.native.get(section, {}):
+            self.put(path, value)
+            self.t.defaults.append((path, value))
+
+    def finish_upstream(self) -> None:
+        nodes = {k: v for k, v in self.t.native.get("nodes", {}).items() if isinstance(v, dict)}
+        types = {n.get("diffusion_type") for n in nodes.values()} - {None}
+        if len(types) == 1:  # nodes that agree say what a file without a global type means
+            self.default("feda2v.diffusion_type", types.pop())
+        for path, value in UPSTREAM_DEFAULTS.items():
+            self.default(path, copy.deepcopy(value))
+        self.finish_dataset(nodes)
+        ds, fed = self.t.native["dataset"], self.t.native.setdefault("federation", {})
+        for node in nodes.values():
+            self.finish_vggsound(node, ds)
+        if nodes:
+            self.default("federation.num_clients", len(nodes))
+        join, count = fed.get("join_ratio", 1.0), fed.get("num_clients")
+        if _numbers(join) and isinstance(count, int):
+            self.default("federation.min_clients", max(1, round(join * count)))
+        self.finish_models()
+        fa = self.t.native["feda2v"]
+        if fa.get("adapter_load_checkpoint") is True and fa["adapter_aggregation_mode"] == "none":
+            self.t.unsupported.append(("feda2v.adapter_load_checkpoint", True, "standalone_load"))
+            fa["adapter_load_checkpoint"] = False
+        frequency = fa.get("generate_nodes_images_frequency")
+        if frequency and fa["diffusion_type"] != "flux":
+            self.t.unsupported.append(("feda2v.generate_nodes_images_frequency", frequency,
+                                       "sd_images"))
+            fa["generate_nodes_images_frequency"] = 0
+        if self.folds and not any(0 in v for _, v in self.folds):
+            lists = ", ".join(f"{p}={v}" for p, v in self.folds)
+            self.t.warnings.append(
+                f"{self.t.source}: fold lists without a 0 could be meant either way ({lists}); "
+                "read as upstream's 0-based folds: upstream fold k = corpus fold k+1 (ESC-50's "
+                "CSV folds 1-5). To give the corpus's own numbers, write the file in FedA2V's "
+                "format (no federation.algorithm, no model section; `fed-a2v convert`)")
+
+    def finish_dataset(self, nodes: dict[str, dict[str, Any]]) -> None:
+        """dataset.name: the kind every node names, else mixed (upstream decided per node)."""
+        ds = self.t.native["dataset"]
+        fallback = ds.get("name")
+        kinds = {n.get("dataset", fallback) for n in nodes.values()} or {fallback}
+        if None in kinds:
+            given = _get(self.raw, "dataset.name")
+            raise ConfigError(
+                f"{self.t.source}: 'dataset.name' ({json.dumps(given)}) names no corpus, and "
+                + ("nodes without 'dataset' need it" if nodes else "there are no nodes")
+                + f"; use one of {UPSTREAM_SPELLING} (any case)")
+        if len(kinds) > 1:
+            for node in nodes.values():
+                node.setdefault("dataset", fallback)
+        name = kinds.pop() if len(kinds) == 1 else "mixed"
+        if ds.get("name") != name:
+            self.t.defaults.append(("dataset.name", name))
+        ds["name"] = name
+        if _get(self.raw, "dataset.name") is not None and not _kind(_get(self.raw,
+                                                                         "dataset.name")):
+            self.t.dropped.append(("dataset.name", "not a corpus; the nodes name theirs"))
+
+    def finish_vggsound(self, node: dict[str, Any], ds: dict[str, Any]) -> None:
+        """Upstream split VGGSound nodes 0.7 / 0.1 / 0.2 unless told otherwise (others: 0.8 /
+        0.1 / what is left, FedA2V's own rule for an unset test_ratio)."""
+        if node.get("dataset", ds.get("name")) != "vggsound":
+            return
+        for key, value in (("train_ratio", 0.7), ("val_ratio", 0.1), ("test_ratio", 0.2)):
+            if key not in node and _get(self.raw, f"dataset.{key}") is None:
+                node[key] = value
+
+    def finish_models(self) -> None:
+        """Upstream's real encoders: the AST, and FLUX's or Stable Diffusion's text encoders."""
+        fa = self.t.native["feda2v"]
+        if "clip_model_name" not in fa:
+            if fa.get("diffusion_type") == "sd":
+                for key, value in (("clip_model_name", SD), ("clip_model_subfolder",
+                                   "text_encoder"), ("clip_tokenizer_subfolder", "tokenizer")):
+                    self.default(f"feda2v.{key}", value)
+            else:
+                self.default("feda2v.clip_model_name", FLUX)
+                self.default("feda2v.clip_model_subfolder", "text_encoder")
+        if "t5_model_name" not in fa:
+            self.default("feda2v.t5_model_name", FLUX)
+            self.default("feda2v.t5_model_subfolder", "text_encoder_2")
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def translate(raw: Any, source: str, upstream: bool | None = None) -> Translation:
+    """The native dict of a raw config (`upstream`: its profile; None: decide from `raw`)."""
+    upstream = is_upstream(raw) if upstream is None else upstream
+    if not isinstance(raw, dict):
+        return Translation(source, upstream, native=raw)
+    return _Translator(raw, source, upstream).run()
+
+
+# --- --set KEY=VALUE ------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`federation.global_rounds=3` -> ("federation.global_rounds", 3): JSON when it parses,
+    else the text as a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. "
+                          "--set federation.global_rounds=3")
+    try:
+        return key, json.loads(text)
+    except json.JSONDecodeError:
+        return key, text
+
+
+def apply_overrides(raw: dict[str, Any], items: Iterable[str]) -> dict[str, Any]:
+    """`raw` with each `--set KEY=VALUE` written in (sections created as needed)."""
+    for item in items:
+        path, value = parse_override(item)
+        parts = path.split(".")
+        known = (any(is_metadata(p) for p in parts) or pattern_of(path) in TABLE
+                 or is_native(path) or native_fields([*parts, ""]) is not None
+                 or path in {p.split(".")[0] for p in TABLE})
+        if not known:
+            raise unknown_key(path, f"--set {item}")
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def resolve(path: str | Path, overrides: Iterable[str] = (), strict: bool = False,
+            quiet: bool = False) -> tuple[Config, Translation]:
+    """Read, override, translate and build a config; log (or with `strict` raise) what is not
+    supported. `quiet`: log nothing (the caller reports)."""
+    raw = read_json(Path(path))
+    upstream = is_upstream(raw)
+    if isinstance(raw, dict):
+        apply_overrides(raw, overrides)
+    elif overrides:
+        raise ConfigError(f"{path}: --set needs a JSON object in the file")
+    t = translate(raw, str(path), upstream)
+    config = config_from_dict(t.native, str(path))
+    if t.unsupported and strict:
+        raise ConfigError(t.warning_line().replace(": not supported, ignored", ": --strict: "
+                                                   "not supported", 1))
+    if not quiet:
+        for line in t.warnings + ([t.warning_line()] if t.unsupported else []):
+            log.warning("%s", line)
+    return config, t
+
+
+# --- convert -----------------------------------------------------------------------------------
+
+
+def native_dict(config: Config, t: Translation) -> dict[str, Any]:
+    """The config in FedA2V's own format: keys at FedA2V's default are left out, except those
+    whose default differs between the two formats."""
+    keep = set(UPSTREAM_DEFAULTS) | set(DERIVED) if t.upstream else set()
+    defaults = Config().to_dict()
+    out: dict[str, Any] = {}
+    for section, values in config.to_dict().items():
+        if section == "nodes":
+            out["nodes"] = {k: {n: v for n, v in node.items() if v is not None}
+                            for k, node in values.items()}
+            continue
+        kept = {k: v for k, v in values.items()
+                if v != defaults[section].get(k) or f"{section}.{k}" in keep}
+        if kept:
+            out[section] = kept
+    if not out.get("nodes"):
+        out.pop("nodes", None)
+    return out
+
+
+def notes(t: Translation, out_name: str) -> str:
+    """What `convert` did, for the side file."""
+    lines = [f"# {t.source} -> {out_name}", "",
+             "Read as " + ("upstream's format (it has federation.algorithm or a model section)."
+                           if t.upstream else "FedA2V's own format."), ""]
+
+    def section(title: str, rows: list[str]) -> None:
+        if rows:
+            lines.extend([f"## {title}", "", *rows, ""])
+
+    section("Warnings", [f"- {w}" for w in t.warnings])
+    section("Mapped", [f"- `{k}` -> " + (f"`{n}`" if n else "nothing") + f": {how}"
+                       for k, n, how in t.mapped])
+    section("Not supported (ignored; the run would name them in its warning)",
+            [f"- `{k}` = {json.dumps(v)}: {REASONS[why][1]}" for k, v, why in t.unsupported])
+    section("Dropped (they ask for nothing in FedA2V)", [f"- `{k}`: {why}" for k, why in
+                                                         t.dropped])
+    section("Upstream defaults written explicitly", [f"- `{k}` = {json.dumps(v)}" for k, v in
+                                                     t.defaults])
+    if t.metadata:
+        lines.extend([f"{t.metadata} comment and description keys were left out.", ""])
+    return "\n".join(lines)
+
+
+def convert(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any],
+                                                                        Translation]:
+    config, t = resolve(path, overrides, quiet=True)
+    return native_dict(config, t), t
+
+
+# --- the key table as Markdown -----------------------------------------------------------------
+
+
+def _inert_text(row: Key) -> str:
+    if row.inert == ALWAYS:
+        return "always silent"
+    values = ["false", "0", "null", "\"none\""] + [json.dumps(v) for v in row.inert]
+    if row.default is not UNSET and json.dumps(row.default) not in values:
+        values.append(json.dumps(row.default))
+    gate = f"; named only when {' or '.join(row.when)} asks" if row.when else ""
+    return f"silent for {', '.join(values)}{gate}"
+
+
+def markdown_table() -> str:
+    """The full key table of docs/upstream-config.md."""
+    lines = ["| key | upstream did | FedA2V does |", "|---|---|---|"]
+    for row in KEYS:
+        default = f" (default {json.dumps(row.default)})" if row.default is not UNSET else ""
+        if row.status == UNSUPPORTED:
+            does = f"**not supported**: {REASONS[row.reason][1]}; {_inert_text(row)}"
+            does += f". {row.does}" if row.does else ""
+        elif row.status == METADATA:
+            does = f"**metadata**: {row.does}"
+        else:
+            does = f"**{row.status}**" + (f": {row.does}" if row.does else "")
+        lines.append(f"| `{row.path}` | {row.did}{default} | {does} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- key table: generated by python -m fed_a2v.config.upstream --update-doc -->", \
+    "<!-- end of key table -->"
+
+
+def doc_with_table(text: str) -> str:
+    """`text` (docs/upstream-config.md) with its key table regenerated."""
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{markdown_table()}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fed_a2v.config.upstream", description=__doc__)
+    parser.add_argument("--markdown", action="store_true", help="print the key table")
+    parser.add_argument("--update-doc", metavar="FILE", help="regenerate FILE's key table")
+    args = parser.parse_args(argv)
+    if args.update_doc:
+        doc = Path(args.update_doc)
+        doc.write_text(doc_with_table(doc.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        sys.stdout.write(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,432 @@
+"""The server's Flower strategy: FedAvg per adapter (weighted by examples, unweighted, or none at
+all for standalone nodes), a learning rate per adapter each round, the text targets delivered
+once to each node, evaluation every `eval_gap` rounds, and rounds that do not wait for nodes gone
+away (see `fed_a2v.federation.rounds`)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from fed_a2v.encode.node_data import COUNT_KEYS
+from fed_a2v.encode.target_set import Targets
+from fed_a2v.federation.aggregation import RunningAverage, update_problem
+from fed_a2v.federation.baselines import RidgeBaselines
+from fed_a2v.federation.overlap_check import OverlapCheck
+from fed_a2v.federation.protocol import (
+    IMAGES,
+    NODE,
+    RIDGE_STATS,
+    SKIPPED,
+    STANDALONE,
+    TARGET_NAMES,
+    TARGETS,
+    TRANSPORT,
+    VAL_EXAMPLES,
+)
+from fed_a2v.federation.rounds import RoundGrid, RoundTimeout, sample_nodes
+from fed_a2v.federation.transport import WireUpdate
+
+log = logging.getLogger(__name__)
+
+
+def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Each metric's mean over the nodes that report it, weighted by the clips behind it
+    (`val_*`: the node's val clips, `VAL_EXAMPLES`; the rest: `weight_key`), as Flower's
+    `aggregate_metricrecords` computes it; clip counts add up over nodes. A node without val
+    clips reports no `val_*` keys, so the nodes' keys may differ."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    out = MetricRecord()
+    for key in dict.fromkeys(k for m in metrics for k in m):
+        if key in (weight_key, VAL_EXAMPLES):
+            continue
+        having = [m for m in metrics if key in m]
+        if key in COUNT_KEYS:
+            out[key] = sum(int(m[key]) for m in having)
+            continue
+        by = VAL_EXAMPLES if key.startswith("val_") else weight_key
+        weights = [float(m.get(by, 0)) for m in having]
+        total = sum(weights)
+        if total > 0:
+            out[key] = sum(float(m[key]) * (w / total) for m, w in zip(having, weights,
+                                                                       strict=True))
+    return out
+
+
+class FedA2VStrategy(FedAvg):
+    """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
+    node has answered once, the targets. Each round's aggregated train and evaluate metrics are
+    kept in `round_metrics`; clip counts summed over the run in `totals`.
+
+    `aggregation_mode` (`feda2v.adapter_aggregation_mode`): `weighted_average` (FedAvg by
+    examples), `avg` (every accepted update weighs the same) or `none`: standalone nodes, each
+    training its own adapters, which never leave it; instructions then carry an empty
+    ArrayRecord and so do the replies. Nodes evaluate after every `eval_gap`-th round and after
+    the last one.
+
+    `min_train_nodes` is the quorum: a round's adapters are averaged only from that many usable
+    updates. Training waits (at most a round timeout) for that many nodes to be connected, then
+    goes on with those that are; evaluation takes the nodes connected.
+
+    Train updates are aggregated as they arrive (`take_update`, called by the `RoundGrid` for
+    each reply): screened, decoded from `transport_dtype` one tensor at a time, added to a
+    running float64 sum, and dropped, so the server holds one update at a time, not N."""
+
+    def __init__(self, targets: Targets, lr_for_round: Callable[[int], dict[str, float]],
+                 max_update_norm: float | None = None, allow_overlap: bool = False,
+                 aggregation_mode: str = "weighted_average", eval_gap: int = 1,
+                 render_every: int = 0, transport_dtype: str = "fp32",
+                 baselines: RidgeBaselines | None = None, **fedavg_kwargs) -> None:
+        super().__init__(train_metrics_aggr_fn=aggregate_metrics,
+                         evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
+        self.targets_records = {
+            TARGETS: ArrayRecord(targets.tensors),
+            TARGET_NAMES: ConfigRecord({"names": json.dumps(targets.names)}),
+        }
+        self.lr_for_round = lr_for_round
+        self.max_update_norm = max_update_norm
+        self.global_state: dict[str, np.ndarray] = {}
+        self.round_offset = 0  # rounds finished before a resume: Flower counts from 1 again
+        self.rejected: list[tuple[int, int, str]] = []  # (round, node, why)
+        self.round_metrics: dict[int, dict[str, float]] = {}
+        self.totals = dict.fromkeys(COUNT_KEYS, 0)
+        self.nodes_seen: set[str] = set()  # node keys (stable over restarts) that took part
+        self.failed: list[tuple[int, str, int, str]] = []  # (round, stage, node, why)
+        self.timeouts = RoundTimeout()
+        self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
+        self.node_metrics: dict[int, dict[int, dict[str, float]]] = {}  # round -> node -> ...
+        self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
+        # (round, node) -> bytes sent besides the adapters and the one-time targets
+        self.control_bytes: dict[tuple[int, int], int] = {}
+        self.aggregation_mode = aggregation_mode
+        self.standalone = aggregation_mode == "none"
+        self.eval_gap = eval_gap
+        # Nodes render images every `render_every` rounds (0: never), in the evaluate stage.
+        self.render_every = render_every
+        self.node_images: list[dict[str, Any]] = []  # {"round", "node", "count", "dir"}
+        self.last_round: int | None = None  # known once `start` is called
+        self.adapter_bytes: dict[int, int] = {}  # round -> adapter bytes sent to all its nodes
+        self.update_bytes: dict[int, int] = {}  # round -> adapter bytes its train replies held
+        self.transport_dtype = transport_dtype
+        self.train_round = 0  # the round whose updates `take_update` adds up
+        self.average: RunningAverage | None = None  # that round's running sum
+        # id(reply) -> (reply, why it was refused or None); holding the reply keeps its id
+        self.taken: dict[int, tuple[Message, str | None]] = {}
+        self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
+        # The differential-privacy wrapper's state (fed_a2v.federation.privacy), for a resumed run
+        self.privacy: dict[str, Any] = {}
+        # Ridge baselines (federation.baselines): their statistics and maps travel beside
+        # the adapters, never in their ArrayRecord
+        self.baselines = baselines
+        # Clips shared between nodes fail the run; standalone nodes never share a model, so a
+        # clip in two nodes' sets cannot leak from one node's evaluation to another's.
+        self.overlap = None if self.standalone else OverlapCheck(allow_overlap)
+        if self.standalone:
+            log.info("standalone nodes: no adapters are exchanged, and clips shared between "
+                     "nodes are not checked (no node's model ever sees another's clips)")
+
+    @property
+    def targets_bytes(self) -> int:
+        return sum(r.count_bytes() for r in self.targets_records.values())
+
+    def _finish_messages(self, server_round: int, messages: Iterable[Message]) -> list[Message]:
+        """Add the targets for nodes that lack them; count what is sent besides the adapters."""
+        out = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            extra = {**({} if node in self.has_targets else self.targets_records),
+                     **(self.overlap.request(node) if self.overlap else {}),
+                     **(self.baselines.records(node, message.metadata.message_type,
+                                               server_round == self.last_round)
+                        if self.baselines else {})}
+            if extra:
+                content = RecordDict({**dict(message.content.items()), **extra})
+                message = Message(content, dst_node_id=node,
+                                  message_type=message.metadata.message_type)
+            out.append(message)
+            key = (server_round, node)
+            self.control_bytes[key] = (self.control_bytes.get(key, 0)
+                                       + message.content["config"].count_bytes())
+            arrays = message.content.array_records.get(self.arrayrecord_key)
+            self.adapter_bytes[server_round] = (self.adapter_bytes.get(server_round, 0)
+                                                + (arrays.count_bytes() if arrays else 0))
+        return out
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether nodes evaluate after `server_round`: every `eval_gap`-th, the last, and
+        every round whose global adapters nodes render images with (`render_every`)."""
+        return (server_round % self.eval_gap == 0 or server_round == self.last_round
+                or bool(self.render_every and server_round % self.render_every == 0))
+
+    def round_grid(self, grid: Grid, num_rounds: int, timeout: float | None) -> RoundGrid:
+        """Set up a run of `num_rounds` rounds; the grid they run on: a `RoundGrid` whose
+        stages wait `timeout` seconds for replies (None: a timeout that follows the rounds
+        observed, `RoundTimeout`) and hand train replies to `take_update` as they arrive. A
+        strategy wrapping this one (`fed_a2v.federation.privacy`) runs its rounds on it too."""
+        self.timeouts = RoundTimeout(timeout)
+        self.last_round = self.round_offset + num_rounds
+        return RoundGrid(grid, self.timeouts, on_train_reply=self.take_update)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float | None = None, **kwargs: Any) -> Result:
+        """FedAvg's rounds on `round_grid`."""
+        return super().start(self.round_grid(grid, num_rounds, timeout), initial_arrays,
+                             num_rounds, None, **kwargs)
+
+    def _instructions(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                      grid: Grid, kind: str) -> list[Message]:
+        """FedAvg's sampling, except that it waits for nodes at most one round timeout (FedAvg
+        waits without end for `min_available_nodes`, so one dead node could stall a run)."""
+        train = kind == MessageType.TRAIN
+        fraction = self.fraction_train if train else self.fraction_evaluate
+        if fraction == 0.0:
+            return []
+        minimum = self.min_train_nodes if train else self.min_evaluate_nodes
+        nodes = sample_nodes(grid, fraction, minimum, minimum if train else 1,
+                             self.timeouts.seconds(kind))
+        log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
+        if self.standalone:
+            arrays = ArrayRecord()  # each node holds its own adapters
+        record = RecordDict({self.arrayrecord_key: arrays,
+                             self.configrecord_key: ConfigRecord(
+                                 {**config, "server-round": server_round})})
+        return self._finish_messages(server_round,
+                                     self._construct_messages(record, nodes, kind))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
+        config = self._open_train_round(server_round, arrays, config)
+        return self._instructions(server_round, arrays, config, grid, MessageType.TRAIN)
+
+    def _open_train_round(self, server_round: int, arrays: ArrayRecord,
+                          config: ConfigRecord) -> ConfigRecord:
+        """Start taking the round's updates; its train config, with each adapter's LR."""
+        self.global_state = {k: v.numpy() for k, v in arrays.items()}
+        self.train_round, self.average, self.taken = server_round, None, {}
+        lrs = self.lr_for_round(server_round)
+        self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
+        return ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
+        if not self.evaluates(server_round):
+            log.info("round %d: no evaluation (eval_gap %d)", server_round, self.eval_gap)
+            return []
+        return self._instructions(server_round, arrays, config, grid, MessageType.EVALUATE)
+
+    def _note_replies(self, server_round: int, replies: list[Message]) -> None:
+        if self.overlap:
+            self.overlap.note(replies)
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.has_targets.discard(node)  # it may have lost them: send again
+                self.failed.append((server_round, msg.metadata.message_type, node,
+                                    msg.error.reason))
+            else:
+                self.has_targets.add(node)
+                if SKIPPED in msg.content:
+                    self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
+                if IMAGES in msg.content:
+                    images = msg.content[IMAGES]
+                    self.node_images.append({"round": server_round, "node": node_key(msg),
+                                             "count": int(images["count"]),
+                                             "dir": str(images["dir"])})
+                if self.standalone and STANDALONE in msg.content:
+                    own = msg.content[STANDALONE]
+                    self.node_adapters[node_key(msg)] = {"path": str(own["path"]),
+                                                         "rounds": int(own["rounds"])}
+
+    def take_update(self, reply: Message) -> Message:
+        """Screen one train reply and add its adapters to the round's running average, or
+        refuse it (logged, kept in `rejected`). The reply keeps its metrics; its arrays are
+        dropped. Replies already taken, and error replies, are returned as they are."""
+        if reply.has_error() or id(reply) in self.taken:
+            return reply
+        if self.baselines:  # before the arrays are dropped below
+            self.baselines.take(reply, node_key(reply))
+        received = sum(a.count_bytes() for k, a in reply.content.array_records.items()
+                       if k != RIDGE_STATS)
+        self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
+        problem = self._take(reply.content, id(reply))
+        self.taken[id(reply)] = reply, problem
+        if problem:
+            node = reply.metadata.src_node_id
+            log.warning("round %d: dropped the update of node %d: %s", self.train_round, node,
+                        problem)
+            self.rejected.append((self.train_round, node, problem))
+        for key in list(reply.content.array_records):
+            reply.content[key] = ArrayRecord()
+        gc.collect(0)  # inflated records sit in young reference cycles: free this update now
+        return reply
+
+    def _take(self, content: RecordDict, key: int) -> str | None:
+        """Add a reply's adapters to the running average; why not, if they cannot be."""
+        arrays = [a for k, a in content.array_records.items() if k != RIDGE_STATS]
+        metrics = list(content.metric_records.values())
+        if len(arrays) != 1 or len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
+            return f"expected one ArrayRecord and one MetricRecord with '{self.weighted_by_key}'"
+        if self.standalone:
+            return (f"a standalone node keeps its adapters, yet sent {len(arrays[0])} arrays"
+                    if len(arrays[0]) else None)
+        if not len(arrays[0]):
+            return ("the reply holds no adapters (only standalone nodes, adapter_aggregation_"
+                    "mode 'none', keep theirs)")
+        update = WireUpdate(arrays[0], content.config_records.get(TRANSPORT),
+                            self.global_state, self.transport_dtype)
+        problem = update.problem or update_problem(update, self.global_state,
+                                                   self.max_update_norm)
+        if problem:
+            return problem
+        weight = (float(metrics[0][self.weighted_by_key])
+                  if self.aggregation_mode == "weighted_average" else 1.0)
+        try:
+            self._add(key, update, weight)
+        except ValueError as err:  # e.g. a negative example count; the sum is untouched
+            return str(err)
+        return None
+
+    def _add(self, key: int, update: WireUpdate, weight: float) -> None:
+        """Add one screened update (of the reply with id `key`) to the round's running sum."""
+        if self.average is None:
+            self.average = RunningAverage(self.global_state)
+        self.average.add(update, weight)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        local_round = server_round
+        server_round += self.round_offset
+        if server_round != self.train_round:  # not configured by configure_train (tests)
+            self.train_round, self.average, self.taken = server_round, None, {}
+        replies = sorted(replies, key=node_key)  # metric sums must not follow arrival order
+        self._note_replies(server_round, replies)
+        # Flower's own consistency check fails the whole run when one reply's keys differ:
+        # each reply is screened on its own instead, and only a bad one is dropped.
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        accepted = []
+        for msg in valid:
+            self.take_update(msg)  # replies the RoundGrid streamed in are taken already
+            if self.taken[id(msg)][1] is None:
+                accepted.append(msg)
+                self._note_node(server_round, msg)
+        self.round_metrics.setdefault(server_round, {})["train_nodes"] = len(accepted)
+        if len(accepted) < max(self.min_train_nodes, 1):
+            log.warning("round %d: %d usable updates, fewer than min_clients (%d): the global "
+                        "adapters stay as they were", server_round, len(accepted),
+                        self.min_train_nodes)
+            self.average, self.taken = None, {}
+            return None, None
+        self.nodes_seen.update(node_key(m) for m in accepted)
+        # nothing to aggregate for standalone nodes: they keep their own adapters
+        arrays = ArrayRecord() if self.standalone else self._new_global(local_round, accepted)
+        self.average, self.taken = None, {}
+        metrics = self.train_metrics_aggr_fn([m.content for m in accepted],
+                                             self.weighted_by_key)
+        self._record(server_round, metrics)
+        return arrays, metrics
+
+    def _new_global(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
+        """The global adapters after the round whose `accepted` updates were taken: their
+        running average (`fed_a2v.federation.strategies` hands it to the chosen Flower strategy)."""
+        return ArrayRecord({k: Array(v) for k, v in self.average.pop_result()})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        server_round += self.round_offset
+        replies = sorted(replies, key=node_key)  # float sums must not follow arrival order
+        self._note_replies(server_round, replies)
+        # Not Flower's consistency check: nodes without val clips report no val_* keys.
+        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        usable = []
+        for msg in valid:
+            metrics = list(msg.content.metric_records.values())
+            if len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
+                log.warning("round %d: node %d's evaluate reply has no MetricRecord with '%s'",
+                            server_round, msg.metadata.src_node_id, self.weighted_by_key)
+                continue
+            usable.append(msg)
+            self._note_node(server_round, msg)
+            if self.baselines:
+                self.baselines.note_hits(msg)
+        if not usable:
+            return None
+        metrics = self.evaluate_metrics_aggr_fn([m.content for m in usable],
+                                                self.weighted_by_key)
+        self._record(server_round, metrics)
+        return metrics
+
+    def progress(self) -> dict[str, Any]:
+        """What the summary adds up over the whole run, for a resumed run to go on from."""
+        return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
+                "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
+                "failed": self.failed, "adapter_bytes": self.adapter_bytes,
+                "update_bytes": self.update_bytes,
+                "node_adapters": self.node_adapters, "node_images": self.node_images,
+                **({"privacy": self.privacy} if self.privacy else {}),
+                **({"baselines": self.baselines.progress()} if self.baselines else {})}
+
+    def restore(self, progress: dict[str, Any]) -> None:
+        """Go on from `progress()` as saved by the stopped part of a resumed run."""
+        self.totals.update(progress.get("totals", {}))
+        self.nodes_seen.update(progress.get("nodes", []))
+        self.skipped_files.update(progress.get("skipped_files", []))
+        self.rejected.extend(tuple(x) for x in progress.get("rejected", []))
+        self.failed.extend(tuple(x) for x in progress.get("failed", []))
+        self.adapter_bytes.update({int(r): int(b)
+                                   for r, b in progress.get("adapter_bytes", {}).items()})
+        self.update_bytes.update({int(r): int(b)
+                                  for r, b in progress.get("update_bytes", {}).items()})
+        self.node_adapters.update(progress.get("node_adapters", {}))
+        self.node_images.extend(progress.get("node_images", []))
+        self.privacy = progress.get("privacy", {})
+        if self.baselines:
+            self.baselines.restore(progress.get("baselines", {}))
+
+    def adapter_bytes_per_round(self, rounds: int) -> list[int]:
+        """Adapter bytes the server sent in each of rounds 1..`rounds` (all of the round's train
+        and evaluate messages together)."""
+        return [self.adapter_bytes.get(r, 0) for r in range(1, rounds + 1)]
+
+    def update_bytes_per_round(self, rounds: int) -> list[int]:
+        """Adapter bytes the train replies of each of rounds 1..`rounds` held, all nodes."""
+        return [self.update_bytes.get(r, 0) for r in range(1, rounds + 1)]
+
+    def _note_node(self, server_round: int, msg: Message) -> None:
+        """Keep one node's own train or eval metrics for the round (per-node curves)."""
+        metrics = next(iter(msg.content.metric_records.values()))
+        own = {k: float(v) for k, v in metrics.items()
+               if k.startswith(("train_", "eval_", "val_")) and isinstance(v, (int, float))}
+        nodes = self.node_metrics.setdefault(server_round, {})
+        nodes.setdefault(msg.metadata.src_node_id, {}).update(own)
+
+    def _record(self, server_round: int, metrics: MetricRecord) -> None:
+        """Clip counts add up over the run; everything else is this round's value."""
+        for key in COUNT_KEYS:
+            self.totals[key] += int(metrics.get(key, 0))
+        self.round_metrics.setdefault(server_round, {}).update(
+            {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
+
+
+def node_key(reply: Message) -> str:
+    """The node's own key (the same after a restart, unlike its Flower node id)."""
+    if reply.has_content() and NODE in reply.content:  # error replies have none
+        return str(reply.content[NODE]["key"])
+    return f"flower node {reply.metadata.src_node_id}"

@@ -1,0 +1,300 @@
+"""From sound to picture: `fed-a2v generate` (images from audio clips) and `fed-a2v embed` (the
+conditioning tensors alone).
+
+Clips are encoded exactly as in training (the same AST, features and token cache), the adapters
+turn their tokens into `prompt_embeds` / `pooled_prompt_embeds`, and a FLUX pipeline without any
+text encoder draws from those (`fed_a2v.generate.flux`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from fed_a2v.config.schema import (
+    Config,
+    ConfigError,
+    DatasetConfig,
+    ExperimentConfig,
+    FedA2VConfig,
+    NodeConfig,
+)
+from fed_a2v.data.corpora import Clip, read_esc50, read_manifest
+from fed_a2v.encode.encoders import describe_audio_encoder
+from fed_a2v.encode.node_data import Encoding, NodeIdentity
+from fed_a2v.files import atomic_write
+from fed_a2v.generate.flux import check_widths, is_flux_source, load_flux_pipeline, render
+from fed_a2v.model.pretrained import FedA2VAdapters
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    path: Path
+    label: str | None = None  # the class the input names for it (a manifest, an ESC-50 csv)
+
+
+def _esc50_root(folder: Path) -> Path | None:
+    """The ESC-50 root a folder belongs to: itself (`meta/esc50.csv`) or, for its `audio/`
+    folder, its parent."""
+    for root in (folder, folder.parent):
+        if (root / "meta" / "esc50.csv").is_file():
+            return root
+    return None
+
+
+def read_inputs(paths: list[str | Path]) -> list[AudioInput]:
+    """Audio files, folders (searched recursively, sorted) and CSV manifests (`path,label`), in
+    the order given, each file once. Labels come from manifests and ESC-50 `meta/esc50.csv`."""
+    found: dict[Path, AudioInput] = {}
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.suffix.lower() == ".csv" and path.is_file():
+            items = [AudioInput(c.path, c.label) for c in read_manifest(path).clips]
+        elif path.is_dir():
+            root = _esc50_root(path)
+            labels = ({c.path.resolve(): c.label for c in read_esc50(root).clips}
+                      if root else {})
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            items = [AudioInput(p, labels.get(p.resolve())) for p in files]
+            if not items:
+                raise ConfigError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        elif path.is_file():
+            root = _esc50_root(path.parent)
+            labels = ({c.path.resolve(): c.label for c in read_esc50(root).clips}
+                      if root else {})
+            items = [AudioInput(path, labels.get(path.resolve()))]
+        else:
+            raise ConfigError(f"{path}: no such audio file, folder or CSV manifest")
+        for item in items:
+            found.setdefault(item.path.resolve(), item)
+    return list(found.values())
+
+
+def audio_inputs(paths: list[str | Path]) -> list[Path]:
+    """The audio files `paths` name (files, folders, CSV manifests), each once."""
+    return [item.path for item in read_inputs(paths)]
+
+
+def _encoding(adapters: FedA2VAdapters, cache_dir: str | None, device: str) -> Encoding:
+    """Training's `Encoding` for the adapters' audio encoder: same features, same cache keys."""
+    config = Config(
+        experiment=replace(ExperimentConfig(), device=device, dtype=adapters.dtype,
+                           cache_dir=cache_dir or ""),
+        dataset=replace(DatasetConfig(), clip_seconds=adapters.clip_seconds),
+        feda2v=replace(FedA2VConfig(), audio_model_name=adapters.audio_model_name))
+    _, settings = describe_audio_encoder(adapters.audio_model_name)
+    trained = adapters.config["audio"].get("features")
+    if trained and trained != asdict(settings):
+        log.warning("%s: its features now are %s, the adapters were trained on %s",
+                    adapters.audio_model_name, asdict(settings), trained)
+    return Encoding(config, NodeIdentity(NodeConfig(), 0, 1, "generate", "generate"))
+
+
+def encode_clips(adapters: FedA2VAdapters, clips: list[Path], cache_dir: str | None = None,
+                 device: str = "cpu") -> tuple[list[Path], list[torch.Tensor], list[str]]:
+    """(the clips that could be read, their token tensors `(T, d_audio)`, "path: why" for each
+    clip skipped), through the token cache training used."""
+    encoding = _encoding(adapters, cache_dir, device)
+    kept, arrays = encoding.encode([Clip(path, "", 0) for path in clips])
+    if encoding.skipped:
+        log.warning("skipped %d unreadable clips:\n  %s", len(encoding.skipped),
+                    "\n  ".join(encoding.skipped))
+    return ([c.path for c in kept], [torch.from_numpy(a[:].copy()).float() for a in arrays],
+            encoding.skipped)
+
+
+def unique_stems(paths: list[Path]) -> list[str]:
+    """Each file's stem, with -2, -3, ... where a stem repeats."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
+    return stems
+
+
+def default_pipeline(adapters: FedA2VAdapters) -> str:
+    """The FLUX repository or folder the T5 targets came from; else a ConfigError."""
+    source = adapters.t5_source
+    if is_flux_source(source):
+        return str(source)
+    raise ConfigError(f"the adapters' T5 targets came from '{source}', which is not a FLUX "
+                      "pipeline: pass --pipeline (builtin:tiny-flux for adapters trained on the "
+                      "built-in models, a FLUX folder, or e.g. black-forest-labs/FLUX.1-schnell)")
+
+
+@dataclass
+class GenerateSettings:
+    pipeline: str | None = None  # None: `default_pipeline`
+    steps: int = 1  # as upstream ran FLUX.1-schnell
+    guidance: float = 0.0
+    height: int = 512
+    width: int = 512
+    seed: int = 0  # clip i gets seed + i
+    batch_size: int = 4
+    device: str = "cpu"
+    dtype: str = "fp32"  # the pipeline's; the audio encoder runs as in training
+    cpu_offload: bool = False
+    compare_text: bool = False
+    score_with: str | None = None
+    cache_dir: str | None = None
+
+
+def _cosines(pred: torch.Tensor, targets: torch.Tensor, rows: list[int]) -> list[float]:
+    own = targets[torch.as_tensor(rows)].to(pred.device, torch.float32)
+    return F.cosine_similarity(pred.flatten(1).float(), own.flatten(1), dim=1).tolist()
+
+
+def _clip_target(adapters: FedA2VAdapters, label: str | None,
+                 nearest: int) -> tuple[int, str]:
+    """The class a clip is compared with: its own label if the adapters know it, else the
+    nearest class."""
+    if label is not None and label in adapters.class_names:
+        return adapters.class_names.index(label), "label"
+    return nearest, "nearest"
+
+
+def _save(image, path: Path) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _scores(score_with: str, device: str, adapters: FedA2VAdapters, images: dict[str, list[Path]],
+            truth: list[int]) -> dict[str, Any]:
+    from fed_a2v.generate.scoring import ZeroShotScorer, classification_metrics
+
+    scorer = ZeroShotScorer.load(score_with, device=device)
+    out: dict[str, Any] = {"scorer": score_with}
+    for kind, paths in images.items():
+        predicted = scorer.classify(paths, adapters.class_names)
+        out[kind] = {**classification_metrics(predicted, truth, len(adapters.class_names)),
+                     "predicted": [adapters.class_names[i] for i in predicted]}
+    return out
+
+
+def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
+             settings: GenerateSettings) -> dict[str, Any]:
+    """Images for the clips `audio` names into `out_dir`: `<stem>.png` (and `<stem>.text.png`
+    with `compare_text`), `gallery.png`, `gallery.md` and `generate.json`, whose content is
+    returned."""
+    from fed_a2v.generate.gallery import GalleryItem, write_gallery
+
+    for name in ("steps", "batch_size", "height", "width"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got "
+                              f"{getattr(settings, name)}")
+    out = Path(out_dir)
+    adapters = FedA2VAdapters.from_pretrained(adapters_source, device=settings.device)
+    pipeline_name = settings.pipeline or default_pipeline(adapters)
+    inputs = read_inputs(audio)
+    labels = {item.path: item.label for item in inputs}
+    started = time.perf_counter()
+    clips, tokens, skipped = encode_clips(adapters, [item.path for item in inputs],
+                                          settings.cache_dir, settings.device)
+    encode_seconds = time.perf_counter() - started
+    if not clips:
+        raise ConfigError(f"none of the {len(inputs)} audio files could be read: {skipped[:3]}")
+    pipeline = load_flux_pipeline(pipeline_name, settings.device, settings.dtype,
+                                  settings.cpu_offload)
+    check_widths(pipeline, adapters.adapters, adapters.diffusion_type)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = unique_stems(clips)
+    size = {"steps": settings.steps, "guidance": settings.guidance,
+            "height": settings.height, "width": settings.width}
+    records: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(clips), settings.batch_size), desc="generating",
+                      unit="batch", disable=None, leave=False):
+        idx = list(range(start, min(start + settings.batch_size, len(clips))))
+        seeds = [settings.seed + i for i in idx]
+        cond = adapters.conditioning(torch.stack([tokens[i] for i in idx]))
+        nearest = adapters.nearest(cond)
+        targets = [_clip_target(adapters, labels[clips[i]], n)
+                   for i, (n, _) in zip(idx, nearest, strict=True)]
+        cosines = _cosines(cond["pooled_prompt_embeds"], adapters.targets.tensors["clip"],
+                           [row for row, _ in targets])
+        tick = time.perf_counter()
+        images = render(pipeline, cond, seeds, **size)
+        seconds = (time.perf_counter() - tick) / len(idx)
+        if settings.compare_text:
+            text_images = render(pipeline, adapters.target_conditioning(
+                [row for row, _ in targets]), seeds, **size)
+        for j, i in enumerate(idx):
+            _save(images[j], out / f"{stems[i]}.png")
+            record = {"file": str(clips[i]), "image": f"{stems[i]}.png", "seed": seeds[j],
+                      "label": labels[clips[i]],
+                      "nearest_class": adapters.class_names[nearest[j][0]],
+                      "nearest_cosine": nearest[j][1],
+                      "target_class": adapters.class_names[targets[j][0]],
+                      "target_from": targets[j][1], "cosine": cosines[j], "seconds": seconds}
+            if settings.compare_text:
+                _save(text_images[j], out / f"{stems[i]}.text.png")
+                record["text_image"] = f"{stems[i]}.text.png"
+            records.append(record)
+    render_seconds = sum(r["seconds"] for r in records)
+    scores = None
+    if settings.score_with:
+        images_by_kind = {"audio": [out / r["image"] for r in records]}
+        if settings.compare_text:
+            images_by_kind["text"] = [out / r["text_image"] for r in records]
+        truth = [adapters.class_names.index(r["target_class"]) for r in records]
+        scores = _scores(settings.score_with, settings.device, adapters, images_by_kind, truth)
+        scores["truth"] = ("the clips' labels" if all(r["target_from"] == "label"
+                                                      for r in records)
+                           else "labels where the input gave them, else the nearest class")
+    items = [GalleryItem(out / r["image"],
+                         [Path(r["file"]).name, f"nearest: {r['nearest_class']} "
+                          f"({r['nearest_cosine']:.2f})"]
+                         + ([f"label: {r['label']}"] if r["label"] else []),
+                         out / r["text_image"] if settings.compare_text else None)
+             for r in records]
+    metrics = ({k: {m: v for m, v in s.items() if m != "predicted"}
+                for k, s in scores.items() if isinstance(s, dict)} if scores else None)
+    write_gallery(out, items, f"{Path(str(adapters_source)).name}: {len(records)} clips, "
+                  f"{pipeline_name}, {settings.steps} steps", metrics)
+    report = {
+        "adapters": str(adapters_source), "pipeline": pipeline_name,
+        "settings": {**asdict(settings), "pipeline": pipeline_name},
+        "seeds": [r["seed"] for r in records], "clips": records, "skipped": skipped,
+        "totals": {"images": len(records), "encode_seconds": encode_seconds,
+                   "render_seconds": render_seconds,
+                   "seconds_per_image": render_seconds / len(records),
+                   "device": settings.device},
+        "scores": scores,
+    }
+    (out / "generate.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    log.info("%d images in %s (%.3f s per image)", len(records), out,
+             render_seconds / len(records))
+    return report
+
+
+def embed(adapters_source: str, audio: list[str | Path], out_file: str | Path,
+          device: str = "cpu", cache_dir: str | None = None) -> Path:
+    """The adapters' conditioning for each clip into one safetensors file (`prompt_embeds`,
+    and `pooled_prompt_embeds` for FLUX; row i is clip i, named in the metadata `clips`)."""
+    adapters = FedA2VAdapters.from_pretrained(adapters_source, device=device)
+    clips, tokens, skipped = encode_clips(adapters, audio_inputs(audio), cache_dir, device)
+    if not clips:
+        raise ConfigError(f"none of the audio files could be read: {skipped[:3]}")
+    cond = adapters.conditioning(torch.stack(tokens))
+    nearest = adapters.nearest(cond)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"clips": json.dumps([str(c) for c in clips]),
+                "nearest_classes": json.dumps([adapters.class_names[i] for i, _ in nearest]),
+                "diffusion_type": adapters.diffusion_type, "adapters": str(adapters_source)}
+    atomic_write(out, lambda tmp: save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in cond.items()}, str(tmp),
+        metadata=metadata))
+    return out

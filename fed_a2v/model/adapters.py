@@ -1,0 +1,99 @@
+"""The trainable adapters: a MAP block pools audio tokens, a GroupNorm MLP maps them out.
+
+Everything normalises per sample (GroupNorm over channels), so in eval mode a sample's output does
+not depend on what else is in its batch. Pooling runs at the audio encoder's width and only the
+last layer projects up to the target width, which keeps the per-round payload small.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.files import atomic_write
+from fed_a2v.model.layers import MLP, MAPBlock
+from fed_a2v.model.upstream_adapters import build_upstream_adapters
+
+
+class Adapter(nn.Module):
+    """Audio tokens `(B, T, d_audio)` to `(B, d_out)` (`n_latents` None: one pooled vector) or
+    `(B, n_latents, d_out)` (a sequence)."""
+
+    def __init__(self, d_audio: int, d_out: int, n_latents: int | None,
+                 cfg: FedA2VConfig) -> None:
+        super().__init__()
+        self.pooled = n_latents is None
+        self.pool = MAPBlock(d_audio, n_latents or 1, cfg.adapter_num_heads,
+                             cfg.adapter_mlp_ratio, cfg.adapter_norm_groups, cfg.adapter_dropout)
+        self.head = MLP(d_audio, cfg.adapter_hidden_dim, d_out, cfg.adapter_norm_groups,
+                        cfg.adapter_dropout)
+
+    @property
+    def out_features(self) -> int:
+        return self.head[-1].out_features
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.pool(tokens))
+        return out[:, 0] if self.pooled else out
+
+
+# What each diffusion model is conditioned on, so which adapters a federation trains: FLUX on
+# CLIP's pooled output and T5's sequence, Stable Diffusion 1.x on CLIP's token sequence alone.
+ADAPTERS_BY_DIFFUSION = {"flux": ("clip", "t5"), "sd": ("clip",)}
+
+
+def adapter_names(cfg: FedA2VConfig) -> tuple[str, ...]:
+    """The adapters an experiment trains (and the target tensors it needs), in order."""
+    return ADAPTERS_BY_DIFFUSION[cfg.diffusion_type]
+
+
+def build_adapters(d_audio: int, d_clip: int, d_t5: int | None, cfg: FedA2VConfig,
+                   seed: int = 0) -> dict[str, nn.Module]:
+    """flux: the CLIP adapter `(B, d_clip)` and the T5 adapter `(B, t5_max_length, d_t5)`;
+    sd: the CLIP adapter `(B, clip_max_length, d_clip)` only (`d_t5` unused). With
+    `adapter_design` "upstream", the upstream research code's adapters of those shapes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.adapter_design == "upstream":
+            return build_upstream_adapters(d_audio, d_clip, d_t5, cfg)
+        if cfg.diffusion_type == "sd":
+            return {"clip": Adapter(d_audio, d_clip, cfg.clip_max_length, cfg)}
+        if d_t5 is None:
+            raise ValueError("diffusion_type 'flux' needs the T5 targets' width (d_t5)")
+        return {
+            "clip": Adapter(d_audio, d_clip, None, cfg),
+            "t5": Adapter(d_audio, d_t5, cfg.t5_max_length, cfg),
+        }
+
+
+def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: FedA2VConfig,
+                         seed: int = 0) -> dict[str, nn.Module]:
+    """The adapters `cfg` trains, as wide as their `targets` (`(N, ..., width)` each)."""
+    missing = [name for name in adapter_names(cfg) if name not in targets]
+    if missing:
+        raise ValueError(f"diffusion_type '{cfg.diffusion_type}' trains adapters "
+                         f"{', '.join(adapter_names(cfg))}, but the targets have no "
+                         f"{', '.join(missing)} (targets: {', '.join(sorted(targets))})")
+    d_t5 = targets["t5"].shape[-1] if "t5" in targets else None
+    return build_adapters(d_audio, targets["clip"].shape[-1], d_t5, cfg, seed)
+
+
+def adapters_state(adapters: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """One flat state dict, keys prefixed by adapter name (`clip.`, `t5.`)."""
+    return {f"{name}.{k}": v for name, a in adapters.items() for k, v in a.state_dict().items()}
+
+
+def load_adapters_state(adapters: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
+    for name, adapter in adapters.items():
+        prefix = f"{name}."
+        adapter.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                 if k.startswith(prefix)})
+
+
+def save_adapters(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    atomic_write(path, lambda tmp: save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata))
