@@ -21,8 +21,11 @@ run: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest tests
 
+# ruff, then the import contracts in pyproject.toml ([tool.importlinter]): layers, no Flower in
+# the library layers, no import circle (imports inside functions count).
 lint: $(STAMP)
 	$(BIN)/ruff check fed_a2v server client tests benchmarks scripts
+	$(BIN)/lint-imports --no-cache
 
 # Every benchmark writes a fragment to benchmarks/out/; collect.py merges them into
 # benchmarks/results.json and benchmarks/RESULTS.md (one run, one machine).
