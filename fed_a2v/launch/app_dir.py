@@ -17,11 +17,12 @@ from pathlib import Path
 APP_TABLE = "[tool.flwr.app]"
 APP_PACKAGES = ("fed_a2v", "server", "client")
 _SKIP = shutil.ignore_patterns("__pycache__", "app_files")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fed_a2v/
 
 
 def checkout_root() -> Path | None:
     """The source checkout this package runs from, if it does (editable install, tests)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # fed_a2v/launch/app_dir.py
     pyproject = root / "pyproject.toml"
     if pyproject.is_file() and APP_TABLE in pyproject.read_text(errors="replace"):
         return root
@@ -30,7 +31,7 @@ def checkout_root() -> Path | None:
 
 def app_files() -> Path:
     """The folder holding the app's `pyproject.toml` and `configs/`."""
-    return checkout_root() or Path(__file__).resolve().parent / "app_files"
+    return checkout_root() or PACKAGE_DIR / "app_files"
 
 
 def default_config() -> Path:
