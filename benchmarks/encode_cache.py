@@ -29,7 +29,7 @@ from fed_a2v.data.node_corpora import open_corpus
 from fed_a2v.data.splits import split_for_node
 from fed_a2v.encode.encoders import AudioEncoder
 from fed_a2v.encode.node_data import Encoding, NodeIdentity, encoded_set
-from fed_a2v.encode.targets import targets_for
+from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets
 from fed_a2v.model.train import LocalTrainConfig, train_local
 

@@ -1,7 +1,7 @@
 """One federated run of an experiment file with a few keys changed, by the ServerApp's code
-and FedA2V's node code on an in-process grid (`fed_a2v.launch.inprocess`: no Ray, no SuperLink), so a
-benchmark compares settings, not engines. Runs sharing `root` share the token cache; runs of
-the built-in corpus with the same seed share its data (the seed generates it)."""
+and FedA2V's node code on an in-process grid (`fed_a2v.launch.inprocess`: no Ray, no
+SuperLink), so a benchmark compares settings, not engines. Runs sharing `root` share the token
+cache; runs of the built-in corpus with the same seed share its data (the seed generates it)."""
 
 from __future__ import annotations
 

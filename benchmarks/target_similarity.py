@@ -14,7 +14,7 @@ import torch
 
 from fed_a2v.config.load import load_config
 from fed_a2v.data.node_corpora import open_corpus
-from fed_a2v.encode.targets import targets_for
+from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.model.losses import unit_rows
 
 

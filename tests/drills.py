@@ -31,8 +31,8 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 
-from fed_a2v.encode.targets import Targets
-from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.encode.text_targets import Targets
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.launch.host import (
     Process,
     flower_env,

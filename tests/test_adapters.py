@@ -166,7 +166,7 @@ def test_upstream_design_has_fed_a2vs_interface(diffusion_type):
 
 
 def test_a_package_rebuilds_the_design_it_was_trained_with():
-    from fed_a2v.encode.targets import Targets
+    from fed_a2v.encode.text_targets import Targets
     from fed_a2v.model.pretrained import FedA2VAdapters
 
     cfg = FedA2VConfig(adapter_design="upstream")

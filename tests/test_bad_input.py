@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fed_a2v.data.audio import AudioError, load_audio
-from fed_a2v.encode.targets import Targets
+from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.aggregation import update_problem
-from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 
 from drills import DECODABLE, UNUSABLE, train_reply, write_audio_cases
 

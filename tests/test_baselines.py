@@ -1,7 +1,7 @@
-"""Ridge baselines (fed_a2v.federation.baselines): the map solved from summed node statistics is the ridge
-of the pooled clips, its top-1 is the explicit ridge's, and a real run (the ServerApp's code and
-the nodes' in one process) reports it beside FedA2V and chance; `federation.baselines` false
-sends nothing extra."""
+"""Ridge baselines (fed_a2v.federation.baselines): the map solved from summed node statistics is
+the ridge of the pooled clips, its top-1 is the explicit ridge's, and a real run (the ServerApp's
+code and the nodes' in one process) reports it beside FedA2V and chance;
+`federation.baselines` false sends nothing extra."""
 
 from __future__ import annotations
 

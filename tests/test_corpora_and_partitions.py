@@ -15,7 +15,7 @@ from fed_a2v.config.schema import Config, ConfigError, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.corpora import Clip, Corpus, read_manifest
 from fed_a2v.data.splits import split_for_node
-from fed_a2v.encode.targets import target_prompts
+from fed_a2v.encode.text_targets import target_prompts
 
 
 def write_manifest(root: Path, rows: list[dict], columns: list[str]) -> Path:

@@ -14,14 +14,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from safetensors.torch import load_file
 
-import fed_a2v.encode.targets as targets_module
+import fed_a2v.encode.text_targets as targets_module
 from fed_a2v.cli import main
 from fed_a2v.config.schema import Config, ConfigError, FedA2VConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.node_corpora import open_corpus
 from fed_a2v.encode import encoders
-from fed_a2v.encode.encoded import EncodedSet
-from fed_a2v.encode.targets import Targets, compute_targets, target_prompts, targets_for
+from fed_a2v.encode.encoded_set import EncodedSet
+from fed_a2v.encode.text_targets import Targets, compute_targets, target_prompts, targets_for
 from fed_a2v.federation.node import evaluate_reply, train_reply
 from fed_a2v.federation.protocol import TARGET_NAMES, TARGETS
 from fed_a2v.federation.server import lr_plan

@@ -18,7 +18,7 @@ from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 from fed_a2v.data.node_corpora import open_corpus
 from fed_a2v.encode.cache import TokenCache
 from fed_a2v.encode.node_data import NodeIdentity, node_data
-from fed_a2v.encode.targets import Targets, compute_targets, target_prompts, targets_for
+from fed_a2v.encode.text_targets import Targets, compute_targets, target_prompts, targets_for
 
 
 @pytest.fixture

@@ -56,8 +56,8 @@ def test_a_round_of_only_bad_replies_keeps_the_global_adapters() -> None:
 
 
 def test_a_reply_without_its_records_is_named(task_identity) -> None:
-    from fed_a2v.encode.targets import Targets
-    from fed_a2v.federation.strategy import FedA2VStrategy
+    from fed_a2v.encode.text_targets import Targets
+    from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 
     strategy = FedA2VStrategy(Targets(["a"], ["a"], {}), lambda _: {})
     strategy.global_state = REFERENCE

@@ -24,7 +24,7 @@ from fed_a2v.encode.encoders import (
     clip_targets,
     t5_targets,
 )
-from fed_a2v.encode.targets import Targets
+from fed_a2v.encode.text_targets import Targets
 from fed_a2v.generate.flux import (
     TINY_FLUX,
     check_widths,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fed_a2v.model.train as train_mod
 from fed_a2v.config.schema import FedA2VConfig
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import build_adapters
 from fed_a2v.model.evaluation import evaluate_adapters
 from fed_a2v.model.losses import (

@@ -14,9 +14,9 @@ from PIL import Image
 from fed_a2v.config.schema import ConfigError, NodeConfig
 from fed_a2v.config.upstream import resolve
 from fed_a2v.config.validate import config_from_dict
-from fed_a2v.encode.targets import Targets
-from fed_a2v.federation.strategy import FedA2VStrategy
-from fed_a2v.generate.from_sound import node_images
+from fed_a2v.encode.text_targets import Targets
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.generate import node_images
 from fed_a2v.generate.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
 
 from drills import LoopbackGrid, experiment_dict, run_in_process

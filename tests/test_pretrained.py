@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from fed_a2v.config.schema import ConfigError
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.encoders import describe_audio_encoder
-from fed_a2v.encode.targets import compute_targets
+from fed_a2v.encode.text_targets import compute_targets
 from fed_a2v.model.adapters import adapters_for_targets, adapters_state
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 

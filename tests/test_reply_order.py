@@ -10,8 +10,8 @@ import itertools
 import numpy as np
 import torch
 
-from fed_a2v.encode.targets import Targets
-from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.encode.text_targets import Targets
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 
 from drills import server_identity, train_reply
 

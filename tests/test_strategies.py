@@ -1,4 +1,5 @@
-"""`federation.strategy`: Flower's strategies with FedA2V around them (fed_a2v.federation.strategies).
+"""`federation.strategy`: Flower's strategies with FedA2V around them
+(fed_a2v.federation.flower_strategies).
 
 In process, on real Flower Messages: what each strategy makes of the same replies (FedAvg as
 before, the robust ones unmoved by a poisoned update, FedAdam Flower's own step), what the
@@ -29,11 +30,11 @@ from flwr.serverapp.strategy import FedAdam
 
 from fed_a2v.config.schema import ConfigError, FedA2VConfig
 from fed_a2v.config.validate import config_from_dict
-from fed_a2v.encode.encoded import EncodedSet
-from fed_a2v.encode.targets import Targets
+from fed_a2v.encode.encoded_set import EncodedSet
+from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.protocol import TRANSPORT
-from fed_a2v.federation.strategies import STRATEGIES, build_strategy
-from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.federation.flower_strategies import STRATEGIES, build_strategy
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.transport import encode_update
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.model.train import LocalTrainConfig, train_local

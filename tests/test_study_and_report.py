@@ -10,9 +10,9 @@ import pytest
 from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.data.node_corpora import open_corpus
 from fed_a2v.encode.cache import TokenStore
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.node_data import NodeIdentity, node_data
-from fed_a2v.encode.targets import targets_for
+from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.studies.batch_size import (
     Arm,
     check_same_split,

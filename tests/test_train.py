@@ -8,7 +8,7 @@ from torch.func import functional_call
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fed_a2v.config.schema import FedA2VConfig
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.model.losses import adapter_loss
 from fed_a2v.model.train import LocalTrainConfig, accumulation_sizes, train_local

@@ -1,7 +1,8 @@
 """A ServerApp and a ClientApp that do no work: each round sends `stages` messages (train, then
 evaluate) to every node and waits for the replies, which the nodes send at once, importing
-nothing beyond Flower. Replies are polled as FedA2V's server polls them (`fed_a2v.federation.rounds`), not
-every 3 s as Flower's own `send_and_receive`. The rounds' wall times are what the engine costs."""
+nothing beyond Flower. Replies are polled as FedA2V's server polls them
+(`fed_a2v.federation.rounds`), not every 3 s as Flower's own `send_and_receive`. The rounds'
+wall times are what the engine costs."""
 
 import json
 import time

@@ -19,7 +19,7 @@ from fed_a2v.data.corpora import Clip, Corpus
 from fed_a2v.data.node_corpora import node_corpus
 from fed_a2v.data.splits import split_for_node
 from fed_a2v.encode.cache import TokenCache, TokenStore, cache_root
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.target_set import Targets
 from fed_a2v.encode.token_keys import token_cache_key
 

@@ -1,5 +1,5 @@
 """`Targets`: the text targets as tensors with their names, saved, loaded and keyed without any
-text encoder (nodes receive them; `fed_a2v.encode.targets` makes them)."""
+text encoder (nodes receive them; `fed_a2v.encode.text_targets` makes them)."""
 
 from __future__ import annotations
 

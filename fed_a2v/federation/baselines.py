@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.federation.protocol import RIDGE_HITS, RIDGE_MAPS, RIDGE_REQUEST, RIDGE_STATS
 from fed_a2v.model.adapters import save_adapters
 

@@ -156,7 +156,7 @@ class NodeRound:
 def train_reply(msg: Message, context: Context) -> Message:
     """Local training; besides the losses, the node reports its own seconds: `train_seconds`
     in training, `train_setup_seconds` before it (config, targets, data, adapters), and how the
-    message reached it (`train_delivery_seconds`, `train_startup_seconds`: fed_a2v.federation.node)."""
+    message reached it (`train_delivery_seconds`, `train_startup_seconds`: `delivery_seconds`)."""
     delivered = delivery_seconds(msg.metadata.created_at, "train")
     started = time.perf_counter()
     rnd = NodeRound(msg, context)

@@ -53,7 +53,7 @@ from fed_a2v.config.schema import Config
 from fed_a2v.config.validate import sampled_nodes
 
 if TYPE_CHECKING:
-    from fed_a2v.federation.strategy import FedA2VStrategy
+    from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ class PrivateRounds:
                 if not any(KEY_NORM_BIT in m for m in reply.content.metric_records.values()):
                     raise AggregationError(
                         f"node {reply.metadata.src_node_id} sent no '{KEY_NORM_BIT}': it did "
-                        "not clip its update (its ClientApp lacks fed_a2v.federation.privacy.clipping_mod)")
+                        "not clip its update (its ClientApp lacks "
+                        "fed_a2v.federation.privacy.clipping_mod)")
         inner = self.strategy
         arrays, metrics = inner.aggregate_train(server_round, replies)
         round_metrics = inner.round_metrics.setdefault(inner.train_round, {})

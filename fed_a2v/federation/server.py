@@ -17,10 +17,10 @@ from fed_a2v.config.load import load_config
 from fed_a2v.config.schema import Config
 from fed_a2v.data.node_corpora import corpus_index
 from fed_a2v.encode.encoders import describe_audio_encoder
-from fed_a2v.encode.targets import targets_for
+from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.federation.baselines import RidgeBaselines
 from fed_a2v.federation.privacy import privacy_record, with_privacy
-from fed_a2v.federation.strategies import build_strategy
+from fed_a2v.federation.flower_strategies import build_strategy
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, adapters_state
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 from fed_a2v.runs.checkpoints import AdapterCheckpoints
@@ -183,8 +183,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "privacy": privacy_record(runner),
         # Images rendered on the nodes (they stay there): round, node, count, folder.
         "node_images": strategy.node_images,
-        # Held-out top-1 of linear ridge maps and chance beside FedA2V's (fed_a2v.federation.baselines);
-        # null with federation.baselines false.
+        # Held-out top-1 of linear ridge maps and chance beside FedA2V's
+        # (fed_a2v.federation.baselines); null with federation.baselines false.
         "baselines": strategy.baselines.summary(
             {s: recorder.last.get(f"eval_{s}_top1") for s in targets.tensors}
         ) if strategy.baselines else None,

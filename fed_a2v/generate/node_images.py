@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from fed_a2v.config.schema import Config, NodeConfig
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import Adapter
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def images_dir(config: Config, node: NodeConfig, node_name: str, cache_root: Pat
 
 
 def flux_pipeline(name: str, device: torch.device, dtype: str) -> Any:
-    """The FLUX pipeline, loaded once per process (without text encoders: `fed_a2v.generate.flux`)."""
+    """The FLUX pipeline, loaded once per process (without text encoders:
+    `fed_a2v.generate.flux`)."""
     from fed_a2v.generate.flux import load_flux_pipeline
 
     key = (name, str(device), dtype)

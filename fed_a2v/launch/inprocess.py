@@ -32,9 +32,9 @@ def server_identity() -> Iterator[None]:
 
 class LoopbackGrid(Grid):
     """A whole federation in this process: each node is FedA2V's ClientApp code
-    (`fed_a2v.federation.node`) with a simulated node's Context (partition `i` of `num_nodes`), answering
-    as soon as its instruction is pushed. Every message pushed is kept in `sent`. Use it inside
-    `server_identity()`."""
+    (`fed_a2v.federation.node`) with a simulated node's Context (partition `i` of
+    `num_nodes`), answering as soon as its instruction is pushed. Every message pushed is kept
+    in `sent`. Use it inside `server_identity()`."""
 
     def __init__(self, num_nodes: int) -> None:
         self.contexts = {i + 1: Context(run_id=1, node_id=i + 1, state=RecordDict(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import Adapter
 from fed_a2v.model.losses import batch_targets, per_sample_mse, row_similarities, unit_rows
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from fed_a2v.config.schema import BUILTIN_DATASETS, Config, ConfigError, FedA2VConfig
 from fed_a2v.data.audio import FeatureSettings
 from fed_a2v.encode.encoders import resolve_device
-from fed_a2v.encode.targets import Targets
+from fed_a2v.encode.text_targets import Targets
 from fed_a2v.files import atomic_write_text
 from fed_a2v.model.adapters import (
     Adapter,

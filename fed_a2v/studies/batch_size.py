@@ -18,9 +18,9 @@ import torch
 
 from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.data.node_corpora import open_corpus
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.node_data import NodeIdentity, node_data
-from fed_a2v.encode.targets import Targets, targets_for
+from fed_a2v.encode.text_targets import Targets, targets_for
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets
 from fed_a2v.model.evaluation import evaluate_adapters
 from fed_a2v.model.train import LocalTrainConfig, train_local

@@ -33,10 +33,10 @@ from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.corpora import Clip, Corpus
 from fed_a2v.data.node_corpora import corpus_index, open_corpus
 from fed_a2v.data.splits import split_for_node
-from fed_a2v.encode.encoded import EncodedSet
+from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.node_data import NodeIdentity, node_data
 from fed_a2v.encode.target_set import Targets
-from fed_a2v.encode.targets import targets_for
+from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.federation.protocol import STANDALONE
 from fed_a2v.federation.server import config_for_run
 from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import FedAvg
 from fed_a2v.config.schema import STRATEGY_NAMES
 from fed_a2v.config.strategy_options import SET_BY_FEDA2V, STRATEGY_OPTIONS, check_strategy
 from fed_a2v.federation.aggregation import check_weight
-from fed_a2v.federation.strategy import FedA2VStrategy
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.transport import WireUpdate
 
 STRATEGIES: dict[str, type[FedAvg]] = {name: getattr(flower, name) for name in STRATEGY_NAMES}
