@@ -8,6 +8,7 @@ strategy for 3 rounds in one real Flower simulation (Ray; `tests/one_simulation.
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -28,13 +29,14 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAdam
 
-from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.config.schema import STRATEGY_NAMES, ConfigError, FedA2VConfig
+from fed_a2v.config.strategy_options import SET_BY_FEDA2V, STRATEGY_OPTIONS
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.text_targets import Targets
-from fed_a2v.federation.protocol import TRANSPORT
-from fed_a2v.federation.flower_strategies import STRATEGIES, build_strategy
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.flower_strategies import STRATEGIES, build_strategy
+from fed_a2v.federation.protocol import TRANSPORT
 from fed_a2v.federation.transport import encode_update
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.model.train import LocalTrainConfig, train_local
@@ -358,3 +360,14 @@ def test_strategies_make_their_own_global_adapters(sweep) -> None:
         return distance(final_adapters(sweep[name], 1), final_adapters(sweep[name]))
 
     assert moved("FedProx") < 0.5 * moved("FedAvg")
+
+
+def test_the_config_knows_each_strategy_s_options_as_flower_s_signature_has_them() -> None:
+    """The config checks `strategy_options` against its own table, without importing Flower;
+    the table must be what the installed Flower's classes take, less what FedA2V sets."""
+    assert tuple(STRATEGY_OPTIONS) == STRATEGY_NAMES == tuple(STRATEGIES)
+    for name, cls in STRATEGIES.items():
+        params = inspect.signature(cls.__init__).parameters.values()
+        flower = {p.name: type(p.default) for p in params
+                  if p.name != "self" and p.name not in SET_BY_FEDA2V}
+        assert STRATEGY_OPTIONS[name] == flower, name

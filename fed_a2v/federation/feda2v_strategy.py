@@ -345,7 +345,8 @@ class FedA2VStrategy(FedAvg):
 
     def _new_global(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
         """The global adapters after the round whose `accepted` updates were taken: their
-        running average (`fed_a2v.federation.flower_strategies` hands it to the chosen Flower strategy)."""
+        running average (`fed_a2v.federation.flower_strategies` hands it to the chosen Flower
+        strategy)."""
         return ArrayRecord({k: Array(v) for k, v in self.average.pop_result()})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]

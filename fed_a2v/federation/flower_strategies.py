@@ -19,7 +19,6 @@ Each name gets one class, made once, that puts FedA2V around the Flower class (i
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
@@ -39,7 +38,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fed_a2v.config.schema import STRATEGY_NAMES
-from fed_a2v.config.strategy_options import SET_BY_FEDA2V, STRATEGY_OPTIONS, check_strategy
+from fed_a2v.config.strategy_options import STRATEGY_OPTIONS, check_strategy
 from fed_a2v.federation.aggregation import check_weight
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.transport import WireUpdate
@@ -47,14 +46,6 @@ from fed_a2v.federation.transport import WireUpdate
 STRATEGIES: dict[str, type[FedAvg]] = {name: getattr(flower, name) for name in STRATEGY_NAMES}
 # Those whose aggregate_train takes FedAvg's mean and goes on from it: they stream.
 STREAMING = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
-
-
-def flower_options(name: str) -> dict[str, type]:
-    """The keyword options of Flower's class `name` that FedA2V leaves to the config, with their
-    type (that of the default): what `config.strategy_options.STRATEGY_OPTIONS` must list."""
-    params = inspect.signature(STRATEGIES[name].__init__).parameters.values()
-    return {p.name: type(p.default) for p in params
-            if p.name != "self" and p.name not in SET_BY_FEDA2V}
 
 
 def build_strategy(name: str, options: Mapping[str, Any] | None = None,

@@ -19,8 +19,8 @@ from fed_a2v.data.node_corpora import corpus_index
 from fed_a2v.encode.encoders import describe_audio_encoder
 from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.federation.baselines import RidgeBaselines
-from fed_a2v.federation.privacy import privacy_record, with_privacy
 from fed_a2v.federation.flower_strategies import build_strategy
+from fed_a2v.federation.privacy import privacy_record, with_privacy
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, adapters_state
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 from fed_a2v.runs.checkpoints import AdapterCheckpoints
