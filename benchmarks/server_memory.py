@@ -57,8 +57,8 @@ def one(mode: str, nodes: int, transport: str) -> dict[str, float]:
 
     from fed_a2v.config.schema import FedA2VConfig
     from fed_a2v.encode.text_targets import Targets
-    from fed_a2v.federation.rounds import RoundGrid, RoundTimeout
     from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+    from fed_a2v.federation.rounds import RoundGrid, RoundTimeout
     from fed_a2v.federation.transport import encode_update
     from fed_a2v.model.adapters import adapters_state, build_adapters
 

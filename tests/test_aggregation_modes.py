@@ -21,8 +21,8 @@ from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.aggregation import aggregate_adapters, fedavg_per_adapter
-from fed_a2v.federation.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.model.pretrained import FedA2VAdapters
 

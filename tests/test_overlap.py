@@ -15,9 +15,9 @@ from fed_a2v.cli import main
 from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 from fed_a2v.data.overlap import OverlapError
 from fed_a2v.encode.text_targets import Targets
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.overlap_check import digests_record
 from fed_a2v.federation.protocol import DIGESTS, DIGESTS_REQUEST
-from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 
 # ---------------------------------------------------------------------------------------------
 # Before the run: `fed-a2v validate` (and `simulate`, which calls the same check)

@@ -23,6 +23,7 @@ from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
 from fed_a2v.encode.text_targets import Targets
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.rounds import (
     FIRST_ROUND_TIMEOUT,
     MIN_ROUND_TIMEOUT,
@@ -31,7 +32,6 @@ from fed_a2v.federation.rounds import (
     RoundTimeout,
     connected_nodes,
 )
-from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 
 RUN = 7
 ALIVE = 3600.0  # heartbeat interval of a node that stays online through a test

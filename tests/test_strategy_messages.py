@@ -19,8 +19,8 @@ from flwr.app import (
 from flwr.common.constant import ErrorCode
 
 from fed_a2v.encode.text_targets import Targets
-from fed_a2v.federation.protocol import NODE, TARGET_NAMES, TARGETS
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.protocol import NODE, TARGET_NAMES, TARGETS
 
 TARGET_TENSORS = {"clip": torch.arange(8.0).reshape(2, 4), "t5": torch.ones(2, 3, 4)}
 

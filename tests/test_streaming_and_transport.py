@@ -24,9 +24,9 @@ from flwr.serverapp.strategy import FedAvg
 from fed_a2v.config.schema import TRANSPORT_DTYPES
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.aggregation import RunningAverage
+from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.protocol import TRANSPORT
 from fed_a2v.federation.rounds import RoundGrid, RoundTimeout
-from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.transport import WIRE_DTYPES, WireUpdate, decode_tensor, encode_update
 
 from drills import LoopbackGrid, NodesGrid, experiment_dict, run_in_process, train_reply
