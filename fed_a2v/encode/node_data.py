@@ -86,6 +86,8 @@ class Encoding:
     @property
     def encoder(self) -> AudioEncoder:
         if self._encoder is None:
+            # Here, not at the top: the encoder needs `transformers`, which a node whose clips
+            # are all in the token cache never imports (tests/test_node_startup.py).
             from fed_a2v.encode.encoders import AudioEncoder
 
             self._encoder = AudioEncoder.load(self.config.feda2v.audio_model_name,

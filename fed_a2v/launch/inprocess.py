@@ -15,6 +15,8 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fed_a2v.federation.node import evaluate_reply, train_reply
+from fed_a2v.federation.server import run_federation
 from fed_a2v.launch.app_dir import app_files
 
 
@@ -59,8 +61,6 @@ class LoopbackGrid(Grid):
 
     def answer(self, message: Message, context: Context) -> Message:
         """The node's reply (FedA2V's node code, without the ClientApp's mods)."""
-        from fed_a2v.federation.node import evaluate_reply, train_reply
-
         answer = (train_reply if message.metadata.message_type == MessageType.TRAIN
                   else evaluate_reply)
         return answer(message, context)
@@ -86,8 +86,6 @@ class LoopbackGrid(Grid):
 def run_in_process(experiment: dict[str, Any], path: Path, grid: LoopbackGrid) -> Path:
     """`experiment`, written to `path`, run by the ServerApp's code on `grid`; returns the run
     directory."""
-    from fed_a2v.federation.server import run_federation
-
     path.write_text(json.dumps(experiment))
     runs = Path(experiment["experiment"]["output_dir"])
     pattern = f"{experiment['experiment']['name']}-*"

@@ -133,15 +133,13 @@ class FedA2VAdapters:
     def save_pretrained(self, directory: str | Path, model_card: str | None = None) -> Path:
         """Write the package into `directory`; the model card is `model_card`, else one made
         from the config alone. Returns the folder."""
-        from fed_a2v.model.pretrained import model_card as make_card
-
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in adapters_state(self.adapters).items()}
         save_adapters(state, folder / WEIGHTS_NAME,
                       {"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         self.targets.save(folder / TARGETS_NAME)
-        atomic_write_text(folder / CARD_NAME, model_card or make_card(self))
+        atomic_write_text(folder / CARD_NAME, model_card or package_card(self))
         # config.json last: a folder with it is a whole package.
         atomic_write_text(folder / CONFIG_NAME, json.dumps(self.config, indent=2))
         return folder
@@ -226,6 +224,8 @@ def resolve_package(source: str | Path) -> Path:
         raise ConfigError(_no_package(path))
     if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
         raise ConfigError(f"{source}: not a FedA2V adapters folder, run directory or hub id")
+    # Here, not at the top: a hub download is the only use (huggingface_hub comes with
+    # transformers, which a node reading cached tokens never imports).
     from huggingface_hub import snapshot_download
 
     folder = Path(snapshot_download(repo_id=str(source), allow_patterns=list(PACKAGE_FILES)))
@@ -333,7 +333,7 @@ def _usage_lines(package: FedA2VAdapters) -> list[str]:
             "fed-a2v embed <this folder> --audio clips/ --out cond.safetensors", "```", ""]
 
 
-def model_card(package: FedA2VAdapters, summary: dict[str, Any] | None = None,
+def package_card(package: FedA2VAdapters, summary: dict[str, Any] | None = None,
                run_config: Config | None = None) -> str:
     """The card's markdown: front matter, data, training, final metrics, how to use it."""
     summary = summary or {}
