@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-import fed_a2v.federation.node as node_module
+import fed_a2v.encode.node_data as node_data_module
 from fed_a2v.cli import main
 from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
@@ -31,12 +31,12 @@ def setup(tmp_path: Path):
     config.experiment.cache_dir = str(tmp_path / "cache")
     targets = compute_targets(config, *target_prompts(open_corpus(config), config))
     ident = NodeIdentity(NodeConfig(), 0, 1, "node 0")
-    node_module._DATA.clear()  # each load below starts a fresh process, as far as caching goes
+    node_data_module._DATA.clear()  # each load below starts a fresh process, as far as caching goes
     return config, ident, targets, data
 
 
 def load(config, ident, targets):
-    node_module._DATA.clear()
+    node_data_module._DATA.clear()
     data, fresh = node_data(config, ident, targets)
     assert fresh
     return data

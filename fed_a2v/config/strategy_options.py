@@ -3,7 +3,7 @@
 
 The table holds what the signatures of Flower 1.42's classes say, less the keywords FedA2V sets
 itself, so a config is checked without importing Flower; `tests/test_strategies.py` compares it
-with the signatures of the Flower installed (`fed_a2v.federation.strategies.flower_options`).
+with the signatures of the Flower installed.
 """
 
 from __future__ import annotations

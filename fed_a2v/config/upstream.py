@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fed_a2v.config.parse import read_json
-from fed_a2v.config.schema import DATASETS, Config, ConfigError, suggest
+from fed_a2v.config.schema import DATASETS, SCHEMA_KEY, Config, ConfigError, suggest
 from fed_a2v.config.upstream_keys import (
     ALWAYS,
     IMPLEMENTED,
@@ -92,10 +92,11 @@ def is_metadata(key: str) -> bool:
 
 
 def node_file_entry(raw: Any) -> Any:
-    """A node's own JSON as a `nodes` entry reads: comments left out, `dataset` in any case."""
+    """A node's own JSON as a `nodes` entry reads: comments and `$schema` left out, `dataset`
+    in any case."""
     if not isinstance(raw, dict):
         return raw
-    entry = {k: v for k, v in raw.items() if not is_metadata(k)}
+    entry = {k: v for k, v in raw.items() if not is_metadata(k) and k != SCHEMA_KEY}
     if _kind(entry.get("dataset")):
         entry["dataset"] = _kind(entry["dataset"])
     return entry
@@ -203,6 +204,8 @@ class _Translator:
 
     def run(self) -> Translation:
         for section, body in self.raw.items():
+            if section == SCHEMA_KEY:
+                continue  # the file's JSON Schema, for editors (docs/experiment.schema.json)
             if is_metadata(section):
                 self.t.metadata += 1
             elif section == "nodes" and isinstance(body, dict):

@@ -62,7 +62,8 @@ class Key:
     did: str  # what upstream's FedA2V did with it
     does: str = ""  # what FedA2V does, beyond the status
     default: Any = UNSET  # upstream's ConfigLoader default
-    to: str = ""  # mapped: the native key path, or "@name" of a translation in fed_a2v.config.upstream
+    # mapped: the native key path, or "@name" of a translation in fed_a2v.config.upstream
+    to: str = ""
     reason: str = ""  # not supported: a key of REASONS
     inert: Any = ()  # not supported: values beside false/0/null/"none"/default that ask nothing
     when: tuple[str, ...] = ()  # not supported: it asks only when one of these keys asks

@@ -39,15 +39,16 @@ def check_builtin_classes(config: Config, source: str) -> None:
     """'dataset.num_classes' is at most the classes of each built-in corpus the run reads."""
     kinds = [config.dataset.name, *(node.dataset for node in config.nodes.values())]
     for kind in dict.fromkeys(k for k in kinds if k in BUILTIN_CLASSES):
-        check_num_classes(kind, config.dataset.num_classes, f"{source}: 'dataset.num_classes'")
+        check_num_classes(kind, BUILTIN_CLASSES[kind], config.dataset.num_classes,
+                          f"{source}: 'dataset.num_classes'")
 
 
-def check_num_classes(corpus: str, num_classes: int, where: str) -> None:
-    """ConfigError unless the built-in `corpus` has `num_classes` classes; `where` names the
-    key."""
-    if num_classes > BUILTIN_CLASSES[corpus]:
-        raise ConfigError(f"{where}: {num_classes} is above the {BUILTIN_CLASSES[corpus]} "
-                          f"classes of the built-in {corpus} corpus")
+def check_num_classes(corpus: str, classes: int, num_classes: int, where: str) -> None:
+    """ConfigError unless the built-in `corpus`, of `classes` classes, has `num_classes`;
+    `where` names the key."""
+    if num_classes > classes:
+        raise ConfigError(f"{where}: {num_classes} is above the {classes} classes of the "
+                          f"built-in {corpus} corpus")
 
 
 def check_consistency(config: Config, source: str) -> None:

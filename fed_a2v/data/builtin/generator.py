@@ -54,7 +54,7 @@ def ensure_corpus(
     settings; raise ClipError naming the class and clip if one clip cannot be made."""
     root = Path(root)
     name = generator.name
-    check_num_classes(generator.name, num_classes, "'dataset.num_classes'")
+    check_num_classes(generator.name, len(generator.classes), num_classes, "'dataset.num_classes'")
     settings = {"seed": seed, "num_classes": num_classes, "clips_per_class": clips_per_class,
                 "clip_seconds": clip_seconds, "sample_rate": sample_rate}
     marker = root / "meta" / f"{name}.json"
