@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 
 from fed_a2v.cli import main
-from fed_a2v.config.load import load_config
+from fed_a2v.config.load import load_config, resolve
+from fed_a2v.config.overrides import apply_overrides, parse_override
+from fed_a2v.config.reference import COMMAND, TABLE_BEGIN, TABLE_END, markdown_table
 from fed_a2v.config.schema import ConfigError
-from fed_a2v.config.upstream import (
-    BEGIN,
-    END,
-    apply_overrides,
-    is_metadata,
-    markdown_table,
-    parse_override,
-    pattern_of,
-    resolve,
-)
+from fed_a2v.config.upstream import is_metadata, pattern_of
 from fed_a2v.config.upstream_keys import KEYS, METADATA, TABLE
 from fed_a2v.federation.server import config_for_run
 
@@ -311,8 +304,8 @@ def test_a_resolved_config_reads_back_as_itself(tmp_path):
 
 def test_the_doc_shows_the_table_of_the_code():
     doc = (ROOT / "docs" / "upstream-config.md").read_text()
-    assert doc.split(BEGIN, 1)[1].split(END, 1)[0] == "\n" + markdown_table(), (
-        "regenerate: python -m fed_a2v.config.upstream --update-doc docs/upstream-config.md")
+    assert doc.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0] == "\n" + markdown_table(), (
+        f"regenerate: {COMMAND}")
     for row in KEYS:
         assert f"| `{row.path}` |" in doc
     assert sum(row.status == METADATA for row in KEYS) == 9

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from fed_a2v.config.overrides import apply_overrides
 from fed_a2v.config.parse import build, read_json
-from fed_a2v.config.schema import Config, NodeConfig
-from fed_a2v.config.upstream import node_file_entry, resolve
+from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.upstream import Translation, is_upstream, node_file_entry, translate
+from fed_a2v.config.validate import config_from_dict
+
+log = logging.getLogger("fed_a2v.config")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = (), strict: bool = False) -> Config:
@@ -21,3 +26,24 @@ def load_node_config(path: str | Path) -> NodeConfig:
     """Read and validate a node's own JSON file (the shape of one `nodes` entry; comment keys
     and upstream's dataset spellings are read as in an experiment file)."""
     return build(NodeConfig, node_file_entry(read_json(Path(path))), "", str(path))
+
+
+def resolve(path: str | Path, overrides: Iterable[str] = (), strict: bool = False,
+            quiet: bool = False) -> tuple[Config, Translation]:
+    """Read, override, translate and build a config; log (or with `strict` raise) what is not
+    supported. `quiet`: log nothing (the caller reports)."""
+    raw = read_json(Path(path))
+    upstream = is_upstream(raw)
+    if isinstance(raw, dict):
+        apply_overrides(raw, overrides)
+    elif overrides:
+        raise ConfigError(f"{path}: --set needs a JSON object in the file")
+    t = translate(raw, str(path), upstream)
+    config = config_from_dict(t.native, str(path))
+    if t.unsupported and strict:
+        raise ConfigError(t.warning_line().replace(": not supported, ignored", ": --strict: "
+                                                   "not supported", 1))
+    if not quiet:
+        for line in t.warnings + ([t.warning_line()] if t.unsupported else []):
+            log.warning("%s", line)
+    return config, t

@@ -1,4 +1,5 @@
-"""Upstream's config files read as they are: profile, key translation, `--set`, `convert`.
+"""Upstream's config files read as they are: which format a file is in, and the translation of
+its keys (`fed_a2v.config.overrides` applies `--set`, `fed_a2v.config.convert` writes a file).
 
 A raw JSON object becomes FedA2V's own (native) one here, before `config_from_dict` builds it.
 A file is upstream's when it has `federation.algorithm` or a `model` section; then upstream's
@@ -8,38 +9,28 @@ defaults apply and its 0-based fold lists are shifted. Every upstream key has a 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import fnmatch
 import json
 import logging
 import re
-import sys
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fed_a2v.config.parse import read_json
 from fed_a2v.config.schema import DATASETS, SCHEMA_KEY, Config, ConfigError, suggest
 from fed_a2v.config.upstream_keys import (
     ALWAYS,
     IMPLEMENTED,
-    KEYS,
     MAPPED,
-    METADATA,
     METADATA_KEYS,
     REASONS,
     TABLE,
-    UNSET,
-    UNSUPPORTED,
     Key,
 )
-from fed_a2v.config.validate import config_from_dict
 
-log = logging.getLogger("fed_a2v.config.schema")
+log = logging.getLogger("fed_a2v.config")
 
 DATASET_KINDS = (*DATASETS, "mixed")
 UPSTREAM_SPELLING = "ESC50, VEGAS, VGGSound, MIXED"
@@ -463,174 +454,3 @@ def translate(raw: Any, source: str, upstream: bool | None = None) -> Translatio
     if not isinstance(raw, dict):
         return Translation(source, upstream, native=raw)
     return _Translator(raw, source, upstream).run()
-
-
-# --- --set KEY=VALUE ------------------------------------------------------------------------
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """`federation.global_rounds=3` -> ("federation.global_rounds", 3): JSON when it parses,
-    else the text as a string."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. "
-                          "--set federation.global_rounds=3")
-    try:
-        return key, json.loads(text)
-    except json.JSONDecodeError:
-        return key, text
-
-
-def apply_overrides(raw: dict[str, Any], items: Iterable[str]) -> dict[str, Any]:
-    """`raw` with each `--set KEY=VALUE` written in (sections created as needed)."""
-    for item in items:
-        path, value = parse_override(item)
-        parts = path.split(".")
-        known = (any(is_metadata(p) for p in parts) or pattern_of(path) in TABLE
-                 or is_native(path) or native_fields([*parts, ""]) is not None
-                 or path in {p.split(".")[0] for p in TABLE})
-        if not known:
-            raise unknown_key(path, f"--set {item}")
-        node = raw
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return raw
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-
-def resolve(path: str | Path, overrides: Iterable[str] = (), strict: bool = False,
-            quiet: bool = False) -> tuple[Config, Translation]:
-    """Read, override, translate and build a config; log (or with `strict` raise) what is not
-    supported. `quiet`: log nothing (the caller reports)."""
-    raw = read_json(Path(path))
-    upstream = is_upstream(raw)
-    if isinstance(raw, dict):
-        apply_overrides(raw, overrides)
-    elif overrides:
-        raise ConfigError(f"{path}: --set needs a JSON object in the file")
-    t = translate(raw, str(path), upstream)
-    config = config_from_dict(t.native, str(path))
-    if t.unsupported and strict:
-        raise ConfigError(t.warning_line().replace(": not supported, ignored", ": --strict: "
-                                                   "not supported", 1))
-    if not quiet:
-        for line in t.warnings + ([t.warning_line()] if t.unsupported else []):
-            log.warning("%s", line)
-    return config, t
-
-
-# --- convert -----------------------------------------------------------------------------------
-
-
-def native_dict(config: Config, t: Translation) -> dict[str, Any]:
-    """The config in FedA2V's own format: keys at FedA2V's default are left out, except those
-    whose default differs between the two formats."""
-    keep = set(UPSTREAM_DEFAULTS) | set(DERIVED) if t.upstream else set()
-    defaults = Config().to_dict()
-    out: dict[str, Any] = {}
-    for section, values in config.to_dict().items():
-        if section == "nodes":
-            out["nodes"] = {k: {n: v for n, v in node.items() if v is not None}
-                            for k, node in values.items()}
-            continue
-        kept = {k: v for k, v in values.items()
-                if v != defaults[section].get(k) or f"{section}.{k}" in keep}
-        if kept:
-            out[section] = kept
-    if not out.get("nodes"):
-        out.pop("nodes", None)
-    return out
-
-
-def notes(t: Translation, out_name: str) -> str:
-    """What `convert` did, for the side file."""
-    lines = [f"# {t.source} -> {out_name}", "",
-             "Read as " + ("upstream's format (it has federation.algorithm or a model section)."
-                           if t.upstream else "FedA2V's own format."), ""]
-
-    def section(title: str, rows: list[str]) -> None:
-        if rows:
-            lines.extend([f"## {title}", "", *rows, ""])
-
-    section("Warnings", [f"- {w}" for w in t.warnings])
-    section("Mapped", [f"- `{k}` -> " + (f"`{n}`" if n else "nothing") + f": {how}"
-                       for k, n, how in t.mapped])
-    section("Not supported (ignored; the run would name them in its warning)",
-            [f"- `{k}` = {json.dumps(v)}: {REASONS[why][1]}" for k, v, why in t.unsupported])
-    section("Dropped (they ask for nothing in FedA2V)", [f"- `{k}`: {why}" for k, why in
-                                                         t.dropped])
-    section("Upstream defaults written explicitly", [f"- `{k}` = {json.dumps(v)}" for k, v in
-                                                     t.defaults])
-    if t.metadata:
-        lines.extend([f"{t.metadata} comment and description keys were left out.", ""])
-    return "\n".join(lines)
-
-
-def convert(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any],
-                                                                        Translation]:
-    config, t = resolve(path, overrides, quiet=True)
-    return native_dict(config, t), t
-
-
-# --- the key table as Markdown -----------------------------------------------------------------
-
-
-def _inert_text(row: Key) -> str:
-    if row.inert == ALWAYS:
-        return "always silent"
-    values = ["false", "0", "null", "\"none\""] + [json.dumps(v) for v in row.inert]
-    if row.default is not UNSET and json.dumps(row.default) not in values:
-        values.append(json.dumps(row.default))
-    gate = f"; named only when {' or '.join(row.when)} asks" if row.when else ""
-    return f"silent for {', '.join(values)}{gate}"
-
-
-def markdown_table() -> str:
-    """The full key table of docs/upstream-config.md."""
-    lines = ["| key | upstream did | FedA2V does |", "|---|---|---|"]
-    for row in KEYS:
-        default = f" (default {json.dumps(row.default)})" if row.default is not UNSET else ""
-        if row.status == UNSUPPORTED:
-            does = f"**not supported**: {REASONS[row.reason][1]}; {_inert_text(row)}"
-            does += f". {row.does}" if row.does else ""
-        elif row.status == METADATA:
-            does = f"**metadata**: {row.does}"
-        else:
-            does = f"**{row.status}**" + (f": {row.does}" if row.does else "")
-        lines.append(f"| `{row.path}` | {row.did}{default} | {does} |")
-    return "\n".join(lines) + "\n"
-
-
-BEGIN, END = "<!-- key table: generated by python -m fed_a2v.config.upstream --update-doc -->", \
-    "<!-- end of key table -->"
-
-
-def doc_with_table(text: str) -> str:
-    """`text` (docs/upstream-config.md) with its key table regenerated."""
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{markdown_table()}{END}{tail}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fed_a2v.config.upstream", description=__doc__)
-    parser.add_argument("--markdown", action="store_true", help="print the key table")
-    parser.add_argument("--update-doc", metavar="FILE", help="regenerate FILE's key table")
-    args = parser.parse_args(argv)
-    if args.update_doc:
-        doc = Path(args.update_doc)
-        doc.write_text(doc_with_table(doc.read_text(encoding="utf-8")), encoding="utf-8")
-    else:
-        sys.stdout.write(markdown_table())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

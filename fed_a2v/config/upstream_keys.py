@@ -3,7 +3,7 @@
 Upstream is the research code `lucapalazzo/fedgfe` (`system/main.py -c configs/a2v*.json`); the
 rows cover every key of its `configs/a2v*.json` and `vegas*.json` files and of its
 `ConfigLoader.DEFAULT_VALUES`. `fed_a2v.config.upstream` reads files with this table and
-`python -m fed_a2v.config.upstream --markdown` prints it for docs/upstream-config.md.
+`python -m fed_a2v.config.reference --write` writes it into docs/upstream-config.md.
 """
 
 from __future__ import annotations
