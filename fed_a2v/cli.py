@@ -9,15 +9,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from fed_a2v.config.load import load_config, load_node_config
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.schema import Config, ConfigError, NodeConfig
 from fed_a2v.config.validate import check_node_diffusion
-from fed_a2v.data.node_corpora import check_node_shares, corpus_index
-from fed_a2v.encode.targets import compute_targets, target_prompts
+from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS, SOUNDFONT_MODULE
+from fed_a2v.data.builtin.speech import ESPEAK_MODULE, ESPEAK_WHEELS, SPEECH
+from fed_a2v.data.node_corpora import check_node_shares, corpus_index, corpus_on_disk, node_kind
+from fed_a2v.encode.text_targets import compute_targets, target_prompts
+from fed_a2v.extras import EXIT_CODE as EXIT_MISSING_EXTRA
+from fed_a2v.extras import MissingExtra, require
 from fed_a2v.launch.app_dir import default_config, flower_app_dir
 from fed_a2v.launch.host import (
     COMPLETED,
@@ -42,6 +47,9 @@ from fed_a2v.studies.federation import (
 log = logging.getLogger("fed_a2v.cli")
 
 EXIT_CONFIG = 2
+# The built-in corpora that need the `corpora` extra to be made: kind -> (module, note).
+CORPUS_MODULES = {SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
+                  INSTRUMENTS_CORPUS.name: (SOUNDFONT_MODULE, "")}
 
 
 def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = None,
@@ -59,8 +67,25 @@ def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = N
     return config
 
 
+def require_node_extras(config: Config, nodes: Iterable[NodeConfig]) -> None:
+    """The extras that `nodes`, run on this machine, need beyond the core: `corpora` to make a
+    built-in speech or instruments corpus not yet on disk, `generate` to render images."""
+    for node in nodes:
+        try:
+            kind = node_kind(config, node)
+            made = kind not in CORPUS_MODULES or corpus_on_disk(config, node.dataset_path, kind)
+        except ConfigError:
+            continue  # check_node_shares says what is wrong, with the file and key
+        if not made:
+            module, note = CORPUS_MODULES[kind]
+            require("corpora", module, what=f"the built-in {kind} corpus", note=note)
+    if config.feda2v.generate_nodes_images_frequency:
+        require("generate", what="images on the nodes ('feda2v.generate_nodes_images_frequency')")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check the config, a node's JSON, and, where the corpus is on disk, every node's share."""
+    """Check the config, a node's JSON, and, where the corpus is on disk, every node's share.
+    With --node, also the extras that node needs here; without, the server's (`wandb`)."""
     config = load_config(args.config, args.overrides, args.strict)
     nodes = {f"{args.config}: 'nodes.{k}'": (v, int(k), config.federation.num_clients)
              for k, v in config.nodes.items()}
@@ -68,6 +93,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         node = load_node_config(args.node)
         check_node_diffusion(config, node, args.node)
         nodes = {args.node: (node, *node.own_shard(args.node))}
+        require_node_extras(config, [node])
+    else:
+        require_wandb(config)
     found = check_node_shares(config, nodes, args.config)
     fed = config.federation
     print(f"{args.config}: ok: '{config.experiment.name}', {fed.num_clients} nodes x "
@@ -87,8 +115,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         config = _load(args.config, args.rounds, args.num_nodes, args.output_dir,
                        args.overrides, args.strict)
-    require_wandb(config)  # here, not minutes later in the ServerApp
+    # What the run needs beyond the core, said here, not minutes later in the ServerApp.
+    require("simulation", what="`fed-a2v simulate`", note="Flower's simulation engine")
+    require_wandb(config)
     num = config.federation.num_clients
+    require_node_extras(config, (config.node(i) for i in range(num)))
     source = args.resume or args.config
     # Generates the built-in corpus once, before nodes start.
     check_node_shares(config, {f"{source}: 'nodes.{i}'": (config.node(i), i, num)
@@ -136,7 +167,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Print (or write) the experiment in FedA2V's own format, with a notes file beside it."""
-    from fed_a2v.config.upstream import convert, notes
+    from fed_a2v.config.convert import convert, notes
 
     native, translation = convert(args.config, args.overrides)
     text = json.dumps(native, indent=2) + "\n"
@@ -177,6 +208,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     """The batch-size study on the config's data; writes study.md, study.json and PNGs."""
     from fed_a2v.studies.batch_size import default_arms, run_study, write_study
 
+    require("plots", "matplotlib", what="`fed-a2v study batch-size`")
     torch.set_num_threads(args.threads)
     config = _load(args.config)
     out = Path(args.out or Path(config.experiment.output_dir) / "study-batch-size").resolve()
@@ -189,6 +221,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_study_federation(args: argparse.Namespace) -> int:
     """The federation study on the config's data; writes study.md, study.json and a PNG."""
     arms = arms_named(args.arms)  # an unknown name fails before any work
+    require("plots", "matplotlib", what="`fed-a2v study federation`")
     torch.set_num_threads(args.threads)
     config = _load(args.config, overrides=args.overrides, strict=args.strict)
     out = Path(args.out or Path(config.experiment.output_dir) / "study-federation").resolve()
@@ -203,6 +236,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Plots and report.md for a run directory (a finished run has them already)."""
     from fed_a2v.runs.report import write_report
 
+    require("plots", "matplotlib", what="`fed-a2v report`")
     print(write_report(args.run_dir))
     return 0
 
@@ -210,6 +244,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Images from audio clips with the adapters and a FLUX pipeline (no text encoder)."""
     from fed_a2v.generate.from_sound import GenerateSettings, generate
+
+    require("generate", what="`fed-a2v generate`")
 
     settings = GenerateSettings(
         pipeline=args.pipeline, steps=args.steps, guidance=args.guidance,
@@ -352,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except MissingExtra as err:  # one line: what needs which extra, and how to install it
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
 
 
 if __name__ == "__main__":

@@ -1,31 +1,58 @@
 #!/usr/bin/env sh
 # Install FedA2V into a flwr/superexec image (run by server/Dockerfile), from the app's folder:
 #
-#   install_app_in_image.sh requirements > FILE  # pyproject.toml's dependencies, one a line
-#   install_app_in_image.sh deps FILE            # install them: the big, rarely rebuilt layer
-#   install_app_in_image.sh app                  # fed-a2v itself (--no-deps), then a smoke check
+#   install_app_in_image.sh requirements [EXTRAS] > FILE  # what to install, one a line
+#   install_app_in_image.sh deps FILE                     # install it: the big, rarely rebuilt layer
+#   install_app_in_image.sh app [EXTRAS]                  # fed-a2v itself (--no-deps), then a check
 #
-# A deployment needs no Ray: the `simulation` extra (flwr[simulation]) is dropped. The PyTorch
-# packages come from TORCH_INDEX (default: the CPU wheels) when it answers within a few seconds,
-# else from PyPI (where Linux torch is the CUDA build, several GB). TORCH_INDEX="" means PyPI.
+# What a node needs is pyproject.toml's dependencies (the core): no Ray, no diffusers, no
+# matplotlib or TensorBoard. EXTRAS (e.g. "plots" or "plots,corpora": pyproject.toml's
+# [project.optional-dependencies]) adds those extras; the check after the install makes sure
+# the image holds no module of an extra it was not asked for. The PyTorch packages come from
+# TORCH_INDEX (default: the CPU wheels) when it answers within a few seconds, else from PyPI
+# (where Linux torch is the CUDA build, several GB). TORCH_INDEX="" means PyPI.
 set -eu
 pip() { python -m pip install --no-cache-dir --disable-pip-version-check "$@"; }
 
-case "${1:-}" in
-requirements)
-  python - <<'PY'
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
+# The requirement lines of the core and of the extras named in $1 (comma or space separated),
+# with fed-a2v's own extras (`all` = "fed-a2v[generate,...]") expanded; or, with $2 = "extras",
+# the names of the extras that brings in.
+resolve() {
+  python - "$@" <<'PY'
+import re
+import sys
+import tomllib
+
 from pip._vendor.packaging.requirements import Requirement
 
 with open("pyproject.toml", "rb") as f:
-    for line in tomllib.load(f)["project"]["dependencies"]:
+    project = tomllib.load(f)["project"]
+optional = project["optional-dependencies"]
+asked = [e for e in re.split(r"[,\s]+", sys.argv[1] if len(sys.argv) > 1 else "") if e]
+extras, lines = [], list(project["dependencies"])
+while asked:
+    extra = asked.pop(0)
+    if extra not in optional:
+        sys.exit(f"no extra '{extra}' in pyproject.toml: {', '.join(optional)}")
+    if extra in extras:
+        continue
+    extras.append(extra)
+    for line in optional[extra]:
         req = Requirement(line)
-        req.extras.discard("simulation")  # Ray: simulation only
-        print(req)
+        if req.name == project["name"]:  # one of our own extras: `all` = fed-a2v[...]
+            asked += sorted(req.extras)
+        else:
+            lines.append(line)
+if len(sys.argv) > 2:
+    print(" ".join(extras))
+else:
+    print("\n".join(str(Requirement(line)) for line in lines))
 PY
+}
+
+case "${1:-}" in
+requirements)
+  resolve "${2:-}"
   ;;
 deps)
   # The PyTorch family (torch, torchaudio, ...) first, from the index; then the rest from PyPI.
@@ -41,17 +68,23 @@ urllib.request.urlopen(sys.argv[1].rstrip('/') + '/torch/', timeout=5)" "$index"
   ;;
 app)
   pip --no-deps .
-  python - <<'PY'
-import importlib.util
+  python - $(resolve "${2:-}" extras) <<'PY'
+import sys
 
 import fed_a2v.federation.server, fed_a2v.federation.node, server.app, client.app, torch  # noqa: F401
+from fed_a2v.extras import EXTRAS, missing
 
-assert importlib.util.find_spec("ray") is None, "Ray is in the image"
-print("fed-a2v ready: torch", torch.__version__, "(CUDA build)" if torch.version.cuda else "(CPU)")
+asked = set(sys.argv[1:])
+for extra, modules in EXTRAS.items():
+    if extra not in asked:  # what a node does not need stays out of the image
+        present = sorted(set(modules) - set(missing(*modules)))
+        assert not present, f"{', '.join(present)} (the `{extra}` extra) is in the image"
+print("fed-a2v ready: torch", torch.__version__, "(CUDA build)" if torch.version.cuda else "(CPU)",
+      "; extras:", ", ".join(sorted(asked)) or "none (what a node needs)")
 PY
   ;;
 *)
-  echo "usage: $0 requirements | deps FILE | app" >&2
+  echo "usage: $0 requirements [EXTRAS] | deps FILE | app [EXTRAS]" >&2
   exit 2
   ;;
 esac

@@ -72,7 +72,7 @@ def test_images_and_recipes_pin_the_installed_flwr(services: dict) -> None:
             assert service["image"] == APP_IMAGE, name  # one image for every FedA2V container
     pins = (ROOT / "pyproject.toml").read_text()
     major_minor = ".".join(FLWR_VERSION.split(".")[:2])
-    assert f"flwr[simulation,dp]>={major_minor}" in pins
+    assert f'"flwr[dp]>={major_minor}' in pins
 
 
 def test_client_recipe_is_the_server_recipe() -> None:
@@ -93,18 +93,44 @@ def test_every_named_volume_is_mounted_on_a_folder_owned_by_app(services: dict) 
     assert f"superlink-state:{database.parent}" in services["superlink"]["volumes"]
 
 
-def test_image_requirements_leave_out_ray() -> None:
+def image_requirements(*extras: str) -> dict[str, str]:
+    """What scripts/install_app_in_image.sh installs: requirement name -> its extras ("[dp]")."""
     venv_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     done = subprocess.run(["sh", str(ROOT / "scripts" / "install_app_in_image.sh"),
-                           "requirements"], cwd=ROOT, capture_output=True, text=True,
+                           "requirements", *extras], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PATH": venv_first}, check=True)
     found = [re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?", line)
              for line in done.stdout.splitlines()]
-    names = {m[1] for m in found}
-    extras = {m[1]: m[2] or "" for m in found}
-    assert {"flwr", "torch", "transformers"} <= names, names
-    assert "ray" not in names and "simulation" not in extras["flwr"], extras["flwr"]
-    assert "dp" in extras["flwr"], "the server's privacy accountant needs flwr[dp]"
+    return {m[1].lower(): m[2] or "" for m in found}
+
+
+# What the node image must not carry: every optional extra's packages (pyproject.toml).
+OPTIONAL = {"ray", "diffusers", "accelerate", "pillow", "matplotlib", "tensorboard", "wandb",
+            "espeakng-loader", "pretty-midi"}
+
+
+def test_the_image_installs_what_a_node_needs_and_no_more(services: dict) -> None:
+    """The FedA2V image (every FedA2V container's, the nodes' among them) installs the core
+    dependencies alone: Flower with its privacy accountant (the ServerApp runs it), no Ray, no
+    diffusers, plots or corpora packages. FEDA2V_EXTRAS adds extras, and compose asks for none."""
+    import tomllib
+
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    found = image_requirements()
+    assert set(found) == {re.match(r"[A-Za-z0-9_.-]+", line)[0].lower() for line in core}
+    assert {"flwr", "torch", "transformers"} <= set(found), found
+    assert not OPTIONAL & set(found), OPTIONAL & set(found)
+    assert "dp" in found["flwr"], "the server's privacy accountant needs flwr[dp]"
+    assert "simulation" not in found["flwr"], found["flwr"]
+    with_plots = image_requirements("plots")
+    assert set(with_plots) - set(found) == {"matplotlib", "tensorboard"}
+    recipe = RECIPE.read_text()
+    assert 'ARG FEDA2V_EXTRAS=""' in recipe
+    assert 'install_app_in_image.sh requirements "${FEDA2V_EXTRAS}"' in recipe
+    assert 'install_app_in_image.sh app "${FEDA2V_EXTRAS}"' in recipe
+    for name, service in services.items():
+        if "build" in service:
+            assert "FEDA2V_EXTRAS" not in service["build"].get("args", {}), name
 
 
 def test_every_process_listens_on_all_interfaces(services: dict) -> None:

@@ -365,7 +365,7 @@ class WandbConfig:
 
     disabled: bool = field(default=True, metadata=_rule(
         "`false`: log every series to a W&B run as well (`pip install 'fed-a2v[wandb]'`); "
-        "TensorBoard is written either way"))
+        "TensorBoard is written either way (with the `plots` extra)"))
     project: str = field(default="fed-a2v", metadata=_rule("the W&B project"))
     entity: str | None = field(default=None, metadata=_rule(
         "the W&B entity (user or team)", shown_default="none: wandb's default"))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
 from fed_a2v.config.schema import ConfigError
 from fed_a2v.encode.encoders import (
@@ -27,10 +26,16 @@ from fed_a2v.encode.encoders import (
     builtin_t5,
     resolve_device,
 )
+from fed_a2v.extras import require
 from fed_a2v.model.adapters import Adapter
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
+    from PIL import Image
+
+# Everything here draws with diffusers (whose images are PIL's): importing this module without
+# them names the extra that brings them.
+require("generate", "diffusers", "PIL", what="FLUX image generation")
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,7 @@ def load_flux_pipeline(name_or_dir: str, device: str = "cpu", dtype: str = "fp32
         if target.type != "cuda":
             raise ConfigError(f"--cpu-offload moves each component to a CUDA device when it "
                               f"runs; device is '{device}'")
+        require("generate", "accelerate", what="--cpu-offload")  # diffusers offloads with it
         pipeline.enable_model_cpu_offload(device=target)
     else:
         pipeline.to(target)

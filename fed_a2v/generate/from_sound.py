@@ -32,7 +32,6 @@ from fed_a2v.data.corpora import Clip, read_esc50, read_manifest
 from fed_a2v.encode.encoders import describe_audio_encoder
 from fed_a2v.encode.node_data import Encoding, NodeIdentity
 from fed_a2v.files import atomic_write
-from fed_a2v.generate.flux import check_widths, is_flux_source, load_flux_pipeline, render
 from fed_a2v.model.pretrained import FedA2VAdapters
 
 log = logging.getLogger(__name__)
@@ -128,12 +127,24 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 def default_pipeline(adapters: FedA2VAdapters) -> str:
     """The FLUX repository or folder the T5 targets came from; else a ConfigError."""
+    # Deferred: fed_a2v.generate.flux needs the `generate` extra (diffusers, PIL); `embed` does not.
+    from fed_a2v.generate.flux import is_flux_source
+
     source = adapters.t5_source
     if is_flux_source(source):
         return str(source)
     raise ConfigError(f"the adapters' T5 targets came from '{source}', which is not a FLUX "
                       "pipeline: pass --pipeline (builtin:tiny-flux for adapters trained on the "
                       "built-in models, a FLUX folder, or e.g. black-forest-labs/FLUX.1-schnell)")
+
+
+def load_flux_pipeline(name_or_dir: str, device: str = "cpu", dtype: str = "fp32",
+                       cpu_offload: bool = False) -> Any:
+    """`fed_a2v.generate.flux.load_flux_pipeline`, imported when `generate` loads a pipeline."""
+    # Deferred: fed_a2v.generate.flux needs the `generate` extra (diffusers, PIL); `embed` does not.
+    from fed_a2v.generate.flux import load_flux_pipeline as load
+
+    return load(name_or_dir, device, dtype, cpu_offload)
 
 
 @dataclass
@@ -189,6 +200,8 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
     """Images for the clips `audio` names into `out_dir`: `<stem>.png` (and `<stem>.text.png`
     with `compare_text`), `gallery.png`, `gallery.md` and `generate.json`, whose content is
     returned."""
+    # Deferred: these need the `generate` extra (diffusers, PIL), which `embed` does without.
+    from fed_a2v.generate.flux import check_widths, render
     from fed_a2v.generate.gallery import GalleryItem, write_gallery
 
     for name in ("steps", "batch_size", "height", "width"):

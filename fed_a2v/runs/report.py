@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fed_a2v.extras import absent, install_command
+
 SERIES = {
     "losses": ("training loss (last local epoch)", ["train_clip_loss", "train_t5_loss"]),
     "mse": ("MSE (eval: held-out clips, val: validation clips)",
@@ -25,17 +27,29 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write `plot_*.png` and `report.md` into the run directory; returns the report's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write `plot_*.png` and `report.md` into the run directory; returns the report's path.
+    Without matplotlib (the `plots` extra) only `report.md`, after one warning."""
     run_dir = Path(run_dir)
     rounds = _read_jsonl(run_dir / "metrics.jsonl")
     if not rounds:
         raise ValueError(f"{run_dir}: no metrics.jsonl with rounds in it")
     nodes = _read_jsonl(run_dir / "nodes.jsonl")
+    plotted = "matplotlib" not in absent("plots")
+    images = _plots(run_dir, rounds, nodes) if plotted else []
+    report = run_dir / "report.md"
+    report.write_text("\n".join(_report_lines(run_dir, rounds, images, plotted)) + "\n")
+    return report
+
+
+def _plots(run_dir: Path, rounds: list[dict[str, Any]],
+           nodes: list[dict[str, Any]]) -> list[Path]:
+    """The PNG plots: each series of SERIES, and each node's series side by side."""
+    # Deferred: matplotlib is the `plots` extra's, and a run without it still writes report.md.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     # The per-node grid shows only the adapters the run trained: an sd run has no t5.
     recorded = {k for r in rounds + nodes for k, v in r.items() if v is not None}
     images = []
@@ -65,6 +79,12 @@ def write_report(run_dir: str | Path) -> Path:
             ax.grid(alpha=0.3)
         axes.flat[0].legend(fontsize=7)
         images.append(_save(fig, run_dir / "plot_nodes.png", plt))
+    return images
+
+
+def _report_lines(run_dir: Path, rounds: list[dict[str, Any]], images: list[Path],
+                  plotted: bool) -> list[str]:
+    """report.md's lines."""
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     # A metric's final value is its last recorded one (evaluated rounds only, with eval_gap).
@@ -79,9 +99,10 @@ def write_report(run_dir: str | Path) -> Path:
     lines += [f"| {k} | {v:.4g} | {r} |" for k, (r, v) in final.items()]
     lines += ["", *_baseline_lines(summary.get("baselines")),
               *[f"![{p.stem}]({p.name})" for p in images]]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    if not plotted:
+        lines += [f"No plots: matplotlib is not installed ({install_command('plots')}, then "
+                  "`fed-a2v report` on this folder)."]
+    return lines
 
 
 def _mode_lines(summary: dict[str, Any]) -> list[str]:

@@ -15,9 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.extras import absent
 from fed_a2v.files import atomic_write_text
 from fed_a2v.model.adapters import adapter_names, save_adapters
-from fed_a2v.model.pretrained import model_card
+from fed_a2v.model.pretrained import package_card
 from fed_a2v.runs.wandb_log import start_wandb
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ def round_keys(config: Config) -> tuple[str, ...]:
             *(f"{stage}_{a}_{m}" for stage in ("eval", "val") for m in ("mse", "cosine", "top1")
               for a in names),
             *(f"{a}_lr" for a in names), "train_nodes",
-            # differential privacy (fed_a2v.federation.privacy): ε spent so far, the round's clipping norm
+            # differential privacy (fed_a2v.federation.privacy): ε spent so far, the round's
+            # clipping norm
             *(("dp_epsilon", "dp_clipping_norm") if config.privacy.mechanism != "none" else ()))
 
 
@@ -78,8 +80,6 @@ class RunRecorder:
     resumed one (`resume=True`) keeps the config its directory holds."""
 
     def __init__(self, run_dir: Path, config: Config, resume: bool = False) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.dir = Path(run_dir)
         if resume:
             run_to_resume(str(self.dir))
@@ -93,7 +93,12 @@ class RunRecorder:
         self.last: dict[str, Any] = {}
         if not resume:
             atomic_write_text(self.dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2))
-        self.tb = SummaryWriter(str(self.dir / "tb"))
+        self.tb = None  # TensorBoard: the `plots` extra; a run goes on without it
+        if "tensorboard" not in absent("plots"):
+            # Deferred: torch.utils.tensorboard imports tensorboard (the `plots` extra).
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.dir / "tb"))
         self.wandb = start_wandb(config, self.dir, resume)
 
     def seconds(self) -> float:
@@ -121,9 +126,10 @@ class RunRecorder:
             for node, values in sorted((nodes or {}).items()):
                 f.write(json.dumps({"round": server_round, "node": node, **values}) + "\n")
                 scalars.update({f"node_{node}/{key}": value for key, value in values.items()})
-        for tag, value in scalars.items():
-            self.tb.add_scalar(tag, value, server_round)
-        self.tb.flush()
+        if self.tb:
+            for tag, value in scalars.items():
+                self.tb.add_scalar(tag, value, server_round)
+            self.tb.flush()
         if self.wandb:
             self.wandb.log(scalars, server_round)
         self.last = record
@@ -173,9 +179,10 @@ class RunRecorder:
                    "num_nodes": num_nodes, "wall_seconds": round(self.seconds(), 2),
                    "adapter_bytes_per_round": adapter_bytes_per_round, **extra}
         if package is not None:
-            package.save_pretrained(self.dir / "final", model_card(package, summary, self.config))
+            package.save_pretrained(self.dir / "final", package_card(package, summary, self.config))
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
-        self.tb.close()
+        if self.tb:
+            self.tb.close()
         if self.wandb:
             self.wandb.finish(summary)
         return summary

@@ -14,10 +14,11 @@ from types import ModuleType
 from typing import Any
 
 from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.extras import install_command
 
 log = logging.getLogger(__name__)
 
-INSTALL = "pip install 'fed-a2v[wandb]'"
+INSTALL = install_command("wandb")
 
 
 def require_wandb(config: Config) -> ModuleType | None:
@@ -26,12 +27,12 @@ def require_wandb(config: Config) -> ModuleType | None:
     if config.wandb.disabled:
         return None
     try:
+        # Deferred: wandb is the `wandb` extra's, imported only by a run that logs to W&B.
         import wandb
     except ImportError as err:
         raise ConfigError(
-            "'wandb.disabled' is false, but the wandb package is not installed: install it "
-            f"with `{INSTALL}` (or `pip install 'wandb>=0.18'`), or set 'wandb.disabled' to "
-            "true to log to TensorBoard only") from err
+            "'wandb.disabled' is false, but wandb is not installed: it needs the `wandb` "
+            f"extra: {INSTALL} (or set 'wandb.disabled' to true)") from err
     return wandb
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from fed_a2v.data.builtin.generator import Generator, over_noise
 from fed_a2v.data.builtin.soundfont import SoundFont, load_soundfont
+from fed_a2v.extras import require
 
 
 class Instrument(NamedTuple):
@@ -45,6 +46,7 @@ INSTRUMENTS = {
     "xylophone": Instrument(13, 65, 96),
 }
 SOUNDFONT = "TimGM6mb.sf2"
+SOUNDFONT_MODULE = "pretty_midi"  # ships it; comes with the `corpora` extra
 TEMPO_BPM = (70, 160)
 NOTES = (1, 6)  # notes per phrase
 BEATS = (0.5, 1.0, 1.5, 2.0)  # note lengths
@@ -57,11 +59,12 @@ PEAK = (0.2, 0.9)
 
 def soundfont() -> SoundFont:
     """The General MIDI SoundFont of the `pretty-midi` wheel, read once per process."""
-    spec = importlib.util.find_spec("pretty_midi")
-    path = Path(spec.submodule_search_locations[0]) / SOUNDFONT if spec else None
-    if path is None or not path.exists():
-        raise FileNotFoundError(f"the instruments corpus needs {SOUNDFONT}: pip install "
-                                "pretty-midi (it ships the file)")
+    require("corpora", SOUNDFONT_MODULE, what="the built-in instruments corpus")
+    spec = importlib.util.find_spec(SOUNDFONT_MODULE)
+    path = Path(spec.submodule_search_locations[0]) / SOUNDFONT
+    if not path.exists():
+        raise FileNotFoundError(f"the instruments corpus needs {SOUNDFONT}, which the "
+                                f"pretty-midi wheel ships; {path} is missing")
     return load_soundfont(str(path))
 
 

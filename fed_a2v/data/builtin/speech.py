@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import _ctypes
 import ctypes
-import importlib.util
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from fed_a2v.data.builtin.generator import Generator, over_noise
+from fed_a2v.extras import require
+
+# eSpeak NG comes with the `corpora` extra (the espeakng-loader wheel).
+ESPEAK_MODULE = "espeakng_loader"
+ESPEAK_WHEELS = "espeakng-loader: wheels for Linux x86_64, macOS and Windows only"
 
 # Google Speech Commands' ten keywords, then the ten digits: the first `num_classes` are used.
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
@@ -61,9 +65,8 @@ class EspeakError(RuntimeError):
 
 def _paths() -> tuple[str, str]:
     """The eSpeak NG library and data folder that the `espeakng-loader` wheel ships."""
-    if importlib.util.find_spec("espeakng_loader") is None:
-        raise EspeakError("the speech corpus needs eSpeak NG: pip install espeakng-loader "
-                          "(wheels for Linux x86_64, macOS and Windows)")
+    require("corpora", ESPEAK_MODULE, what="the built-in speech corpus", note=ESPEAK_WHEELS)
+    # Deferred: espeakng-loader (the `corpora` extra) is needed only to make this corpus.
     import espeakng_loader
 
     return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
