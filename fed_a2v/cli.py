@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from fed_a2v.config.convert import convert, notes
 from fed_a2v.config.load import load_config, load_node_config
 from fed_a2v.config.schema import Config, ConfigError, NodeConfig
 from fed_a2v.config.validate import check_node_diffusion
@@ -23,6 +25,7 @@ from fed_a2v.data.node_corpora import check_node_shares, corpus_index, corpus_on
 from fed_a2v.encode.text_targets import compute_targets, target_prompts
 from fed_a2v.extras import EXIT_CODE as EXIT_MISSING_EXTRA
 from fed_a2v.extras import MissingExtra, require
+from fed_a2v.generate.from_sound import GenerateSettings, embed, generate
 from fed_a2v.launch.app_dir import default_config, flower_app_dir
 from fed_a2v.launch.host import (
     COMPLETED,
@@ -34,8 +37,10 @@ from fed_a2v.launch.host import (
     wait_for_run,
     write_connection,
 )
+from fed_a2v.runs.report import write_report
 from fed_a2v.runs.run_dir import new_run_dir, run_to_resume
 from fed_a2v.runs.wandb_log import require_wandb
+from fed_a2v.studies.batch_size import default_arms, run_study, write_study
 from fed_a2v.studies.federation import ARMS as FEDERATION_ARMS
 from fed_a2v.studies.federation import (
     StudySettings,
@@ -167,8 +172,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Print (or write) the experiment in FedA2V's own format, with a notes file beside it."""
-    from fed_a2v.config.convert import convert, notes
-
     native, translation = convert(args.config, args.overrides)
     text = json.dumps(native, indent=2) + "\n"
     if args.out:
@@ -206,8 +209,6 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """The batch-size study on the config's data; writes study.md, study.json and PNGs."""
-    from fed_a2v.studies.batch_size import default_arms, run_study, write_study
-
     require("plots", "matplotlib", what="`fed-a2v study batch-size`")
     torch.set_num_threads(args.threads)
     config = _load(args.config)
@@ -234,8 +235,6 @@ def cmd_study_federation(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Plots and report.md for a run directory (a finished run has them already)."""
-    from fed_a2v.runs.report import write_report
-
     require("plots", "matplotlib", what="`fed-a2v report`")
     print(write_report(args.run_dir))
     return 0
@@ -243,8 +242,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Images from audio clips with the adapters and a FLUX pipeline (no text encoder)."""
-    from fed_a2v.generate.from_sound import GenerateSettings, generate
-
     require("generate", what="`fed-a2v generate`")
 
     settings = GenerateSettings(
@@ -269,10 +266,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """The conditioning tensors of audio clips, for generating elsewhere."""
-    from safetensors import safe_open
-
-    from fed_a2v.generate.from_sound import embed
-
     out = embed(args.adapters, args.audio, args.out, args.device, args.cache_dir)
     with safe_open(str(out), "pt") as f:
         shapes = ", ".join(f"{k} {tuple(f.get_slice(k).get_shape())}" for k in f.keys())

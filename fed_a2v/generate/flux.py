@@ -30,6 +30,7 @@ from fed_a2v.extras import require
 from fed_a2v.model.adapters import Adapter
 
 if TYPE_CHECKING:
+    # Deferred: importing diffusers takes seconds; only building a pipeline needs it.
     from diffusers import FluxPipeline
     from PIL import Image
 
@@ -46,6 +47,7 @@ NO_TEXT_ENCODERS = {"text_encoder": None, "text_encoder_2": None, "tokenizer": N
 
 def _tiny_components() -> dict:
     """The transformer, VAE and scheduler of `builtin:tiny-flux`, seeded."""
+    # Deferred: importing diffusers takes seconds; only building a pipeline needs it.
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     transformer = _seeded(lambda: FluxTransformer2DModel(
@@ -65,6 +67,7 @@ def save_tiny_flux(directory: str | Path) -> Path:
     """Write `builtin:tiny-flux` as a full FLUX-layout folder: `model_index.json`, transformer,
     VAE, scheduler, text_encoder (built-in CLIP) + tokenizer, text_encoder_2 (built-in T5) +
     tokenizer_2. Offline; for tests and for trying the folder code paths."""
+    # Deferred: importing diffusers takes seconds; only building a pipeline needs it.
     from diffusers import FluxPipeline
 
     clip, clip_tokenizer = builtin_clip()
@@ -92,6 +95,7 @@ def load_flux_pipeline(name_or_dir: str, device: str = "cpu", dtype: str = "fp32
                        cpu_offload: bool = False) -> FluxPipeline:
     """A `FluxPipeline` with no text encoder and no tokenizer: conditioning comes from the
     adapters. `cpu_offload` keeps each component on the CPU until it runs (needs CUDA)."""
+    # Deferred: importing diffusers takes seconds; only building a pipeline needs it.
     from diffusers import FluxPipeline
 
     if dtype not in DTYPES:

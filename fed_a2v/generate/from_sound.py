@@ -184,6 +184,8 @@ def _save(image, path: Path) -> None:
 
 def _scores(score_with: str, device: str, adapters: FedA2VAdapters, images: dict[str, list[Path]],
             truth: list[int]) -> dict[str, Any]:
+    # Deferred: scoring loads a CLIP vision model and PIL (the `generate` extra), only for
+    # --score-with.
     from fed_a2v.generate.scoring import ZeroShotScorer, classification_metrics
 
     scorer = ZeroShotScorer.load(score_with, device=device)

@@ -19,6 +19,7 @@ import torch
 from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import Adapter
+from fed_a2v.model.pretrained import adapter_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def renders(config: Config, server_round: int) -> bool:
 def pipeline_name(config: Config, node: NodeConfig) -> str:
     """The node's `pipeline`, else `feda2v.generation_pipeline`, else builtin:tiny-flux with
     builtin text models, the FLUX repository (or folder) T5 was read from, or FLUX.1-schnell."""
+    # Deferred: fed_a2v.generate.flux needs the `generate` extra, which a node needs only
+    # when it renders images ('feda2v.generate_nodes_images_frequency').
     from fed_a2v.generate.flux import TINY_FLUX, is_flux_source
 
     fa = config.feda2v
@@ -66,6 +69,8 @@ def images_dir(config: Config, node: NodeConfig, node_name: str, cache_root: Pat
 def flux_pipeline(name: str, device: torch.device, dtype: str) -> Any:
     """The FLUX pipeline, loaded once per process (without text encoders:
     `fed_a2v.generate.flux`)."""
+    # Deferred: fed_a2v.generate.flux needs the `generate` extra, which a node needs only
+    # when it renders images ('feda2v.generate_nodes_images_frequency').
     from fed_a2v.generate.flux import load_flux_pipeline
 
     key = (name, str(device), dtype)
@@ -81,8 +86,9 @@ def render_held_out(adapters: dict[str, Adapter], test: EncodedSet, stems: list[
     """Render the first `generate_images_per_node` held-out clips into `folder` as
     `<clip stem>.png`, clip i with seed `experiment.seed + i` (the same each round, so the
     rounds' images compare); returns how many were written."""
+    # Deferred: fed_a2v.generate.flux needs the `generate` extra, which a node needs only
+    # when it renders images ('feda2v.generate_nodes_images_frequency').
     from fed_a2v.generate.flux import check_widths, render
-    from fed_a2v.model.pretrained import adapter_conditioning
 
     fa = config.feda2v
     count = min(fa.generate_images_per_node, len(test))

@@ -165,6 +165,7 @@ def one_class_pairs(study: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 def plot_study(study: dict[str, Any], out: Path) -> list[Path]:
+    # Deferred: matplotlib is the `plots` extra's (the CLI checks for it before a study).
     import matplotlib
 
     matplotlib.use("Agg")

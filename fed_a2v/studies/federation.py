@@ -328,6 +328,7 @@ def study_table(study: dict[str, Any]) -> str:
 
 
 def plot_study(study: dict[str, Any], out: Path) -> Path:
+    # Deferred: matplotlib is the `plots` extra's (the CLI checks for it before a study).
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 
+from fed_a2v.data.audio import resample
 from fed_a2v.data.builtin.generator import Generator, over_noise
 from fed_a2v.extras import require
 
@@ -131,10 +133,6 @@ def _trim(wave: np.ndarray, level: float = 0.02) -> np.ndarray:
 def speech_clip(word: str, rng: np.random.Generator, sample_rate: int, n: int) -> np.ndarray:
     """One clip of `word`, said 1-3 times: a random voice, rate, pitch and intonation,
     stretched, placed at a random start, over noise."""
-    import torch  # here, not at the top: config validation imports this module's WORDS
-
-    from fed_a2v.data.audio import resample
-
     voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
     text = ", ".join([word] * rng.integers(*REPEATS, endpoint=True))
     text += ENDINGS[rng.integers(len(ENDINGS))]
