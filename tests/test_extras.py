@@ -15,6 +15,7 @@ import pickle
 import re
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -29,8 +30,6 @@ FED_A2V = Path(sys.executable).parent / "fed-a2v"
 
 
 def _project() -> dict:
-    import tomllib  # Python 3.11 and newer, as requires-python says
-
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
