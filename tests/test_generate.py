@@ -25,6 +25,7 @@ from fed_a2v.encode.encoders import (
     t5_targets,
 )
 from fed_a2v.encode.text_targets import Targets
+from fed_a2v.generate import flux
 from fed_a2v.generate.flux import (
     TINY_FLUX,
     check_widths,
@@ -216,13 +217,11 @@ def test_generate_writes_images_gallery_and_report_same_seed_same_bytes(package,
     monkeypatch.setattr(transformers.CLIPTextModel, "__init__", no_text_model)
     monkeypatch.setattr(transformers.T5EncoderModel, "__init__", no_text_model)
     loaded = []
-    import fed_a2v.generate.from_sound as gen
-
     def spy(*args, **kwargs):
         loaded.append(load_flux_pipeline(*args, **kwargs))
         return loaded[-1]
 
-    monkeypatch.setattr(gen, "load_flux_pipeline", spy)
+    monkeypatch.setattr(flux, "load_flux_pipeline", spy)
     report = generate(str(package), [corpus / "audio"], tmp_path / "a",
                       _settings(tmp_path, compare_text=True, seed=5, batch_size=4))
     assert loaded[0].text_encoder is None and loaded[0].text_encoder_2 is None

@@ -138,15 +138,6 @@ def default_pipeline(adapters: FedA2VAdapters) -> str:
                       "built-in models, a FLUX folder, or e.g. black-forest-labs/FLUX.1-schnell)")
 
 
-def load_flux_pipeline(name_or_dir: str, device: str = "cpu", dtype: str = "fp32",
-                       cpu_offload: bool = False) -> Any:
-    """`fed_a2v.generate.flux.load_flux_pipeline`, imported when `generate` loads a pipeline."""
-    # Deferred: fed_a2v.generate.flux needs the `generate` extra (diffusers, PIL); `embed` does not.
-    from fed_a2v.generate.flux import load_flux_pipeline as load
-
-    return load(name_or_dir, device, dtype, cpu_offload)
-
-
 @dataclass
 class GenerateSettings:
     pipeline: str | None = None  # None: `default_pipeline`
@@ -203,7 +194,7 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
     with `compare_text`), `gallery.png`, `gallery.md` and `generate.json`, whose content is
     returned."""
     # Deferred: these need the `generate` extra (diffusers, PIL), which `embed` does without.
-    from fed_a2v.generate.flux import check_widths, render
+    from fed_a2v.generate import flux
     from fed_a2v.generate.gallery import GalleryItem, write_gallery
 
     for name in ("steps", "batch_size", "height", "width"):
@@ -221,9 +212,9 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
     encode_seconds = time.perf_counter() - started
     if not clips:
         raise ConfigError(f"none of the {len(inputs)} audio files could be read: {skipped[:3]}")
-    pipeline = load_flux_pipeline(pipeline_name, settings.device, settings.dtype,
-                                  settings.cpu_offload)
-    check_widths(pipeline, adapters.adapters, adapters.diffusion_type)
+    pipeline = flux.load_flux_pipeline(pipeline_name, settings.device, settings.dtype,
+                                       settings.cpu_offload)
+    flux.check_widths(pipeline, adapters.adapters, adapters.diffusion_type)
     out.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(clips)
     size = {"steps": settings.steps, "guidance": settings.guidance,
@@ -240,10 +231,10 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
         cosines = _cosines(cond["pooled_prompt_embeds"], adapters.targets.tensors["clip"],
                            [row for row, _ in targets])
         tick = time.perf_counter()
-        images = render(pipeline, cond, seeds, **size)
+        images = flux.render(pipeline, cond, seeds, **size)
         seconds = (time.perf_counter() - tick) / len(idx)
         if settings.compare_text:
-            text_images = render(pipeline, adapters.target_conditioning(
+            text_images = flux.render(pipeline, adapters.target_conditioning(
                 [row for row, _ in targets]), seeds, **size)
         for j, i in enumerate(idx):
             _save(images[j], out / f"{stems[i]}.png")
