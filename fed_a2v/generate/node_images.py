@@ -19,7 +19,6 @@ import torch
 from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import Adapter
-from fed_a2v.model.pretrained import adapter_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,12 @@ def render_held_out(adapters: dict[str, Adapter], test: EncodedSet, stems: list[
     """Render the first `generate_images_per_node` held-out clips into `folder` as
     `<clip stem>.png`, clip i with seed `experiment.seed + i` (the same each round, so the
     rounds' images compare); returns how many were written."""
-    # Deferred: fed_a2v.generate.flux needs the `generate` extra, which a node needs only
-    # when it renders images ('feda2v.generate_nodes_images_frequency').
+    # Deferred: fed_a2v.generate.flux needs the `generate` extra, which a node needs only when it
+    # renders images ('feda2v.generate_nodes_images_frequency'); fed_a2v.model.pretrained
+    # imports the audio encoders (`transformers`), which a node whose clips are all in the token
+    # cache never imports (tests/test_node_startup.py).
     from fed_a2v.generate.flux import check_widths, render
+    from fed_a2v.model.pretrained import adapter_conditioning
 
     fa = config.feda2v
     count = min(fa.generate_images_per_node, len(test))
