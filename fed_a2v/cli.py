@@ -16,12 +16,25 @@ import torch
 from safetensors import safe_open
 
 from fed_a2v.config.convert import convert, notes
-from fed_a2v.config.load import load_config, load_node_config
+from fed_a2v.config.load import describe, load_config, load_node_config
 from fed_a2v.config.schema import Config, ConfigError, NodeConfig
 from fed_a2v.config.validate import check_node_diffusion
+from fed_a2v.data.audio import skipped_clips_note
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS, SOUNDFONT_MODULE
 from fed_a2v.data.builtin.speech import ESPEAK_MODULE, ESPEAK_WHEELS, SPEECH
-from fed_a2v.data.node_corpora import check_node_shares, corpus_index, corpus_on_disk, node_kind
+from fed_a2v.data.first_experiment import (
+    DEFAULT_NODES,
+    DEFAULT_ROUNDS,
+    SPLITS,
+    write_first_experiment,
+)
+from fed_a2v.data.node_corpora import (
+    check_clip_files,
+    check_node_shares,
+    corpus_index,
+    corpus_on_disk,
+    node_kind,
+)
 from fed_a2v.encode.text_targets import compute_targets, target_prompts
 from fed_a2v.extras import EXIT_CODE as EXIT_MISSING_EXTRA
 from fed_a2v.extras import MissingExtra, require
@@ -38,7 +51,7 @@ from fed_a2v.launch.host import (
     write_connection,
 )
 from fed_a2v.runs.report import write_report
-from fed_a2v.runs.run_dir import new_run_dir, run_to_resume
+from fed_a2v.runs.run_dir import finished_rounds, new_run_dir, run_to_resume
 from fed_a2v.runs.wandb_log import require_wandb
 from fed_a2v.studies.batch_size import default_arms, run_study, write_study
 from fed_a2v.studies.federation import ARMS as FEDERATION_ARMS
@@ -52,6 +65,7 @@ from fed_a2v.studies.federation import (
 log = logging.getLogger("fed_a2v.cli")
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 # The built-in corpora that need the `corpora` extra to be made: kind -> (module, note).
 CORPUS_MODULES = {SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
                   INSTRUMENTS_CORPUS.name: (SOUNDFONT_MODULE, "")}
@@ -69,6 +83,9 @@ def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = N
     if output_dir is not None:
         config.experiment.output_dir = output_dir
     config.make_paths_absolute()
+    # Every audio file the corpora name is there, before anything starts.
+    check_clip_files(config, {f"{args_config}: 'nodes.{i}'": config.node(i)
+                              for i in range(config.federation.num_clients)}, args_config)
     return config
 
 
@@ -101,12 +118,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         require_node_extras(config, [node])
     else:
         require_wandb(config)
+    check_clip_files(config, {where: node for where, (node, *_) in nodes.items()}, args.config)
     found = check_node_shares(config, nodes, args.config)
-    fed = config.federation
-    print(f"{args.config}: ok: '{config.experiment.name}', {fed.num_clients} nodes x "
-          f"{fed.global_rounds} rounds x {fed.local_epochs} local epochs, batch "
-          f"{config.training.batch_size}, dataset {config.dataset.name} at "
-          f"{config.dataset_path()}" + "".join(f"; {f}" for f in found))
+    print(f"{args.config}: ok: {describe(config)}" + "".join(f"; {f}" for f in found))
     return 0
 
 
@@ -141,6 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         write_connection(flwr_home, "feda2v-sim", f"127.0.0.1:{port}")
         superlink = start_superlink(env, port, run_dir / "superlink.log", simulation=True)
         entry: dict = {}
+        interrupted = False
         try:
             run_id = submit_run(
                 app, "feda2v-sim", env,
@@ -150,8 +165,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                    "client-resources-num-cpus": args.cpus_per_node},
             )
             log.info("run %d started; logs follow (also in %s)", run_id, run_dir)
+            # Its own session: Ctrl-C reaches this process alone, which stops the stream.
             stream = subprocess.Popen(["flwr", "log", str(run_id), "feda2v-sim", "--stream"],
-                                      env=env, stdout=sys.stderr, stderr=sys.stderr)
+                                      env=env, stdout=sys.stderr, stderr=sys.stderr,
+                                      start_new_session=True)
             try:
                 entry = wait_for_run(run_id, "feda2v-sim", env, timeout=args.timeout)
                 try:
@@ -160,9 +177,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     pass
             finally:
                 stream.terminate()
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
-            # Interrupted: stop the simulation now, not after the round in progress.
+            # Interrupted: stop the simulation now, not after the round in progress; a second
+            # Ctrl-C must not cut the stop short and leave Flower's or Ray's processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             superlink.stop(timeout=15 if entry else 1)
+    if interrupted:
+        done = finished_rounds(run_dir)
+        print(f"stopped after round {done[-1]['round'] if done else 0} of "
+              f"{config.federation.global_rounds}; resume with: fed-a2v simulate --resume "
+              f"{run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    summary_path = run_dir / "summary.json"
+    skipped = skipped_clips_note(json.loads(summary_path.read_text()).get("skipped_files", [])
+                                 if summary_path.exists() else [])
+    if skipped:
+        print(f"warning: {skipped}", file=sys.stderr)
     if entry.get("status") != COMPLETED:
         log.error("run %d ended %s: %s", run_id, entry.get("status"), entry.get("status-details"))
         return 1
@@ -171,19 +203,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Print (or write) the experiment in FedA2V's own format, with a notes file beside it."""
+    """Write (or print) the experiment in FedA2V's own format, with a notes file beside it."""
     native, translation = convert(args.config, args.overrides)
     text = json.dumps(native, indent=2) + "\n"
-    if args.out:
-        out = Path(args.out)
-        out.write_text(text, encoding="utf-8")
-        notes_file = out.with_name(out.name + ".notes.md")
-    else:
+    stem = Path(args.config).stem
+    if args.out == "-":
         sys.stdout.write(text)
-        notes_file = Path(f"{Path(args.config).stem}.fed-a2v.notes.md")
-    notes_file.write_text(notes(translation, args.out or "stdout"), encoding="utf-8")
-    print(f"{args.out or 'stdout'}: FedA2V's format; what was mapped and dropped: {notes_file}",
-          file=sys.stderr)
+        shown, notes_file = "stdout", Path(f"{stem}.fed-a2v.notes.md")
+    else:
+        out = Path(args.out or f"{stem}.fed-a2v.json")
+        out.write_text(text, encoding="utf-8")
+        shown, notes_file = str(out), out.with_name(out.name + ".notes.md")
+    notes_file.write_text(notes(translation, shown), encoding="utf-8")
+    print(f"{shown}: FedA2V's format; what changed, and why: {notes_file}", file=sys.stderr)
     return 0
 
 
@@ -278,11 +310,20 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
                                     "folder or a hub id")
     p.add_argument("--audio", nargs="+", required=True, metavar="PATH",
                    help="audio files, folders (searched recursively) or CSV manifests "
-                        "(path,label); labels from a manifest or an ESC-50 meta/esc50.csv are "
-                        "used as the clips' classes")
+                        "(path,label); a clip's class is its label in a manifest given, else "
+                        "in a CSV manifest or ESC-50 metadata in or up to two folders above "
+                        "its folder or the folder given")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--cache-dir", help="token cache (default: $FEDA2V_CACHE_DIR or "
                                        "~/.cache/fed_a2v, as in training)")
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write a first experiment file from a corpus on disk; print what and the next commands."""
+    made = write_first_experiment(args.corpus, args.out, args.nodes, args.split, args.rounds,
+                                  args.name, args.force)
+    print("\n".join(made.report()))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("convert", help="write an experiment (e.g. upstream's) in FedA2V's format")
     p.add_argument("config")
-    p.add_argument("--out", help="the JSON file to write (default: stdout); notes go beside it "
-                                 "(<out>.notes.md, or <config stem>.fed-a2v.notes.md here)")
+    p.add_argument("--out", help="the JSON file to write (default: <config stem>.fed-a2v.json "
+                                 "here; '-': stdout); notes go beside it (<out>.notes.md; "
+                                 "stdout: <config stem>.fed-a2v.notes.md)")
     _add_overrides(p, strict=False)
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("targets", help="compute text targets once, for offline use")
@@ -370,6 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audio_args(p)
     p.add_argument("--out", required=True, help="a .safetensors file to write")
     p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("new", help="write a first experiment file from your own audio corpus")
+    p.add_argument("corpus", help="a CSV manifest (path,label[,caption,split,fold]) or a folder "
+                                  "holding one, an ESC-50 folder (meta/esc50.csv), or class "
+                                  "folders (<class>/*.wav|flac|ogg|mp3)")
+    p.add_argument("--out", help="the JSON file to write (default: <name>.json here)")
+    p.add_argument("--nodes", type=int, default=DEFAULT_NODES,
+                   help=f"simulated nodes (default: {DEFAULT_NODES})")
+    p.add_argument("--split", choices=SPLITS, default="iid",
+                   help="iid: every node every class, on disjoint shards; classes: classes "
+                        "dealt round-robin, each node its own (default: iid)")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"federated rounds (default: {DEFAULT_ROUNDS})")
+    p.add_argument("--name", help="experiment.name, the run directories' prefix (default: the "
+                                  "corpus folder's name)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_new)
     return parser
 
 
@@ -384,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as err:  # one line: what needs which extra, and how to install it
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MISSING_EXTRA
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ def node_kill_row(root: Path) -> Row:
     round is under way and started again once that round is recorded."""
     seen = supernode_killed_mid_round(root, rounds=4, nodes=3)
     records, died_in = seen["rounds"], seen.get("killed_in", 0)
-    trained = {(n["round"], n["node"]) for n in seen["nodes"] if "train_clip_loss" in n}
+    trained = {(n["round"], n["flower_node_id"]) for n in seen["nodes"]
+               if "train_clip_loss" in n}
     dead_after = any(r >= died_in and node == seen.get("killed_id") for r, node in trained)
     later = [r["train_nodes"] for r in records[died_in:]]
     back_in = sorted(r for r, node in trained if node == seen.get("restarted_id"))

@@ -299,7 +299,7 @@ def updates_aggregated(global_state: dict[str, np.ndarray],
     with server_identity():
         arrays, _ = strategy.aggregate_train(1, [train_reply(*u) for u in updates])
     return {"global": None if arrays is None else {k: v.numpy() for k, v in arrays.items()},
-            "dropped": [(node, why) for _, node, why in strategy.rejected]}
+            "dropped": [(node, why) for _, node, why, _ in strategy.rejected]}
 
 
 class NodesGrid(Grid):

@@ -80,7 +80,8 @@ def test_only_a_standalone_server_takes_replies_without_adapters(task_identity) 
                                                      train_reply(12, filled(1.0), 2)])
     assert arrays is not None and len(arrays) == 0  # nothing to average, nothing to send
     assert metrics is not None and standalone.round_metrics[1]["train_nodes"] == 1
-    assert [(node, "sent 2 arrays" in why) for _, node, why in standalone.rejected] == [(12, True)]
+    assert [(node, "sent 2 arrays" in why)
+            for _, node, why, _ in standalone.rejected] == [(12, True)]
 
 
 @pytest.mark.parametrize("mode", ["weighted_average", "none"])
@@ -128,7 +129,9 @@ def test_val_metrics_are_weighted_by_val_clips_and_a_node_without_them_adds_none
     assert metrics["val_clip_mse"] == pytest.approx((3 * 1 + 1 * 5) / 4)
     assert VAL_EXAMPLES not in metrics and "num-examples" not in metrics
     nodes = strategy.node_metrics[1]
-    assert nodes[11]["val_clip_mse"] == 1.0 and "val_clip_mse" not in nodes[13]
+    # Replies without a name: "node <Flower node id>"
+    assert nodes["node 11"]["val_clip_mse"] == 1.0 and "val_clip_mse" not in nodes["node 13"]
+    assert nodes["node 11"]["flower_node_id"] == 11
 
 
 class SnapshotGrid(LoopbackGrid):
@@ -174,7 +177,7 @@ def test_standalone_nodes_with_eval_gap_and_val_clips_in_process(tmp_path: Path)
 
     # Each node's own file, rewritten by every round's training.
     own = summary["standalone"]["node_adapters"]
-    assert sorted(own) == ["shard 0/2", "shard 1/2"]
+    assert sorted(own) == ["node 0", "node 1"]
     assert all(o["rounds"] == 3 and Path(o["path"]).is_file() for o in own.values())
     assert [len(files) for files in grid.files] == [2, 2, 2]
     for name in grid.files[0]:

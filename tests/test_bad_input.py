@@ -76,7 +76,8 @@ def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None
     averaged = {k: v.numpy() for k, v in arrays.items()}
     np.testing.assert_allclose(averaged["clip.w"], 2.5)  # (1*1 + 3*3) / 4
     assert all(np.isfinite(v).all() for v in averaged.values())
-    assert [(r, n) for r, n, _ in strategy.rejected] == [(3, 12), (3, 14)]
+    assert [(r, n, name) for r, n, _, name in strategy.rejected] == \
+        [(3, 12, "node 12"), (3, 14, "node 14")]  # replies without a name: their Flower id
     assert "non-finite" in strategy.rejected[0][2] and "max_update_norm" in strategy.rejected[1][2]
     assert strategy.nodes_seen == {"flower node 11", "flower node 13"}  # replies without a key
     # A round where every update is bad leaves the global adapters as they were.

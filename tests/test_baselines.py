@@ -176,7 +176,7 @@ def test_a_run_reports_the_baselines_and_resumes_with_them(tmp_path: Path) -> No
     assert baselines["nodes_with_stats"] == baselines["evaluated_nodes"] == 2
     assert baselines["train_clips"] > 0 and baselines["held_out_clips"] > 0
     local = baselines["local_only_ridge"]
-    assert set(local["per_node"]) == {"shard 0/2", "shard 1/2"}
+    assert set(local["per_node"]) == {"node 0", "node 1"}
     for space in ("clip", "t5"):
         key = f"{space}_top1"
         values = [baselines["ridge_centralized"][key], local[f"{key}_mean"],

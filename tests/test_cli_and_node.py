@@ -105,7 +105,7 @@ def test_deployed_node_reads_its_own_json(tmp_path: Path) -> None:
     ident = identify(context({"node-config": str(path)}), Config())
     assert ident.settings.excluded_classes == ["rain"] and ident.settings.batch_size == 4
     assert (ident.index, ident.num_nodes) == (1, 2)
-    assert ident.name == str(path)
+    assert (ident.name, ident.key) == ("node 1", "shard 1/2")  # the key seeds as before
     path.write_text(json.dumps({"batchsize": 4}))
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         identify(context({"node-config": str(path)}), Config())

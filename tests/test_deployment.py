@@ -132,16 +132,21 @@ def check_killed_node_run(seen: dict, rounds: int) -> None:
     # not by a timeout: 2 of 3 replied, too few to change the adapters.
     assert records[killed_in - 1]["train_nodes"] == NODES - 1
     failed = seen["summary"]["failed_replies"]
-    assert [(f["round"], f["stage"], f["node"]) for f in failed] == \
+    assert [(f["round"], f["stage"], f["flower_node_id"]) for f in failed] == \
         [(killed_in, "train", seen["killed_id"])]
     assert "heartbeat" in failed[0]["why"]
     # No round averaged the dead node after its death...
-    averaged = {(n["round"], n["node"]) for n in seen["nodes"] if "train_clip_loss" in n}
+    averaged = {(n["round"], n["flower_node_id"]) for n in seen["nodes"]
+                if "train_clip_loss" in n}
     assert all(r < killed_in for r, node in averaged if node == seen["killed_id"])
     # ... and training waited for it to be back: every later round has all three, with it.
     assert all(r["train_nodes"] == NODES for r in records[killed_in:])
     assert {r for r, node in averaged if node == seen["restarted_id"]} == \
         set(range(killed_in + 1, rounds + 1))
+    # Under one name before and after its restart, as the other nodes keep theirs.
+    names = {n["flower_node_id"]: n["node"] for n in seen["nodes"]}
+    assert names[seen["killed_id"]] == names[seen["restarted_id"]] == failed[0]["node"]
+    assert sorted(set(names.values())) == [f"node {i}" for i in range(NODES)]
     assert seen["summary"]["num_nodes"] == NODES  # the restarted node is the same node
 
 

@@ -65,6 +65,6 @@ def test_a_reply_without_its_records_is_named(task_identity) -> None:
                           dst_node_id=12, message_type=MessageType.TRAIN)
     strategy.take_update(Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
                                  reply_to=instruction))
-    assert [why for _, _, why in strategy.rejected] == [
+    assert [why for _, _, why, _ in strategy.rejected] == [
         "expected one ArrayRecord and one MetricRecord with 'num-examples'"]
     assert strategy.average is None

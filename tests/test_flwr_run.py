@@ -28,3 +28,14 @@ def test_flwr_run_dot_uses_the_shipped_quickstart(tmp_path: Path) -> None:
     assert (config["training"]["batch_size"], config["federation"]["local_epochs"]) == (8, 1)
     assert config["dataset"]["path"] == str(tmp_path / "data" / "synthetic")
     assert json.loads((run_dir / "summary.json").read_text())["num_nodes"] == 3
+
+
+def test_a_simulated_federation_smaller_than_the_experiment_fails_at_once(tmp_path: Path) -> None:
+    # Flower's default simulated federation has 2 SuperNodes; the quickstart needs 3. The run
+    # fails before its first round (not after a round timeout) and says what to pass.
+    with Federation(tmp_path, simulation=True) as federation:
+        entry = federation.run({"rounds": 1}, federation_config={"num-supernodes": 2})
+    assert entry["status"] == "finished:failed"
+    details = entry.get("status-details", "")
+    assert "has 2 SuperNodes" in details and 'num-supernodes=3' in details, details
+    assert not list(tmp_path.glob("runs/*/metrics.jsonl"))

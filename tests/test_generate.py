@@ -188,6 +188,53 @@ def test_inputs_from_files_folders_and_manifests_with_their_labels(corpus, tmp_p
         read_inputs([tmp_path / "empty"])
 
 
+def test_a_folder_takes_its_labels_from_a_manifest_in_or_above_it(corpus, tmp_path):
+    wavs = sorted((corpus / "audio").glob("*.wav"))
+    clips = tmp_path / "data" / "clips"
+    clips.mkdir(parents=True)
+    for n, wav in enumerate(wavs[:3]):
+        shutil.copy(wav, clips / f"c{n}.wav")
+    # A manifest beside the folder (relative paths), and one in it: the nearest wins.
+    (tmp_path / "data" / "labels.csv").write_text(
+        "path,label\nclips/c0.wav,siren\nclips/c1.wav,drum\n")
+    assert [i.label for i in read_inputs([clips])] == ["siren", "drum", None]
+    (clips / "manifest.csv").write_text(f"path,label\nc1.wav,dog\n{clips / 'c2.wav'},siren\n")
+    assert [i.label for i in read_inputs([clips])] == ["siren", "dog", "siren"]
+    assert read_inputs([clips / "c0.wav"])[0].label == "siren"  # a file: its folder's too
+    # A CSV without path and label columns is no manifest; metadata three folders up is too far.
+    (clips / "notes.csv").write_text("when,what\n1,x\n")
+    deep = tmp_path / "data" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    shutil.copy(wavs[0], deep / "d.wav")
+    assert read_inputs([deep])[0].label is None
+
+
+def test_upstream_esc50_fold_folders_get_their_labels(tmp_path):
+    root = tmp_path / "esc"
+    (root / "audio" / "fold00").mkdir(parents=True)
+    (root / "audio" / "fold00" / "a.wav").write_bytes(b"RIFF")  # labels need no audio
+    (root / "class_labels.json").write_text(json.dumps({"dog": 0}))
+    (root / "fold00.json").write_text(json.dumps({"a.wav": ["dog"]}))
+    assert [i.label for i in read_inputs([root / "audio" / "fold00"])] == ["dog"]
+
+
+def test_generate_labels_clips_from_a_manifest_beside_their_folder(package, corpus, tmp_path):
+    wavs = sorted((corpus / "audio").glob("*.wav"))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(wavs[0], clips / "x.wav")
+    (tmp_path / "manifest.csv").write_text("path,label\nclips/x.wav,siren\n")
+    report = generate(str(package), [clips], tmp_path / "out",
+                      _settings(tmp_path, compare_text=True))
+    clip = report["clips"][0]
+    assert (clip["label"], clip["target_class"], clip["target_from"]) == ("siren", "siren",
+                                                                          "label")
+    md = (tmp_path / "out" / "gallery.md").read_text()
+    # The two columns say which image is which.
+    assert "| from the audio | from the text | caption |" in md
+    assert "label: siren<br>text: siren" in md
+
+
 def test_unique_stems_number_repeats():
     assert unique_stems([Path("a/x.wav"), Path("b/x.wav"), Path("y.wav"), Path("c/x.flac")]) \
         == ["x", "x-2", "y", "x-3"]
@@ -312,6 +359,7 @@ def test_cli_embed_writes_the_conditioning_of_each_clip(package, corpus, tmp_pat
     clips = json.loads(meta["clips"])
     assert [Path(c).name for c in clips] == sorted(p.name for p in (corpus / "audio").iterdir())
     assert len(json.loads(meta["nearest_classes"])) == 6
+    assert json.loads(meta["labels"])[0] == "dog"  # the ESC-50 meta/esc50.csv above audio/
     # Different clips, different conditioning; the same clip, the adapters' own output.
     assert not torch.equal(tensors["prompt_embeds"][0], tensors["prompt_embeds"][1])
     adapters = FedA2VAdapters.from_pretrained(package)

@@ -117,8 +117,8 @@ def test_nodes_render_their_own_held_out_clips_each_round_in_process(tmp_path: P
     summary = json.loads((run_dir / "summary.json").read_text())
     recorded = sorted((i["round"], i["node"], i["count"], Path(i["dir"]).name)
                       for i in summary["node_images"])
-    assert recorded == [(1, "shard 0/2", 2, "round_1"), (1, "shard 1/2", 2, "round_1"),
-                        (2, "shard 0/2", 2, "round_2"), (2, "shard 1/2", 2, "round_2")]
+    assert recorded == [(1, "node 0", 2, "round_1"), (1, "node 1", 2, "round_1"),
+                        (2, "node 0", 2, "round_2"), (2, "node 1", 2, "round_2")]
     # The images stay on the nodes: none reached the run directory (its plots only).
     assert not {p.stem for p in run_dir.rglob("*.png")} & (stems[0] | stems[1])
 
@@ -149,8 +149,8 @@ def test_upstream_image_keys(tmp_path: Path) -> None:
         "save_generated_images_splits": ["train"]}), quiet=True)
     assert config.feda2v.generate_nodes_images_frequency == 2
     assert config.feda2v.images_output_dir == "output_images/x"
-    assert {key for key, _, _ in t.mapped} >= {"feda2v.output_image_base_name",
-                                              "feda2v.save_generated_images_splits"}
+    assert {c.key for c in t.mapped} >= {"feda2v.output_image_base_name",
+                                        "feda2v.save_generated_images_splits"}
     assert not t.unsupported
 
     config, t = resolve(_upstream_file(tmp_path, {"generate_nodes_images_frequency": 1}),

@@ -17,6 +17,8 @@ from fed_a2v.config.load import load_config
 from fed_a2v.config.schema import Config, ConfigError
 from fed_a2v.federation.server import lr_plan, run_federation
 from fed_a2v.model.adapters import save_adapters
+from fed_a2v.runs.node_records import read_nodes
+from fed_a2v.runs.report import nodes_figure
 from fed_a2v.runs.run_dir import RunRecorder, run_to_resume
 
 from drills import server_stopped_and_resumed
@@ -136,3 +138,13 @@ def test_a_stopped_server_resumes_without_repeating_or_losing_rounds(tmp_path: P
     clips = summary["encoded_clips"] + summary["cached_clips"]
     assert clips > sum(before["totals"].values()) > 0  # the resumed part read its clips too
     assert summary["wall_seconds"] > before["wall_seconds"] > 0
+    # Each node once a round under its one name, though the resumed part's Flower node ids are
+    # new; the report and the per-node plot name the same two nodes.
+    nodes = [json.loads(x) for x in (run_dir / "nodes.jsonl").read_text().splitlines()]
+    assert sorted((n["round"], n["node"]) for n in nodes) == [
+        (r, f"node {i}") for r in range(1, ROUNDS + 1) for i in range(2)]
+    assert all("flower_node_id" in n and "train_clip_loss" in n for n in nodes)
+    report = (run_dir / "report.md").read_text()
+    assert f"| node 0 | {ROUNDS} |" in report and f"| node 1 | {ROUNDS} |" in report
+    figure = nodes_figure(read_nodes(run_dir / "nodes.jsonl"), ["train_clip_loss"])
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["node 0", "node 1"]

@@ -122,6 +122,32 @@ def test_gallery_compare_side_by_side_and_thumbnails(tmp_path):
                          TITLE_HEIGHT + 2 * (100 + LINE_HEIGHT + 2 * PAD))
 
 
+def test_gallery_names_the_image_and_its_comparison(tmp_path):
+    audio = _saved(tmp_path, 2, 100, "a")
+    text = _saved(tmp_path, 2, 100, "t")
+    items = [GalleryItem(a, ["x"], compare=t) for a, t in zip(audio, text, strict=True)]
+    names = ("from the audio", "from the text")
+    plain = render_grid(items, "t", columns=2)
+    named = render_grid(items, "t", columns=2, names=names)
+    assert named.width == plain.width and named.height == plain.height + LINE_HEIGHT
+    # Each name is drawn over its own image: dark pixels in the band above each one.
+    for start in (0, 100 + PAD):
+        band = named.crop((PAD + start, TITLE_HEIGHT + PAD, PAD + start + 100,
+                           TITLE_HEIGHT + PAD + LINE_HEIGHT)).convert("L")
+        assert band.getextrema()[0] < 128
+    # The images sit below the band, unchanged.
+    first = named.crop((PAD, TITLE_HEIGHT + PAD + LINE_HEIGHT, PAD + 100,
+                        TITLE_HEIGHT + PAD + LINE_HEIGHT + 100))
+    assert first.tobytes() == _images(1, 100)[0].tobytes()
+    _, md = write_gallery(tmp_path / "out", items, "t", names=names)
+    assert "| from the audio | from the text | caption |" in md.read_text()
+    # Without comparisons there is nothing to tell apart: no band, the usual heading.
+    alone = [GalleryItem(a, ["x"]) for a in audio]
+    assert render_grid(alone, "t", names=names).height == render_grid(alone, "t").height
+    _, md = write_gallery(tmp_path / "alone", alone, "t", names=names)
+    assert "| from the audio | caption |" in md.read_text()
+
+
 def test_gallery_long_caption_widens_cells(tmp_path):
     items = [GalleryItem(p, ["a caption much wider than the tiny image"])
              for p in _saved(tmp_path, 2, 16, "s")]

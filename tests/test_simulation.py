@@ -152,7 +152,9 @@ def test_run_ends_with_report_plots_and_per_node_series(sim_run: Path) -> None:
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"clip/lr", "t5/lr", "eval/clip_top1", "train/t5_loss"} <= tags
-    assert sum(t.startswith("node_") and t.endswith("/eval_clip_top1") for t in tags) == 2
+    names = {n["node"] for n in nodes}
+    assert names == {"node 0", "node 1"}  # the partition ids, as the nodes' logs say
+    assert {f"{name}/eval_clip_top1" for name in names} <= tags
 
 
 def test_a_node_without_usable_clips_is_named_and_the_others_go_on(tmp_path: Path) -> None:

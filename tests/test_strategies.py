@@ -191,7 +191,7 @@ def test_robust_strategies_report_the_metrics_of_every_accepted_update(task_iden
         r.content["metrics"]["train_clip_loss"] = 1.0
     bad = reply(13, {**updates[0], "clip.b": np.full(3, np.nan, np.float32)}, 4, reference)
     arrays, metrics = s.aggregate_train(1, [*replies, bad])
-    assert [(n, why) for _, n, why in s.rejected] == [(13, "'clip.b' holds non-finite values")]
+    assert [(n, why) for _, n, why, _ in s.rejected] == [(13, "'clip.b' holds non-finite values")]
     assert metrics["train_clip_loss"] == pytest.approx(5.0 / 3)
     assert s.round_metrics[1]["train_nodes"] == 3 and not s.kept
 

@@ -74,7 +74,7 @@ def test_targets_travel_until_a_node_answers_and_again_after_an_error(task_ident
     assert with_targets(sent(strategy, 4, [5, 6, 7])) == {5: False, 6: False, 7: False}
     # The round's own config still travels every round; the failure is on record.
     assert all("config" in m.content for m in third.values())
-    assert strategy.failed == [(2, MessageType.EVALUATE, 6, "no targets here")]
+    assert strategy.failed == [(2, MessageType.EVALUATE, 6, "no targets here", "node 6")]
 
 
 def test_control_bytes_count_the_config_and_never_the_targets(task_identity) -> None:

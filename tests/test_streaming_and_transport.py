@@ -147,7 +147,7 @@ def test_a_bad_update_mid_stream_leaves_the_sum_untouched(task_identity) -> None
                                        (order[0], order[2], order[5])})
     for key in SHAPES:  # bit for bit: the refused updates never touched the sum
         assert arrays[key].numpy().tobytes() == expected[key].numpy().tobytes()
-    assert [(node, why.split(" ")[0]) for _, node, why in strategy.rejected] == [
+    assert [(node, why.split(" ")[0]) for _, node, why, _ in strategy.rejected] == [
         (32, "'t5.w'"), (34, "'t5.w'"), (35, "the")]
     assert "non-finite" in strategy.rejected[0][2] and "shape" in strategy.rejected[1][2]
     assert "max_update_norm" in strategy.rejected[2][2]
@@ -222,7 +222,7 @@ def test_an_update_in_another_dtype_or_without_scales_is_refused(task_identity) 
         "metrics": MetricRecord({"num-examples": 3}), TRANSPORT: ConfigRecord(dict(meta))}),
         reply_to=wrong_instruction(43))
     strategy.take_update(mislabelled)
-    why = {node: reason for _, node, reason in strategy.rejected}
+    why = {node: reason for _, node, reason, _ in strategy.rejected}
     assert "travels as 'fp32'" in why[41] and "'int8'" in why[41]
     assert "int8 scale" in why[42]
     assert "float16" in why[43]

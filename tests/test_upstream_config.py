@@ -285,15 +285,62 @@ def test_convert_keeps_the_defaults_that_differ_and_says_what_it_did(tmp_path, m
     monkeypatch.chdir(tmp_path)
     assert main(["convert", str(FIXTURES / "mixed_generators_kd.json"),
                  "--set", "federation.global_rounds=9"]) == 0
-    native = json.loads(capsys.readouterr().out)
+    # Without --out: <stem>.fed-a2v.json here, and its notes beside it.
+    native = json.loads((tmp_path / "mixed_generators_kd.fed-a2v.json").read_text())
+    assert "mixed_generators_kd.fed-a2v.json.notes.md" in capsys.readouterr().err
     assert native["dataset"]["partition"] == "classes" and native["dataset"]["use_folds"] is False
     assert native["federation"]["global_rounds"] == 9
     assert native["wandb"] == {"disabled": False, "project": "FedA2V"}
-    notes = (tmp_path / "mixed_generators_kd.fed-a2v.notes.md").read_text()
+    notes = (tmp_path / "mixed_generators_kd.fed-a2v.json.notes.md").read_text()
     assert "`feda2v.project`" not in notes  # the fixture has none
-    assert "- `nodes.1.dataset` -> `nodes.1.dataset`" in notes
+    assert '- `nodes.1.dataset` = "VEGAS" -> "vegas"' in notes
     assert "`feda2v.use_generator` = true: server-side VAE embedding generators" in notes
-    assert "`rewind.epochs`: never read by upstream's FedA2V" in notes
+    assert '`rewind.epochs` = 1: never read by upstream\'s FedA2V' in notes
+    assert main(["convert", str(FIXTURES / "mixed_generators_kd.json"), "--out", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"]["name"] == "mixed"
+    assert (tmp_path / "mixed_generators_kd.fed-a2v.notes.md").is_file()
+
+
+def _notes_of(fixture: str, tmp_path: Path) -> str:
+    out = tmp_path / f"{fixture}.native.json"
+    assert main(["convert", str(FIXTURES / f"{fixture}.json"), "--out", str(out)]) == 0
+    return (tmp_path / f"{out.name}.notes.md").read_text()
+
+
+def test_convert_notes_name_the_files_own_values_and_each_change(tmp_path):
+    notes = _notes_of("esc50_3n_avg", tmp_path)  # seed 7, num_clients 5, 3 nodes, cuda + "1"
+    assert "- `federation.num_clients` = 5 -> 3: the file's 3 `nodes` entries decide" in notes
+    assert '- `experiment.device` = "cuda" -> "cuda:1": with `experiment.device_id` = "1"' \
+        in notes
+    assert "- `nodes.0.train_folds` = [0, 1, 2, 3] -> [1, 2, 3, 4]: upstream numbers folds " \
+        "from 0" in notes
+    assert '- `feda2v.entity` = "my-team" -> `wandb.entity` = "my-team"' in notes
+    assert "- `federation.min_clients` -> 3: max(1, round(join_ratio 1.0 x 3 nodes))" in notes
+    assert '- `dataset.partition` -> "classes": upstream\'s default (FedA2V\'s own: "nodes")' \
+        in notes
+    # Rules that did not apply to this file are not listed: its seed is 7, kept as it is; its
+    # train ratio is upstream's and FedA2V's default alike; it has no dropout per node.
+    assert "`experiment.seed` =" not in notes and "unseeded" not in notes
+    assert "dataset.train_ratio" not in notes and "adapter_dropout` =" not in notes
+    assert "`federation.num_clients` -> 3" not in notes  # the file has the key: a change
+
+    notes = _notes_of("vegas_2n_sa", tmp_path)  # seed -1, num_clients 2 = its 2 nodes
+    assert "- `experiment.seed` = -1 -> 0: upstream's -1 means unseeded" in notes
+    assert "federation.num_clients" not in notes  # 2 nodes, 2 clients: nothing changed
+    assert "- `nodes.0.adapter_dropout` = 0.1 -> `feda2v.adapter_dropout` = 0.3: the nodes " \
+        "differ (0.1, 0.3): the largest" in notes
+    assert '- `training.optimizer` = "Adam": upstream built no adapter optimizer' in notes
+
+
+def test_federation_diffusion_type_wins_wherever_it_stands(tmp_path):
+    for order in (("federation", "feda2v"), ("feda2v", "federation")):
+        data = {"federation": {"algorithm": "FedA2V", "diffusion_type": "flux"},
+                "feda2v": {"diffusion_type": "sd"}, "model": {},
+                "dataset": {"name": "ESC50"}, "nodes": {"0": {}}}
+        config, t = resolve(_write(tmp_path, {k: data[k] for k in (*order, "model", "dataset",
+                                                                   "nodes")}), quiet=True)
+        assert config.feda2v.diffusion_type == "flux"
+        assert any(c.key == "feda2v.diffusion_type" and c.result == "flux" for c in t.mapped)
 
 
 def test_a_resolved_config_reads_back_as_itself(tmp_path):

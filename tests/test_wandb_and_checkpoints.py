@@ -26,7 +26,8 @@ from fed_a2v.runs.wandb_log import require_wandb
 
 from drills import APP_DIR, experiment_dict
 
-NODES = {0: {"train_clip_loss": 0.5, "eval_clip_top1": 0.25}, 1: {"train_clip_loss": 0.7}}
+NODES = {"node 0": {"flower_node_id": 11, "train_clip_loss": 0.5, "eval_clip_top1": 0.25},
+         "node 1": {"flower_node_id": 12, "train_clip_loss": 0.7}}
 
 
 def wandb_records(path: Path) -> list[dict]:
@@ -70,8 +71,9 @@ def test_the_recorder_logs_every_tensorboard_series_to_an_offline_wandb_run(
         assert history[r]["eval/t5_mse"] == pytest.approx(2.0 * r)
         assert history[r]["clip/lr"] == pytest.approx(0.01)
         assert history[r]["train/nodes"] == 2
-        assert history[r]["node_0/eval_clip_top1"] == pytest.approx(0.25)
-        assert history[r]["node_1/train_clip_loss"] == pytest.approx(0.7)
+        assert history[r]["node 0/eval_clip_top1"] == pytest.approx(0.25)
+        assert history[r]["node 1/train_clip_loss"] == pytest.approx(0.7)
+        assert not any("flower_node_id" in key for key in history[r])  # an id, not a series
         assert "eval/clip_mse" not in history[r]  # absent values are not logged as 0
     [start] = [r["run"] for r in records if r["type"] == "run"]
     assert start["display_name"] == "run-a" and start["project"] == "p"
@@ -323,7 +325,7 @@ def test_a_simulation_with_wandb_offline_completes_and_leaves_an_offline_run(
     nodes = [json.loads(line) for line in (run_dir / "nodes.jsonl").read_text().splitlines()]
     assert len({n["node"] for n in nodes}) == 3
     for n in nodes:
-        assert history[n["round"] - 1][f"node_{n['node']}/train_clip_loss"] == pytest.approx(
+        assert history[n["round"] - 1][f"{n['node']}/train_clip_loss"] == pytest.approx(
             n["train_clip_loss"])
     [start] = [r["run"] for r in records if r["type"] == "run"]
     assert start["display_name"] == run_dir.name

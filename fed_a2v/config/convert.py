@@ -10,7 +10,7 @@ from typing import Any
 
 from fed_a2v.config.load import resolve
 from fed_a2v.config.schema import Config
-from fed_a2v.config.upstream import DERIVED, UPSTREAM_DEFAULTS, Translation
+from fed_a2v.config.upstream import DERIVED, UPSTREAM_DEFAULTS, Change, Translation
 from fed_a2v.config.upstream_keys import REASONS
 
 
@@ -34,8 +34,21 @@ def native_dict(config: Config, t: Translation) -> dict[str, Any]:
     return out
 
 
+def _shown(value: Any) -> str:
+    return json.dumps(value)
+
+
+def change_line(c: Change) -> str:
+    """`- key = value -> what FedA2V uses: why`."""
+    used = ("nothing" if not c.to else _shown(c.result) if c.to == c.key
+            else f"`{c.to}` = {_shown(c.result)}")
+    return f"- `{c.key}` = {_shown(c.value)} -> {used}" + (f": {c.why}" if c.why else "")
+
+
 def notes(t: Translation, out_name: str) -> str:
-    """What `convert` did, for the side file."""
+    """What `convert` did to this file, for the side file: one line per key the file has that
+    FedA2V changed, ignores or drops, and per key it sets for the file, each with the file's
+    value, what FedA2V uses and why."""
     lines = [f"# {t.source} -> {out_name}", "",
              "Read as " + ("upstream's format (it has federation.algorithm or a model section)."
                            if t.upstream else "FedA2V's own format."), ""]
@@ -45,14 +58,16 @@ def notes(t: Translation, out_name: str) -> str:
             lines.extend([f"## {title}", "", *rows, ""])
 
     section("Warnings", [f"- {w}" for w in t.warnings])
-    section("Mapped", [f"- `{k}` -> " + (f"`{n}`" if n else "nothing") + f": {how}"
-                       for k, n, how in t.mapped])
-    section("Not supported (ignored; the run would name them in its warning)",
-            [f"- `{k}` = {json.dumps(v)}: {REASONS[why][1]}" for k, v, why in t.unsupported])
-    section("Dropped (they ask for nothing in FedA2V)", [f"- `{k}`: {why}" for k, why in
-                                                         t.dropped])
-    section("Upstream defaults written explicitly", [f"- `{k}` = {json.dumps(v)}" for k, v in
-                                                     t.defaults])
+    section("Changed (the file's key = its value -> what FedA2V uses: why)",
+            [change_line(c) for c in t.mapped])
+    section("Not supported (ignored; the run names them in its warning)",
+            [f"- `{k}` = {_shown(v)}: {REASONS[why][1]}" for k, v, why in t.unsupported])
+    section("Dropped (they ask for nothing in FedA2V)",
+            [f"- `{k}` = {_shown(v)}: {why}" for k, v, why in t.dropped])
+    section("Not set by the file, set for it (key -> value: why)",
+            [f"- `{k}` -> {_shown(v)}: {why}" for k, v, why in t.defaults])
+    if not (t.warnings or t.mapped or t.unsupported or t.dropped or t.defaults):
+        lines.extend(["Every key is FedA2V's own; nothing was changed.", ""])
     if t.metadata:
         lines.extend([f"{t.metadata} comment and description keys were left out.", ""])
     return "\n".join(lines)

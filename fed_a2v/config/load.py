@@ -47,3 +47,11 @@ def resolve(path: str | Path, overrides: Iterable[str] = (), strict: bool = Fals
         for line in t.warnings + ([t.warning_line()] if t.unsupported else []):
             log.warning("%s", line)
     return config, t
+
+
+def describe(config: Config) -> str:
+    """The experiment in one line: name, nodes, rounds, epochs, batch, corpus."""
+    fed = config.federation
+    return (f"'{config.experiment.name}', {fed.num_clients} nodes x {fed.global_rounds} rounds x "
+            f"{fed.local_epochs} local epochs, batch {config.training.batch_size}, dataset "
+            f"{config.dataset.name} at {config.dataset_path()}")

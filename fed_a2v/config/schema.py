@@ -52,7 +52,7 @@ TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")
 BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16}
 BUILTIN_DATASETS = tuple(BUILTIN_CLASSES)
 # Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
-DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound")
+DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound", "folders")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
@@ -160,14 +160,16 @@ class DatasetConfig:
     name: str = field(default="synthetic", metadata=_rule(
         "the corpus kind: `synthetic`, `speech`, `instruments` (built-in, generated on first "
         "use); `esc50` (an ESC-50 layout folder, official or upstream's); `csv` (a manifest); "
-        "`vegas`, `vggsound` (their layouts: docs/upstream-config.md); `mixed`: each node names "
-        "its own (`nodes.*.dataset`), each found in `paths`",
+        "`folders` (class folders, `<class>/*.wav`); `vegas`, `vggsound` (their layouts: "
+        "docs/upstream-config.md); `mixed`: each node names its own (`nodes.*.dataset`), each "
+        "found in `paths`",
         choices=(*DATASETS, "mixed")))
     path: str = field(default="", metadata=_rule(
         "the corpus: built-in and `esc50`, a folder with `meta/esc50.csv` and `audio/`; `csv`, a "
         "manifest file, or a folder holding `manifest.csv` (columns `path,label` and optional "
-        "`caption`, `split`, `fold`; audio paths relative to the manifest); `vegas`/`vggsound`, "
-        "the folder layouts of docs/upstream-config.md. `esc50` and `csv` need it; empty, a "
+        "`caption`, `split`, `fold`; audio paths relative to the manifest); `folders`, a folder "
+        "of class folders holding `.wav`, `.flac`, `.ogg` or `.mp3` files; `vegas`/`vggsound`, "
+        "the folder layouts of docs/upstream-config.md. Every real corpus needs it; empty, a "
         "built-in corpus gets one folder per generation settings (`Config.dataset_path`); a "
         "node's own `dataset_path` wins",
         shown_default="`\"\"`; built-in: `data/<name>-seed<S>-<classes>x<clips>-<sec>s-<rate>hz`"))
@@ -190,8 +192,9 @@ class DatasetConfig:
     use_folds: bool | None = field(default=None, metadata=_rule(
         "`true`: train/val/test by folds (numbered as in the corpus: ESC-50's CSV counts 1-5); "
         "`false`: by ratios, per node, seeded by `node_split_seed`",
-        shown_default="by folds where the corpus has them (ESC-50, manifests), else by ratios "
-                      "(VEGAS)"))
+        shown_default="by folds where the corpus has them (ESC-50; manifests and class "
+                      "folders, whose clips without a fold or split are dealt into folds 1-5 "
+                      "per class, seeded by `experiment.seed`), else by ratios (VEGAS)"))
     train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4], metadata=_rule(
         "fold splits: the folds for training"))
     val_folds: list[int] | None = field(default=None, metadata=_rule(

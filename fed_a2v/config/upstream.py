@@ -150,17 +150,29 @@ def _get(raw: Any, path: str) -> Any:
     return raw
 
 
+@dataclass(frozen=True)
+class Change:
+    """A key of the file whose name or value FedA2V changed, and why (for `convert`'s notes)."""
+
+    key: str  # the file's key
+    value: Any  # the file's value (after --set)
+    to: str  # the FedA2V key it became; "" for none
+    result: Any = None  # the value FedA2V uses
+    why: str = ""
+
+
 @dataclass
 class Translation:
-    """A raw config turned native, with what was mapped, dropped and not supported."""
+    """A raw config turned native, with what was changed, dropped and not supported."""
 
     source: str
     upstream: bool
     native: dict[str, Any] = field(default_factory=dict)
-    mapped: list[tuple[str, str, str]] = field(default_factory=list)  # (key, native, how)
+    mapped: list[Change] = field(default_factory=list)
     unsupported: list[tuple[str, Any, str]] = field(default_factory=list)  # (key, value, why)
-    dropped: list[tuple[str, str]] = field(default_factory=list)  # (key, why): silent
-    defaults: list[tuple[str, Any]] = field(default_factory=list)  # upstream defaults written
+    dropped: list[tuple[str, Any, str]] = field(default_factory=list)  # (key, value, why)
+    # Keys the file does not set that FedA2V sets for it: (key, value, why).
+    defaults: list[tuple[str, Any, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     metadata: int = 0
 
@@ -185,6 +197,7 @@ class _Translator:
         self.device: dict[str, Any] = {}
         self.dropouts: dict[str, Any] = {}
         self.folds: list[tuple[str, list[Any]]] = []
+        self.num_clients: list[Any] = []  # the file's federation.num_clients, if it has one
 
     def put(self, path: str, value: Any) -> None:
         *parents, last = path.split(".")
@@ -247,6 +260,12 @@ class _Translator:
                 value = self.shift(path, value)
             self.put(path, value)
         elif row.status == IMPLEMENTED:
+            wins = _get(self.raw, "federation.diffusion_type")
+            if path == "feda2v.diffusion_type" and wins is not None:
+                if wins != value:  # upstream's server read federation's first
+                    self.t.mapped.append(Change(path, value, path, wins,
+                                                "`federation.diffusion_type` wins, as upstream"))
+                return
             self.put(path, value)
         elif row.status == MAPPED:
             if row.to.startswith("@"):
@@ -254,12 +273,13 @@ class _Translator:
             else:
                 target = row.to.replace("*", path.split(".")[1])
                 self.put(target, value)
-                self.t.mapped.append((path, target, row.does))
+                self.t.mapped.append(Change(path, value, target, value, "FedA2V's name for it"))
         elif self.asks(row, value):
             self.t.unsupported.append((path, value, row.reason))
         else:
-            self.t.dropped.append((path, REASONS[row.reason][1] if row.inert == ALWAYS
-                                   else f"{json.dumps(value)} asks for nothing"))
+            self.t.dropped.append((path, value, REASONS[row.reason][1] if row.inert == ALWAYS
+                                   else "this value asks for nothing (other values would: "
+                                        f"{REASONS[row.reason][0]}, not supported)"))
 
     def asks(self, row: Key, value: Any) -> bool:
         """A not-supported key asks for something: its value, and a gate key's where it has."""
@@ -275,10 +295,10 @@ class _Translator:
     # --- mapped keys: one method per `@name` of the table ---------------------------------
 
     def map_drop(self, path: str, value: Any, row: Key) -> None:
-        self.t.mapped.append((path, "", row.does))
+        self.t.mapped.append(Change(path, value, "", None, row.does))
 
     def map_num_clients(self, path: str, value: Any, row: Key) -> None:
-        self.t.mapped.append((path, "federation.num_clients", row.does))
+        self.num_clients.append(value)  # the nodes decide, in finish_upstream
 
     def map_device(self, path: str, value: Any, row: Key) -> None:
         self.device[path.split(".")[1]] = value
@@ -286,11 +306,16 @@ class _Translator:
     def map_seed(self, path: str, value: Any, row: Key) -> None:
         if value != -1:
             self.put("experiment.seed", value)
-        self.t.mapped.append((path, "experiment.seed", row.does))
+            return
+        seed = Config().experiment.seed
+        self.t.mapped.append(Change(path, value, path, seed, "upstream's -1 means unseeded; "
+                                    f"FedA2V always seeds, with its default {seed}"))
 
     def map_optimizer(self, path: str, value: Any, row: Key) -> None:
         if str(value).lower() != "adamw":
             self.t.unsupported.append((path, value, "optimizer"))
+        elif value != "AdamW":
+            self.t.mapped.append(Change(path, value, path, "AdamW", "FedA2V's spelling"))
         self.put("training.optimizer", "AdamW")
 
     def map_aggregation(self, path: str, value: Any, row: Key) -> None:
@@ -300,7 +325,7 @@ class _Translator:
         self.put(path, value)
 
     def map_dataset_name(self, path: str, value: Any, row: Key) -> None:
-        self.t.mapped.append((path, "dataset.name", row.does))
+        # Upstream's files: recorded in finish_dataset, once the nodes have named their corpora.
         if _kind(value):
             self.put(path, _kind(value))
         elif not self.t.upstream:
@@ -314,23 +339,25 @@ class _Translator:
                               f"use one of {UPSTREAM_SPELLING[:-7]} (any case) or "
                               f"{', '.join(DATASETS)}")
         self.put(path, _kind(value))
-        self.t.mapped.append((path, path, row.does))
+        if value != _kind(value):
+            self.t.mapped.append(Change(path, value, path, _kind(value), "FedA2V's spelling"))
 
     def map_folds(self, path: str, value: Any, row: Key) -> None:
         self.put(path, self.shift(path, value) if self.t.upstream else value)
-        if self.t.upstream and isinstance(value, list):
-            self.t.mapped.append((path, path, row.does))
 
     def shift(self, path: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                   for v in value):
             return value
         self.folds.append((path, value))
-        return [v + 1 for v in value]
+        shifted = [v + 1 for v in value]
+        if value:
+            self.t.mapped.append(Change(path, value, path, shifted, "upstream numbers folds "
+                                        "from 0, FedA2V as the corpus does (ESC-50: from 1)"))
+        return shifted
 
     def map_node_dropout(self, path: str, value: Any, row: Key) -> None:
-        self.dropouts[path.split(".")[1]] = value
-        self.t.mapped.append((path, "feda2v.adapter_dropout", row.does))
+        self.dropouts[path.split(".")[1]] = value  # recorded in finish_dropout
 
     # --- after every key ------------------------------------------------------------------
 
@@ -344,8 +371,18 @@ class _Translator:
             for node_id, value in self.dropouts.items():
                 self.t.unsupported.append((f"nodes.{node_id}.adapter_dropout", value,
                                            "node_adapter"))
-        if _get(self.raw, "feda2v.adapter_dropout") is None:
-            self.put("feda2v.adapter_dropout", float(max(values)))
+        own = _get(self.raw, "feda2v.adapter_dropout")
+        if own is None:
+            own = float(max(values))
+            self.put("feda2v.adapter_dropout", own)
+            why = ("FedA2V's key for it (one value for every node)" if len(set(values)) == 1
+                   else f"the nodes differ ({', '.join(map(str, values))}): the largest, for "
+                        "every node")
+        else:
+            why = "the file's own `feda2v.adapter_dropout`, for every node"
+        for node_id, value in self.dropouts.items():
+            self.t.mapped.append(Change(f"nodes.{node_id}.adapter_dropout", value,
+                                        "feda2v.adapter_dropout", own, why))
 
     def finish_device(self) -> None:
         if not self.device:
@@ -354,31 +391,50 @@ class _Translator:
         if device == "cuda":
             device = f"cuda:{self.device.get('device_id', 0)}"
         self.put("experiment.device", device)
-        self.t.mapped.append(("experiment.device / device_id", "experiment.device",
-                              f"\"{device}\""))
+        given, index = self.device.get("device"), self.device.get("device_id")
+        shown = json.dumps(index)
+        if given is None:
+            self.t.mapped.append(Change("experiment.device_id", index, "experiment.device",
+                                        device, "upstream's device, cuda, on this GPU"))
+        elif given != device:
+            self.t.mapped.append(Change(
+                "experiment.device", given, "experiment.device", device,
+                f"with `experiment.device_id` = {shown}" if index is not None
+                else "upstream's GPU 0 (no `experiment.device_id`)"))
+        elif index is not None:
+            self.t.mapped.append(Change("experiment.device_id", index, "", None,
+                                        f"`experiment.device` \"{device}\" names no GPU index"))
 
-    def default(self, path: str, value: Any) -> None:
+    def default(self, path: str, value: Any, why: str) -> None:
         section, key = path.split(".")
         if key not in self.t.native.get(section, {}):
             self.put(path, value)
-            self.t.defaults.append((path, value))
+            self.t.defaults.append((path, value, why))
 
     def finish_upstream(self) -> None:
         nodes = {k: v for k, v in self.t.native.get("nodes", {}).items() if isinstance(v, dict)}
         types = {n.get("diffusion_type") for n in nodes.values()} - {None}
         if len(types) == 1:  # nodes that agree say what a file without a global type means
-            self.default("feda2v.diffusion_type", types.pop())
+            self.default("feda2v.diffusion_type", types.pop(),
+                         "the `diffusion_type` every node gives")
+        own = Config().to_dict()
         for path, value in UPSTREAM_DEFAULTS.items():
-            self.default(path, copy.deepcopy(value))
+            section, key = path.split(".")
+            if value == own[section][key]:  # explicit, so a later FedA2V default cannot move it
+                self.default(path, copy.deepcopy(value), "")
+                self.t.defaults = [d for d in self.t.defaults if d[0] != path]
+            else:
+                self.default(path, copy.deepcopy(value), "upstream's default (FedA2V's own: "
+                             f"{_own_default(section, key)})")
         self.finish_dataset(nodes)
         ds, fed = self.t.native["dataset"], self.t.native.setdefault("federation", {})
-        for node in nodes.values():
-            self.finish_vggsound(node, ds)
-        if nodes:
-            self.default("federation.num_clients", len(nodes))
+        for node_id, node in nodes.items():
+            self.finish_vggsound(node_id, node, ds)
+        self.finish_num_clients(len(nodes))
         join, count = fed.get("join_ratio", 1.0), fed.get("num_clients")
         if _numbers(join) and isinstance(count, int):
-            self.default("federation.min_clients", max(1, round(join * count)))
+            self.default("federation.min_clients", max(1, round(join * count)),
+                         f"max(1, round(join_ratio {join} x {count} nodes))")
         self.finish_models()
         fa = self.t.native["feda2v"]
         if fa.get("adapter_load_checkpoint") is True and fa["adapter_aggregation_mode"] == "none":
@@ -397,6 +453,21 @@ class _Translator:
                 "CSV folds 1-5). To give the corpus's own numbers, write the file in FedA2V's "
                 "format (no federation.algorithm, no model section; `fed-a2v convert`)")
 
+    def finish_num_clients(self, count: int) -> None:
+        """Upstream overwrote `federation.num_clients` with the number of `nodes` entries."""
+        path = "federation.num_clients"
+        if count:
+            self.default(path, count, f"the file's {count} `nodes` entries")
+        for value in self.num_clients:
+            if not count:
+                self.t.mapped.append(Change(path, value, "", None, "ignored: upstream counted "
+                                            "the `nodes` entries, and the file has none"))
+            elif value != count:
+                self.t.mapped.append(Change(path, value, path, count, f"the file's {count} "
+                                            "`nodes` entries decide, as upstream"))
+        if self.num_clients:  # the file has the key: its line above, not a default
+            self.t.defaults = [d for d in self.t.defaults if d[0] != path]
+
     def finish_dataset(self, nodes: dict[str, dict[str, Any]]) -> None:
         """dataset.name: the kind every node names, else mixed (upstream decided per node)."""
         ds = self.t.native["dataset"]
@@ -411,15 +482,19 @@ class _Translator:
         if len(kinds) > 1:
             for node in nodes.values():
                 node.setdefault("dataset", fallback)
+        read = ", ".join(sorted(kinds))
         name = kinds.pop() if len(kinds) == 1 else "mixed"
-        if ds.get("name") != name:
-            self.t.defaults.append(("dataset.name", name))
+        given = _get(self.raw, "dataset.name")
+        why = (f"its nodes read {read}" if name == "mixed" and fallback != "mixed"
+               else "FedA2V's spelling" if name == _kind(given)
+               else f"every node reads {name} (upstream's nodes name their corpus)")
+        if given is None:
+            self.t.defaults.append(("dataset.name", name, why))
+        elif given != name:
+            self.t.mapped.append(Change("dataset.name", given, "dataset.name", name, why))
         ds["name"] = name
-        if _get(self.raw, "dataset.name") is not None and not _kind(_get(self.raw,
-                                                                         "dataset.name")):
-            self.t.dropped.append(("dataset.name", "not a corpus; the nodes name theirs"))
 
-    def finish_vggsound(self, node: dict[str, Any], ds: dict[str, Any]) -> None:
+    def finish_vggsound(self, node_id: str, node: dict[str, Any], ds: dict[str, Any]) -> None:
         """Upstream split VGGSound nodes 0.7 / 0.1 / 0.2 unless told otherwise (others: 0.8 /
         0.1 / what is left, FedA2V's own rule for an unset test_ratio)."""
         if node.get("dataset", ds.get("name")) != "vggsound":
@@ -427,21 +502,35 @@ class _Translator:
         for key, value in (("train_ratio", 0.7), ("val_ratio", 0.1), ("test_ratio", 0.2)):
             if key not in node and _get(self.raw, f"dataset.{key}") is None:
                 node[key] = value
+                self.t.defaults.append((f"nodes.{node_id}.{key}", value, "upstream split "
+                                        "VGGSound nodes 0.7 / 0.1 / 0.2"))
 
     def finish_models(self) -> None:
         """Upstream's real encoders: the AST, and FLUX's or Stable Diffusion's text encoders."""
         fa = self.t.native["feda2v"]
+        kind = fa.get("diffusion_type")
         if "clip_model_name" not in fa:
-            if fa.get("diffusion_type") == "sd":
+            why = f"upstream's CLIP text encoder for diffusion_type {kind}"
+            if kind == "sd":
                 for key, value in (("clip_model_name", SD), ("clip_model_subfolder",
                                    "text_encoder"), ("clip_tokenizer_subfolder", "tokenizer")):
-                    self.default(f"feda2v.{key}", value)
+                    self.default(f"feda2v.{key}", value, why)
             else:
-                self.default("feda2v.clip_model_name", FLUX)
-                self.default("feda2v.clip_model_subfolder", "text_encoder")
+                self.default("feda2v.clip_model_name", FLUX, why)
+                self.default("feda2v.clip_model_subfolder", "text_encoder", why)
         if "t5_model_name" not in fa:
-            self.default("feda2v.t5_model_name", FLUX)
-            self.default("feda2v.t5_model_subfolder", "text_encoder_2")
+            why = "upstream's T5 text encoder, FLUX.1-schnell's"
+            self.default("feda2v.t5_model_name", FLUX, why)
+            self.default("feda2v.t5_model_subfolder", "text_encoder_2", why)
+
+
+def _own_default(section: str, key: str) -> str:
+    """FedA2V's default of `section.key` in words, as the configuration reference shows it."""
+    cls = typing.get_type_hints(Config)[section]
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if "shown_default" in f.metadata:
+        return f.metadata["shown_default"]
+    return json.dumps(getattr(cls(), key))
 
 
 def _numbers(*values: Any) -> bool:

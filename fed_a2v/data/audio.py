@@ -33,6 +33,15 @@ class AudioError(ValueError):
     """A file that cannot be used as audio; the message says why."""
 
 
+def skipped_clips_note(files: list[str], shown: int = 5) -> str | None:
+    """One line on the clips a run skipped ("path: why", as the nodes reported them), or None."""
+    if not files:
+        return None
+    more = f" and {len(files) - shown} more" if len(files) > shown else ""
+    return (f"{len(files)} clip(s) could not be read and were skipped: "
+            f"{'; '.join(files[:shown])}{more} (all in summary.json 'skipped_files')")
+
+
 def load_audio(path: str | Path, sampling_rate: int, clip_seconds: float) -> torch.Tensor:
     """A mono float32 waveform of exactly `clip_seconds` at `sampling_rate` (zero padded).
 

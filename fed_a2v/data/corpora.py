@@ -2,8 +2,9 @@
 
 ESC-50 in its official layout (`meta/esc50.csv`) or in upstream's (`class_labels.json`,
 `fold00.json`..`fold04.json`), VEGAS (class folders), VGGSound (`vggsound.csv` beside
-`train/audios`, `test/audios`) and CSV manifests. docs/upstream-config.md, "Corpus layouts",
-describes each one.
+`train/audios`, `test/audios`), CSV manifests and plain class folders (`<class>/*.wav`).
+docs/upstream-config.md, "Corpus layouts", describes each one. Clips of a manifest without a
+`fold` or `split`, and of class folders, are dealt into folds 1-5 per class, seeded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ SPLITS = ("train", "val", "test")
 VEGAS_CLASSES = ("baby_cry", "chainsaw", "dog", "drum", "fireworks", "helicopter", "printer",
                  "rail_transport", "snoring", "water_flowing")
 NUM_ESC50_FOLDS = 5
+# What a class-folders corpus reads (compared in lower case); libsndfile decodes them all.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Corpus:
     root: Path
     classes: list[str]  # index = class id
     clips: list[Clip]
+    dealt_folds: bool = False  # folds dealt by `_assign_folds`, not given by the corpus
 
     @property
     def has_captions(self) -> bool:
@@ -186,8 +190,8 @@ def read_vggsound(root: str | Path) -> Corpus:
 def read_manifest(path: str | Path, seed: int = 0) -> Corpus:
     """Read a CSV manifest: `path,label` and optional `caption`, `split`, `fold` columns.
 
-    Audio paths are relative to the manifest's folder unless absolute. Without `split` or
-    `fold`, clips are dealt into folds 1-5 per class, seeded, so the fold settings apply.
+    Audio paths are relative to the manifest's folder unless absolute. Clips without `split`
+    or `fold` are dealt into folds 1-5 per class, seeded, so the fold settings apply.
     """
     path = Path(path)
     if path.is_dir():
@@ -208,9 +212,41 @@ def read_manifest(path: str | Path, seed: int = 0) -> Corpus:
         clips.append(Clip(audio if audio.is_absolute() else path.parent / audio,
                           row["label"].strip(), fold, (row.get("caption") or "").strip() or None,
                           split))
-    if any(c.fold == 0 and c.split is None for c in clips):
+    dealt = any(c.fold == 0 and c.split is None for c in clips)
+    if dealt:
         clips = _assign_folds(clips, seed)
-    return Corpus(path.parent, sorted({c.label for c in clips}), clips)
+    return Corpus(path.parent, sorted({c.label for c in clips}), clips, dealt)
+
+
+def read_folders(root: str | Path, seed: int = 0) -> Corpus:
+    """Class folders: `<root>/<class>/*.wav|flac|ogg|mp3`, the class being the folder's name
+    (sorted). Only the files right inside a class folder are read; hidden ones are not. No
+    folds of its own: clips are dealt into folds 1-5 per class, seeded, as for a manifest
+    without `fold` or `split`."""
+    root = Path(root)
+    folders = _class_folders(root)
+    if not folders:
+        raise ConfigError(f"{root}: no class folders with audio: expected {EXPECTED['folders']}")
+    if root.is_dir():
+        loose = sum(p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES for p in root.iterdir())
+        if loose:
+            log.warning("%s: %d audio files lie outside any class folder and are left out",
+                        root, loose)
+    clips = [Clip(path, folder.name, 0) for folder, files in folders for path in files]
+    return Corpus(root, [folder.name for folder, _ in folders], _assign_folds(clips, seed), True)
+
+
+def _class_folders(root: Path) -> list[tuple[Path, list[Path]]]:
+    """Each visible folder of `root` holding audio files, with those files, sorted."""
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in AUDIO_SUFFIXES)
+        if files:
+            found.append((folder, files))
+    return found
 
 
 def _rows(path: Path, required: tuple[str, ...]):
@@ -266,9 +302,12 @@ def _note_missing(root: Path, missing: int, where: str) -> None:
 
 # Each corpus kind: its reader, and the file whose presence says the corpus is there.
 def read_corpus(kind: str, root: Path, seed: int) -> Corpus:
-    """The corpus of `kind` (a built-in one, "esc50", "csv", "vegas", "vggsound") at `root`."""
+    """The corpus of `kind` (a built-in one, "esc50", "csv", "vegas", "vggsound", "folders")
+    at `root`."""
     if kind == "csv":
         return read_manifest(root, seed)
+    if kind == "folders":
+        return read_folders(root, seed)
     if kind == "vegas":
         return read_vegas(root)
     if kind == "vggsound":
@@ -285,6 +324,8 @@ def corpus_present(kind: str, root: Path) -> bool:
                                      for d in root.iterdir())
     if kind == "vggsound":
         return (root / "vggsound.csv").exists()
+    if kind == "folders":
+        return bool(_class_folders(root))
     return (root / "meta" / "esc50.csv").exists() or (root / "class_labels.json").exists()
 
 
@@ -294,4 +335,6 @@ EXPECTED = {**dict.fromkeys(BUILTIN_DATASETS, "a folder with meta/esc50.csv (gen
                      "fold00.json..fold04.json and audio/fold0K/",
             "csv": "a CSV manifest, or a folder holding manifest.csv",
             "vegas": "a folder of class folders holding audios/video_XXXXX.wav",
-            "vggsound": "a folder holding vggsound.csv and train/audios, test/audios"}
+            "vggsound": "a folder holding vggsound.csv and train/audios, test/audios",
+            "folders": "a folder of class folders holding audio files (<class>/*.wav, .flac, "
+                       ".ogg or .mp3)"}

@@ -7,6 +7,7 @@ else `dataset.paths[kind]`, else `dataset.path` (for the experiment's own kind),
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from fed_a2v.config.schema import BUILTIN_CLASSES, DATASETS, Config, ConfigError, NodeConfig
@@ -14,6 +15,7 @@ from fed_a2v.data.builtin.generator import Generator, ensure_corpus
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS
 from fed_a2v.data.builtin.speech import SPEECH
 from fed_a2v.data.builtin.synthetic import SYNTHETIC
+from fed_a2v.data.clip_files import missing_files, missing_message
 from fed_a2v.data.corpora import (
     EXPECTED,
     Clip,
@@ -213,3 +215,32 @@ def _content_id(clip: Clip) -> str:
     except OSError:
         return f"path:{clip.path.resolve()}"
 
+
+
+def check_clip_files(config: Config, nodes: Mapping[str, NodeConfig], source: str) -> None:
+    """Raise ConfigError if the metadata of a corpus the experiment reads (its own, and each of
+    `nodes`' (where -> node)) names audio files that do not exist: the error names the metadata
+    file and the missing files (`clip_files.missing_files`). A built-in corpus not generated yet
+    is skipped (it is made whole); a user corpus that is not there is an error."""
+    seen: set[tuple[str, Path]] = set()
+
+    def check(kind: str, path: str | None, where: str) -> None:
+        root = located(config, kind, path, where)
+        if (kind, root) in seen:
+            return
+        seen.add((kind, root))
+        if not corpus_present(kind, root):
+            if kind in BUILTIN:
+                return
+            raise ConfigError(f"{where}: {root}: no {kind} corpus there (expected "
+                              f"{EXPECTED[kind]})")
+        missing = missing_files(kind, root, config.experiment.seed)
+        if missing:
+            raise ConfigError(missing_message(where, missing))
+
+    for kind in index_kinds(config):
+        check(kind, None, f"{source}: {_root_key(config, kind)}")
+    for where, node in nodes.items():
+        kind = node_kind(config, node, where)
+        check(kind, node.dataset_path, f"{where}: 'dataset_path'" if node.dataset_path
+              else f"{source}: {_root_key(config, kind)}")

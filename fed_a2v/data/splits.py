@@ -2,8 +2,9 @@
 
 First the node's clips: a shard of the corpus (partition "nodes" or "dirichlet"), or every clip
 of its classes cut only by its own node_split_id (partition "classes", upstream's way). Then
-train/val/test, by folds or by ratios; clips whose split the layout gives keep it.
-docs/upstream-config.md, "Corpus layouts", states the rules with worked counts.
+train/val/test, by folds or by ratios; clips whose split the layout gives keep it. Fold keys that
+leave folds of the corpus unused, or that cannot apply (every clip's split is given), are named
+in a warning. docs/upstream-config.md, "Corpus layouts", states the rules with worked counts.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig, suggest
+from fed_a2v.config.schema import Config, ConfigError, DatasetConfig, NodeConfig, suggest
 from fed_a2v.data.corpora import Clip, Corpus, vggsound_class
 
 log = logging.getLogger(__name__)
+
+FOLD_KEYS = ("use_folds", "train_folds", "val_folds", "test_folds")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ def divide(pool: list[Clip], corpus: Corpus, node: NodeConfig, node_index: int,
     seed = config.for_node(node, "node_split_seed") + (
         node.node_split_id if node.node_split_id is not None else node_index)
     free = [c for c in pool if c.split is None]
+    if pool and not free:
+        _note_unused_fold_keys(config, node, where)
     if use_folds is None:
         use_folds = not any(c.fold == 0 for c in free)
     if use_folds is False:
@@ -172,6 +177,18 @@ def divide(pool: list[Clip], corpus: Corpus, node: NodeConfig, node_index: int,
     order = {clip: i for i, clip in enumerate(pool)}
     return tuple(sorted(part + given[s], key=order.__getitem__)  # type: ignore[return-value]
                  for part, s in ((train, "train"), (val, "val"), (test, "test")))
+
+
+def _note_unused_fold_keys(config: Config, node: NodeConfig, where: str) -> None:
+    """Warn about fold keys set (the node's, or the experiment's away from their defaults) on
+    clips whose every split the layout gives: they cannot apply."""
+    default = DatasetConfig()
+    keys = [f"'{k}'" for k in FOLD_KEYS if getattr(node, k) is not None]
+    keys += [f"'dataset.{k}'" for k in FOLD_KEYS
+             if getattr(node, k) is None and getattr(config.dataset, k) != getattr(default, k)]
+    if keys:
+        log.warning("%s: %s do not apply: every clip's split (train/val/test) is given by the "
+                    "corpus (a manifest's split column, VGGSound's CSV)", where, ", ".join(keys))
 
 
 def _fold_cut(clips: list[Clip], corpus: Corpus, node: NodeConfig, use_folds: bool | list[int],
@@ -191,6 +208,11 @@ def _fold_cut(clips: list[Clip], corpus: Corpus, node: NodeConfig, use_folds: bo
                             ("val_folds", val_folds or []),
                             ("use_folds", use_folds if isinstance(use_folds, list) else [])):
             _check_folds(asked, folds, what, where)
+        unused = sorted(folds - set(train_folds) - set(test_folds) - set(val_folds or []))
+        if unused and not isinstance(use_folds, list):
+            log.warning("%s: the corpus's fold(s) %s are in none of 'train_folds', 'val_folds' "
+                        "and 'test_folds', so their clips are not used", where,
+                        ", ".join(map(str, unused)))
     if isinstance(use_folds, list):
         train_folds, test_folds = ([f for f in fs if f in use_folds]
                                    for fs in (train_folds, test_folds))

@@ -38,8 +38,16 @@ class NodeIdentity:
     settings: NodeConfig
     index: int  # which disjoint shard of the corpus is this node's
     num_nodes: int
-    name: str  # for messages: "node 2" or the node's JSON file
+    # The node's one name, in its log lines and in every record of the run: "node 2" (its
+    # shard), its node JSON's file stem, or "node <Flower node id>" (see `identify`)
+    name: str
     key: str = ""  # stable and distinct per node: seeds its training (see `node_seed`)
+    source: str = ""  # where its settings come from: its node JSON, or the experiment's entry
+
+    @property
+    def where(self) -> str:
+        """The node and the file its settings come from, for errors about them."""
+        return f"{self.name} ({self.source})" if self.source else self.name
 
 
 @dataclass
@@ -153,14 +161,14 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
                       ident.num_nodes, targets.key])
     if key in _DATA:
         return _DATA[key], False
-    corpus = node_corpus(config, ident.settings, ident.name)
+    corpus = node_corpus(config, ident.settings, ident.where)
     split = split_for_node(corpus, ident.settings, ident.index, ident.num_nodes, config,
-                           where=ident.name)
+                           where=ident.where)
     rows = {name: i for i, name in enumerate(targets.names)}
     for clip in split.train + split.val + split.test:
         needed = clip.caption if corpus.has_captions else clip.label
         if needed not in rows:
-            raise ValueError(f"{ident.name}: '{needed}' ({clip.path.name}) has no target on "
+            raise ValueError(f"{ident.where}: '{needed}' ({clip.path.name}) has no target on "
                              "the server")
     encoding = Encoding(config, ident)
     train_clips, train_arrays = encoding.encode(split.train)
@@ -171,7 +179,7 @@ def node_data(config: Config, ident: NodeIdentity, targets: Targets) -> tuple[No
         log.warning("%s: skipped %d unreadable clips:\n  %s", ident.name, len(encoding.skipped),
                     "\n  ".join(encoding.skipped))
     if not train_clips:
-        raise ValueError(f"{ident.name}: no usable training clip (classes {split.classes})")
+        raise ValueError(f"{ident.where}: no usable training clip (classes {split.classes})")
     hidden = int(train_arrays[0].shape[-1])
     data = NodeData(encoded_set(train_clips, train_arrays, corpus, rows, hidden),
                     encoded_set(test_clips, test_arrays, corpus, rows, hidden),

@@ -189,6 +189,8 @@ class RidgeBaselines:
         self.features = feature_count(hidden)
         self.total: RidgeStats | None = None
         self.local: dict[str, torch.Tensor] = {}  # node key -> its own map
+        # node key -> its name in the run's records (the strategy's `node_name`), for summary()
+        self.names: dict[str, str] = {}
         self.answered: set[int] = set()  # Flower ids asked and answered: asked no more
         self.stats_bytes: dict[str, int] = {}  # node key -> bytes of the stats it sent
         self.maps_bytes = 0  # all final-evaluation maps sent, all nodes
@@ -215,13 +217,15 @@ class RidgeBaselines:
             return
         record = reply.content[RIDGE_STATS]
         if node_key in self.local:
-            log.info("ridge statistics of %s arrived again: kept the first", node_key)
+            log.info("ridge statistics of %s arrived again: kept the first",
+                     self.names.get(node_key, node_key))
             return
         try:
             stats = RidgeStats.from_arrays({k: v.numpy() for k, v in record.items()},
                                            self.features, self.num_rows)
         except ValueError as err:
-            log.warning("ridge statistics of %s refused: %s", node_key, err)
+            log.warning("ridge statistics of %s refused: %s", self.names.get(node_key, node_key),
+                        err)
             return
         self.stats_bytes[node_key] = record.count_bytes()
         self._add(node_key, stats)
@@ -275,7 +279,7 @@ class RidgeBaselines:
         spaces = sorted(self.hits[CENTRAL])
         top1 = {name: {f"{s}_top1": h.get(s, 0) / self.clips for s in spaces}
                 for name, h in self.hits.items()}
-        local = {k: v for k, v in top1.items() if k != CENTRAL}
+        local = {self.names.get(k, k): v for k, v in top1.items() if k != CENTRAL}
         local_only: dict[str, Any] = {}
         for s in spaces:
             values = [v[f"{s}_top1"] for v in local.values()]
@@ -298,7 +302,8 @@ class RidgeBaselines:
                 "nodes_with_stats": len(self.local),
                 "ridge_centralized": top1[CENTRAL], "local_only_ridge": local_only,
                 "chance": chance, "fedA2V": fed_top1, "gap": gap,
-                "stats_bytes_per_node": self.stats_bytes,
+                "stats_bytes_per_node": {self.names.get(k, k): v
+                                         for k, v in self.stats_bytes.items()},
                 "maps_bytes_sent": self.maps_bytes}
 
     def progress(self) -> dict[str, Any]:

@@ -40,8 +40,10 @@ from fed_a2v.federation.protocol import (
     TRANSPORT,
     VAL_EXAMPLES,
 )
+from fed_a2v.federation.round_loop import run_rounds
 from fed_a2v.federation.rounds import RoundGrid, RoundTimeout, sample_nodes
 from fed_a2v.federation.transport import WireUpdate
+from fed_a2v.runs.node_records import FLOWER_NODE_ID
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +105,19 @@ class FedA2VStrategy(FedAvg):
         self.max_update_norm = max_update_norm
         self.global_state: dict[str, np.ndarray] = {}
         self.round_offset = 0  # rounds finished before a resume: Flower counts from 1 again
-        self.rejected: list[tuple[int, int, str]] = []  # (round, node, why)
+        self.rejected: list[tuple[int, int, str, str]] = []  # (round, Flower id, why, name)
         self.round_metrics: dict[int, dict[str, float]] = {}
         self.totals = dict.fromkeys(COUNT_KEYS, 0)
         self.nodes_seen: set[str] = set()  # node keys (stable over restarts) that took part
-        self.failed: list[tuple[int, str, int, str]] = []  # (round, stage, node, why)
+        # (round, stage, Flower node id, why, node name)
+        self.failed: list[tuple[int, str, int, str, str]] = []
         self.timeouts = RoundTimeout()
         self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
-        self.node_metrics: dict[int, dict[int, dict[str, float]]] = {}  # round -> node -> ...
+        # round -> node name -> its own metrics, and "flower_node_id" (see `_note_node`)
+        self.node_metrics: dict[int, dict[str, dict[str, float]]] = {}
+        # node key -> its name in this run's records, unique (`node_name`); kept over resumes
+        self.node_names: dict[str, str] = {}
+        self.flower_names: dict[int, str] = {}  # Flower node id -> node name, from its replies
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
@@ -181,13 +188,15 @@ class FedA2VStrategy(FedAvg):
         strategy wrapping this one (`fed_a2v.federation.privacy`) runs its rounds on it too."""
         self.timeouts = RoundTimeout(timeout)
         self.last_round = self.round_offset + num_rounds
-        return RoundGrid(grid, self.timeouts, on_train_reply=self.take_update)
+        return RoundGrid(grid, self.timeouts, on_train_reply=self.take_update,
+                         name_of=self.name_of)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float | None = None, **kwargs: Any) -> Result:
-        """FedAvg's rounds on `round_grid`."""
-        return super().start(self.round_grid(grid, num_rounds, timeout), initial_arrays,
-                             num_rounds, None, **kwargs)
+        """The rounds (`run_rounds`: Flower's sequence, numbered as the run's) on
+        `round_grid`."""
+        return run_rounds(self, self.round_grid(grid, num_rounds, timeout), initial_arrays,
+                          num_rounds, self.round_offset + 1, self.last_round, **kwargs)
 
     def _instructions(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                       grid: Grid, kind: str) -> list[Message]:
@@ -240,20 +249,21 @@ class FedA2VStrategy(FedAvg):
             if msg.has_error():
                 self.has_targets.discard(node)  # it may have lost them: send again
                 self.failed.append((server_round, msg.metadata.message_type, node,
-                                    msg.error.reason))
+                                    msg.error.reason, self.node_name(msg)))
             else:
                 self.has_targets.add(node)
+                name = self.node_name(msg)
                 if SKIPPED in msg.content:
                     self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
                 if IMAGES in msg.content:
                     images = msg.content[IMAGES]
-                    self.node_images.append({"round": server_round, "node": node_key(msg),
+                    self.node_images.append({"round": server_round, "node": name,
                                              "count": int(images["count"]),
                                              "dir": str(images["dir"])})
                 if self.standalone and STANDALONE in msg.content:
                     own = msg.content[STANDALONE]
-                    self.node_adapters[node_key(msg)] = {"path": str(own["path"]),
-                                                         "rounds": int(own["rounds"])}
+                    self.node_adapters[name] = {"path": str(own["path"]),
+                                                "rounds": int(own["rounds"])}
 
     def take_update(self, reply: Message) -> Message:
         """Screen one train reply and add its adapters to the round's running average, or
@@ -269,10 +279,10 @@ class FedA2VStrategy(FedAvg):
         problem = self._take(reply.content, id(reply))
         self.taken[id(reply)] = reply, problem
         if problem:
-            node = reply.metadata.src_node_id
-            log.warning("round %d: dropped the update of node %d: %s", self.train_round, node,
+            name = self.node_name(reply)
+            log.warning("round %d: dropped the update of %s: %s", self.train_round, name,
                         problem)
-            self.rejected.append((self.train_round, node, problem))
+            self.rejected.append((self.train_round, reply.metadata.src_node_id, problem, name))
         for key in list(reply.content.array_records):
             reply.content[key] = ArrayRecord()
         gc.collect(0)  # inflated records sit in young reference cycles: free this update now
@@ -360,8 +370,8 @@ class FedA2VStrategy(FedAvg):
         for msg in valid:
             metrics = list(msg.content.metric_records.values())
             if len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
-                log.warning("round %d: node %d's evaluate reply has no MetricRecord with '%s'",
-                            server_round, msg.metadata.src_node_id, self.weighted_by_key)
+                log.warning("round %d: %s's evaluate reply has no MetricRecord with '%s'",
+                            server_round, self.node_name(msg), self.weighted_by_key)
                 continue
             usable.append(msg)
             self._note_node(server_round, msg)
@@ -377,6 +387,7 @@ class FedA2VStrategy(FedAvg):
     def progress(self) -> dict[str, Any]:
         """What the summary adds up over the whole run, for a resumed run to go on from."""
         return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
+                "node_names": self.node_names,
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
                 "update_bytes": self.update_bytes,
@@ -388,9 +399,14 @@ class FedA2VStrategy(FedAvg):
         """Go on from `progress()` as saved by the stopped part of a resumed run."""
         self.totals.update(progress.get("totals", {}))
         self.nodes_seen.update(progress.get("nodes", []))
+        for key, name in progress.get("node_names", {}).items():
+            self._name_node(key, name)
         self.skipped_files.update(progress.get("skipped_files", []))
-        self.rejected.extend(tuple(x) for x in progress.get("rejected", []))
-        self.failed.extend(tuple(x) for x in progress.get("failed", []))
+        # Runs recorded before nodes had names kept no name: theirs is "node <Flower id>".
+        self.rejected.extend((*x[:3], x[3] if len(x) > 3 else f"node {x[1]}")
+                             for x in progress.get("rejected", []))
+        self.failed.extend((*x[:4], x[4] if len(x) > 4 else f"node {x[2]}")
+                           for x in progress.get("failed", []))
         self.adapter_bytes.update({int(r): int(b)
                                    for r, b in progress.get("adapter_bytes", {}).items()})
         self.update_bytes.update({int(r): int(b)
@@ -411,12 +427,53 @@ class FedA2VStrategy(FedAvg):
         return [self.update_bytes.get(r, 0) for r in range(1, rounds + 1)]
 
     def _note_node(self, server_round: int, msg: Message) -> None:
-        """Keep one node's own train or eval metrics for the round (per-node curves)."""
+        """Keep one node's own train or eval metrics for the round (per-node curves), under its
+        name, with the Flower node id it has now (`flower_node_id`)."""
         metrics = next(iter(msg.content.metric_records.values()))
         own = {k: float(v) for k, v in metrics.items()
                if k.startswith(("train_", "eval_", "val_")) and isinstance(v, (int, float))}
         nodes = self.node_metrics.setdefault(server_round, {})
-        nodes.setdefault(msg.metadata.src_node_id, {}).update(own)
+        nodes.setdefault(self.node_name(msg), {}).update(
+            {FLOWER_NODE_ID: msg.metadata.src_node_id, **own})
+
+    def node_name(self, reply: Message) -> str:
+        """The name of the node that sent `reply` in this run's records: the name it sent
+        (`identify` in fed_a2v.federation.node), unique in the run and the same after a resume
+        or a restart of the node (it goes with the node's key). A reply without one (an error)
+        takes its Flower node's name from an earlier reply, else "node <Flower node id>"."""
+        flower_id = reply.metadata.src_node_id
+        if not (reply.has_content() and NODE in reply.content):
+            return self.name_of(flower_id)
+        record = reply.content[NODE]
+        key = node_key(reply)
+        name = self.node_names.get(key) or self._name_node(
+            key, str(record.get("name", f"node {flower_id}")))
+        self.flower_names[flower_id] = name
+        return name
+
+    def name_of(self, flower_id: int) -> str:
+        """A Flower node's name in this run: from its replies so far, else "node <its id>"."""
+        return self.flower_names.get(flower_id, f"node {flower_id}")
+
+    def _name_node(self, key: str, wanted: str) -> str:
+        """Give the node with `key` the name `wanted`, or, if another node of the run has it,
+        the first free one of "<wanted> (2)", "<wanted> (3)", ... (with a warning)."""
+        if key in self.node_names:
+            return self.node_names[key]
+        taken = set(self.node_names.values())
+        name, n = wanted, 1
+        while name in taken:
+            n += 1
+            name = f"{wanted} ({n})"
+        if name != wanted:
+            holder = next(k for k, v in self.node_names.items() if v == wanted)
+            log.warning("two nodes call themselves %r (keys %r and %r): the second is %r in "
+                        "this run's records; give each node its own node_split_id or node JSON "
+                        "file name", wanted, holder, key, name)
+        self.node_names[key] = name
+        if self.baselines:
+            self.baselines.names[key] = name
+        return name
 
     def _record(self, server_round: int, metrics: MetricRecord) -> None:
         """Clip counts add up over the run; everything else is this round's value."""
@@ -427,7 +484,8 @@ class FedA2VStrategy(FedAvg):
 
 
 def node_key(reply: Message) -> str:
-    """The node's own key (the same after a restart, unlike its Flower node id)."""
+    """The node's own key (the same after a restart, unlike its Flower node id); its name in
+    the run's records is `FedA2VStrategy.node_name`."""
     if reply.has_content() and NODE in reply.content:  # error replies have none
         return str(reply.content[NODE]["key"])
     return f"flower node {reply.metadata.src_node_id}"

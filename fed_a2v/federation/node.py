@@ -58,18 +58,26 @@ log = logging.getLogger(__name__)
 def identify(context: Context, config: Config) -> NodeIdentity:
     """Simulation: the `nodes` entry of the partition id. Deployment: the node's own JSON file
     (without split keys the node uses its whole corpus), or, with no node config at all, the
-    experiment's corpus, whole."""
+    experiment's corpus, whole.
+
+    The node's name (its log lines, the run's records) is "node <i>" for shard i (the
+    partition id, or the node JSON's `node_split_id`), the node JSON's file stem without split
+    keys ("node-2" for node-2.json), else "node <Flower node id>" (which a restart changes).
+    Its key, which seeds its training, is as it always was."""
     node_config = context.node_config
     if "node-config" in node_config:
         path = str(node_config["node-config"])
         settings = load_node_config(path)
         index, num_nodes = settings.own_shard(path)
-        key = (f"shard {index}/{num_nodes}" if settings.node_split_id is not None
-               else f"node-config {path}")
-        return NodeIdentity(settings, index, num_nodes, path, key)
+        if settings.node_split_id is not None:
+            name, key = f"node {index}", f"shard {index}/{num_nodes}"
+        else:
+            name, key = Path(path).stem, f"node-config {path}"
+        return NodeIdentity(settings, index, num_nodes, name, key, path)
     if "partition-id" in node_config:
         pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        return NodeIdentity(config.node(pid), pid, num, f"node {pid}", f"shard {pid}/{num}")
+        return NodeIdentity(config.node(pid), pid, num, f"node {pid}", f"shard {pid}/{num}",
+                            f"the experiment's 'nodes.{pid}'" if str(pid) in config.nodes else "")
     return NodeIdentity(NodeConfig(), 0, 1, f"node {context.node_id}",
                         f"flower node {context.node_id}")
 
@@ -112,7 +120,7 @@ class NodeRound:
         self.server_round = int(cfg_record["server-round"])
         self.record = cfg_record
         self.ident = identify(context, self.config)
-        check_node_diffusion(self.config, self.ident.settings, self.ident.name)
+        check_node_diffusion(self.config, self.ident.settings, self.ident.where)
         self.device = resolve_device(node_device(self.config, self.ident))
         self.targets = receive_targets(msg, str(cfg_record["targets-key"]),
                                        node_cache_root(self.config, self.ident), self.ident.name)
@@ -138,11 +146,11 @@ class NodeRound:
                                                 for k, v in self.received.items()})
 
     def reports(self, msg: Message) -> dict[str, ConfigRecord]:
-        """What a reply tells besides metrics: the node's key, the clips this node could not
-        use (once, when its data was loaded), and its clips' salted digests if the server asks
-        for them."""
+        """What a reply tells besides metrics: the node's key and name, the clips this node
+        could not use (once, when its data was loaded), and its clips' salted digests if the
+        server asks for them."""
         records = {SKIPPED: ConfigRecord({"files": json.dumps(self.skipped)}),
-                   NODE: ConfigRecord({"key": self.ident.key})}
+                   NODE: ConfigRecord({"key": self.ident.key, "name": self.ident.name})}
         if self.standalone:
             records[STANDALONE] = ConfigRecord({"path": str(self.own_path),
                                                 "rounds": self.own_rounds})

@@ -51,6 +51,7 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fed_a2v.config.schema import Config
 from fed_a2v.config.validate import sampled_nodes
+from fed_a2v.federation.round_loop import run_rounds
 
 if TYPE_CHECKING:
     from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
@@ -142,13 +143,14 @@ class PrivateRounds:
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float | None = None, **kwargs: Any) -> Result:
-        """Flower's rounds on the wrapped strategy's `round_grid`; a resumed run goes on from
-        the privacy spent before."""
+        """The rounds (`run_rounds`) on the wrapped strategy's `round_grid`; a resumed run goes
+        on from the privacy spent before."""
         if self.strategy.privacy:
             self.ledger.load_state_dict(self.strategy.privacy["accountant"])
             self.clipping_norm = float(self.strategy.privacy["clipping_norm"])
-        return super().start(self.strategy.round_grid(grid, num_rounds, timeout),
-                             initial_arrays, num_rounds, None, **kwargs)
+        rounds_grid = self.strategy.round_grid(grid, num_rounds, timeout)
+        return run_rounds(self, rounds_grid, initial_arrays, num_rounds,
+                          self.strategy.round_offset + 1, self.strategy.last_round, **kwargs)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -164,7 +166,7 @@ class PrivateRounds:
             for reply in answered:
                 if not any(KEY_NORM_BIT in m for m in reply.content.metric_records.values()):
                     raise AggregationError(
-                        f"node {reply.metadata.src_node_id} sent no '{KEY_NORM_BIT}': it did "
+                        f"{self.strategy.node_name(reply)} sent no '{KEY_NORM_BIT}': it did "
                         "not clip its update (its ClientApp lacks "
                         "fed_a2v.federation.privacy.clipping_mod)")
         inner = self.strategy

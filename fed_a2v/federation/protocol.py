@@ -13,7 +13,9 @@ RIDGE_MAPS = "ridge-maps"  # ArrayRecord {"central", "local.<i>"}: final evaluat
 
 # Replies (node -> server)
 SKIPPED = "skipped"  # ConfigRecord: the unusable audio files, as "path: why"
-NODE = "node"  # ConfigRecord {"key"}: the node's stable key, to count nodes over restarts
+# ConfigRecord {"key", "name"}: the node's stable key (to count nodes over restarts) and its
+# name in the run's records (fed_a2v.federation.node `identify`)
+NODE = "node"
 DIGESTS = "clip-digests"  # ConfigRecord {"key", "name", "train", "test"} (fed_a2v.data.overlap)
 VAL_EXAMPLES = "val-examples"  # evaluate metrics: the val clips behind the `val_*` metrics
 STANDALONE = "standalone-adapters"  # ConfigRecord {"path", "rounds"}: a standalone node's own

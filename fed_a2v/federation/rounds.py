@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from flwr.app import Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid  # the grid of Flower's simulation engine
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,31 @@ def connected_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
     return nodes
 
 
+def check_simulated_federation(grid: Grid, num_clients: int, min_clients: int) -> None:
+    """In Flower's simulation engine the SuperNodes are all there from the start, so a
+    federation smaller than the experiment's quorum would wait a whole round timeout for nodes
+    that never come: raise at once, naming the setting. Deployments are not checked (their
+    nodes may connect later); the rounds wait for them."""
+    if not isinstance(grid, InMemoryGrid):
+        return
+    # The engine registers its SuperNodes right after starting the ServerApp, in one loop.
+    deadline = time.monotonic() + 60.0
+    while not list(grid.get_node_ids()) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    time.sleep(POLL_SECONDS)
+    count = len(list(grid.get_node_ids()))
+    if count < min_clients:
+        raise RuntimeError(
+            f"this simulated federation has {count} SuperNodes and the experiment needs "
+            f"{num_clients} (federation.num_clients {num_clients}, min_clients {min_clients}): "
+            f"run `flwr run . --federation-config \"num-supernodes={num_clients}\"`, or "
+            f"`fed-a2v simulate`, which sizes the federation from the experiment")
+    if count != num_clients:
+        log.warning("this simulated federation has %d SuperNodes and the experiment %d "
+                    "(federation.num_clients); simulated node i takes the experiment's "
+                    "'nodes.i' entry", count, num_clients)
+
+
 def sample_nodes(grid: Grid, fraction: float, minimum: int, wait_for: int,
                  seconds: float) -> list[int]:
     """`fraction` of the connected nodes, at least `minimum` of them where connected; waits
@@ -83,10 +109,12 @@ class RoundGrid(Grid):
     a running sum and keeps only the metrics), so a stage never holds every node's update."""
 
     def __init__(self, grid: Grid, timeout: RoundTimeout,
-                 on_train_reply: Callable[[Message], Message] | None = None) -> None:
+                 on_train_reply: Callable[[Message], Message] | None = None,
+                 name_of: Callable[[int], str] = lambda node_id: f"node {node_id}") -> None:
         self.grid = grid
         self.timeout = timeout
         self.on_train_reply = on_train_reply
+        self.name_of = name_of  # a Flower node id's name in the run's logs
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
@@ -138,8 +166,8 @@ class RoundGrid(Grid):
                         answered_at = time.monotonic()
                         reply = consume(reply) if consume else reply
                     elif reply.metadata.src_node_id != node:  # made by the SuperLink
-                        log.warning("node %d: no %s reply: %s; going on without it", node,
-                                    kind, reply.error.reason)
+                        log.warning("%s: no %s reply: %s; going on without it",
+                                    self.name_of(node), kind, reply.error.reason)
                         reply = _error_reply(instruction, reply.error.code, reply.error.reason)
                     replies.append(reply)
             if not pending or time.monotonic() - started >= limit:
@@ -148,8 +176,8 @@ class RoundGrid(Grid):
             time.sleep(poll)
         for instruction in pending.values():
             reason = f"no reply within the round timeout ({limit:.0f} s)"
-            log.warning("node %d: %s to its %s instruction; going on without it",
-                        instruction.metadata.dst_node_id, reason, kind)
+            log.warning("%s: %s to its %s instruction; going on without it",
+                        self.name_of(instruction.metadata.dst_node_id), reason, kind)
             replies.append(_error_reply(instruction, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason))
         if answered_at is not None:
             self.timeout.observe(kind, answered_at - started)

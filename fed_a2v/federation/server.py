@@ -13,14 +13,16 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
-from fed_a2v.config.load import load_config
+from fed_a2v.config.load import describe, load_config
 from fed_a2v.config.schema import Config
+from fed_a2v.data.audio import skipped_clips_note
 from fed_a2v.data.node_corpora import corpus_index
 from fed_a2v.encode.encoders import describe_audio_encoder
 from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.federation.baselines import RidgeBaselines
 from fed_a2v.federation.flower_strategies import build_strategy
 from fed_a2v.federation.privacy import privacy_record, with_privacy
+from fed_a2v.federation.rounds import check_simulated_federation
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, adapters_state
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 from fed_a2v.runs.checkpoints import AdapterCheckpoints
@@ -31,6 +33,7 @@ from fed_a2v.runs.wandb_log import require_wandb
 log = logging.getLogger(__name__)
 
 RIDGE_FILE = "ridge-stats.safetensors"  # the baselines' statistics, for a resumed run
+DEFAULT_CONFIG = "configs/quickstart.json"  # the app's `config` (pyproject's run config)
 
 
 def resolve_path(value: str, app_dir: Path) -> Path:
@@ -45,7 +48,7 @@ def config_for_run(run_config: dict[str, Any], app_dir: Path) -> Config:
     """The experiment JSON named by the run config, with its overrides and absolute paths.
     `set` holds `--set` items separated by spaces (shell quoting), e.g.
     `flwr run --run-config "set='federation.global_rounds=3 dataset.path=/x'"`."""
-    config = load_config(resolve_path(str(run_config.get("config", "configs/quickstart.json")),
+    config = load_config(resolve_path(str(run_config.get("config", DEFAULT_CONFIG)),
                                       app_dir), shlex.split(str(run_config.get("set") or "")))
     if int(run_config.get("rounds", 0) or 0) > 0:
         config.federation.global_rounds = int(run_config["rounds"])
@@ -79,7 +82,10 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     if resume:
         run_config["config"] = str(run_to_resume(run_dir_value) / CONFIG_FILE)
     config = config_for_run(run_config, app_dir)
+    log.info("experiment %s: %s", resolve_path(str(run_config.get("config", DEFAULT_CONFIG)),
+                                               app_dir), describe(config))
     require_wandb(config)  # a missing package fails now, not after the targets are computed
+    check_simulated_federation(grid, config.federation.num_clients, config.federation.min_clients)
     run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
     fed = config.federation
     corpus = corpus_index(config)
@@ -162,10 +168,10 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "cached_clips": strategy.totals["cached-clips"],
         "skipped_clips": strategy.totals["skipped-clips"],
         "skipped_files": sorted(strategy.skipped_files),
-        "rejected_updates": [{"round": r, "node": n, "why": why}
-                             for r, n, why in strategy.rejected],
-        "failed_replies": [{"round": r, "stage": stage, "node": n, "why": why}
-                           for r, stage, n, why in strategy.failed],
+        "rejected_updates": [{"round": r, "node": name, "flower_node_id": n, "why": why}
+                             for r, n, why, name in strategy.rejected],
+        "failed_replies": [{"round": r, "stage": stage, "node": name, "flower_node_id": n,
+                            "why": why} for r, stage, n, why, name in strategy.failed],
         "targets_source": targets.source,
         "started_from_checkpoint": started_from,
         "targets_bytes": strategy.targets_bytes,
@@ -201,7 +207,10 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     summary = recorder.finish(package, payload,
                               fed.global_rounds, len(strategy.nodes_seen), extra)
     log.info("finished %d rounds in %.1fs: %s", fed.global_rounds, time.time() - started,
-             json.dumps(summary))
+             run_dir / "summary.json")
+    skipped = skipped_clips_note(extra["skipped_files"])
+    if skipped:
+        log.warning(skipped)
     log.info("report: %s", write_report(run_dir))
     return summary
 

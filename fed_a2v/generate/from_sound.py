@@ -28,7 +28,8 @@ from fed_a2v.config.schema import (
     FedA2VConfig,
     NodeConfig,
 )
-from fed_a2v.data.corpora import Clip, read_esc50, read_manifest
+from fed_a2v.data.clip_files import labels_near
+from fed_a2v.data.corpora import Clip, read_manifest
 from fed_a2v.encode.encoders import describe_audio_encoder
 from fed_a2v.encode.node_data import Encoding, NodeIdentity
 from fed_a2v.files import atomic_write
@@ -37,6 +38,8 @@ from fed_a2v.model.pretrained import FedA2VAdapters
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
+# With --compare-text, over each pair in the gallery: the clip's image, its class prompt's.
+GALLERY_NAMES = ("from the audio", "from the text")
 
 
 @dataclass(frozen=True)
@@ -45,36 +48,32 @@ class AudioInput:
     label: str | None = None  # the class the input names for it (a manifest, an ESC-50 csv)
 
 
-def _esc50_root(folder: Path) -> Path | None:
-    """The ESC-50 root a folder belongs to: itself (`meta/esc50.csv`) or, for its `audio/`
-    folder, its parent."""
-    for root in (folder, folder.parent):
-        if (root / "meta" / "esc50.csv").is_file():
-            return root
-    return None
-
-
 def read_inputs(paths: list[str | Path]) -> list[AudioInput]:
     """Audio files, folders (searched recursively, sorted) and CSV manifests (`path,label`), in
-    the order given, each file once. Labels come from manifests and ESC-50 `meta/esc50.csv`."""
+    the order given, each file once. Labels come from a manifest given, else from the metadata
+    in or up to two folders above a file's folder or the folder given (`clip_files.labels_near`:
+    CSV manifests, ESC-50's `meta/esc50.csv`, upstream's `class_labels.json` + `fold0K.json`)."""
     found: dict[Path, AudioInput] = {}
+    near: dict[Path, dict[Path, str]] = {}
+
+    def labels(folder: Path) -> dict[Path, str]:
+        if folder not in near:
+            near[folder] = labels_near(folder)
+        return near[folder]
+
     for given in paths:
         path = Path(given).expanduser()
         if path.suffix.lower() == ".csv" and path.is_file():
             items = [AudioInput(c.path, c.label) for c in read_manifest(path).clips]
         elif path.is_dir():
-            root = _esc50_root(path)
-            labels = ({c.path.resolve(): c.label for c in read_esc50(root).clips}
-                      if root else {})
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-            items = [AudioInput(p, labels.get(p.resolve())) for p in files]
-            if not items:
+            if not files:
                 raise ConfigError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            # The metadata nearest a file wins: in or above its own folder, else the one given.
+            items = [AudioInput(p, labels(p.parent).get(p.resolve())
+                                or labels(path).get(p.resolve())) for p in files]
         elif path.is_file():
-            root = _esc50_root(path.parent)
-            labels = ({c.path.resolve(): c.label for c in read_esc50(root).clips}
-                      if root else {})
-            items = [AudioInput(path, labels.get(path.resolve()))]
+            items = [AudioInput(path, labels(path.parent).get(path.resolve()))]
         else:
             raise ConfigError(f"{path}: no such audio file, folder or CSV manifest")
         for item in items:
@@ -262,13 +261,14 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
     items = [GalleryItem(out / r["image"],
                          [Path(r["file"]).name, f"nearest: {r['nearest_class']} "
                           f"({r['nearest_cosine']:.2f})"]
-                         + ([f"label: {r['label']}"] if r["label"] else []),
+                         + ([f"label: {r['label']}"] if r["label"] else [])
+                         + ([f"text: {r['target_class']}"] if settings.compare_text else []),
                          out / r["text_image"] if settings.compare_text else None)
              for r in records]
     metrics = ({k: {m: v for m, v in s.items() if m != "predicted"}
                 for k, s in scores.items() if isinstance(s, dict)} if scores else None)
     write_gallery(out, items, f"{Path(str(adapters_source)).name}: {len(records)} clips, "
-                  f"{pipeline_name}, {settings.steps} steps", metrics)
+                  f"{pipeline_name}, {settings.steps} steps", metrics, names=GALLERY_NAMES)
     report = {
         "adapters": str(adapters_source), "pipeline": pipeline_name,
         "settings": {**asdict(settings), "pipeline": pipeline_name},
@@ -288,9 +288,13 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
 def embed(adapters_source: str, audio: list[str | Path], out_file: str | Path,
           device: str = "cpu", cache_dir: str | None = None) -> Path:
     """The adapters' conditioning for each clip into one safetensors file (`prompt_embeds`,
-    and `pooled_prompt_embeds` for FLUX; row i is clip i, named in the metadata `clips`)."""
+    and `pooled_prompt_embeds` for FLUX; row i is clip i, named in the metadata `clips`, with
+    its label in `labels`: null where the inputs give none)."""
     adapters = FedA2VAdapters.from_pretrained(adapters_source, device=device)
-    clips, tokens, skipped = encode_clips(adapters, audio_inputs(audio), cache_dir, device)
+    inputs = read_inputs(audio)
+    labels = {item.path: item.label for item in inputs}
+    clips, tokens, skipped = encode_clips(adapters, [item.path for item in inputs], cache_dir,
+                                          device)
     if not clips:
         raise ConfigError(f"none of the audio files could be read: {skipped[:3]}")
     cond = adapters.conditioning(torch.stack(tokens))
@@ -298,6 +302,7 @@ def embed(adapters_source: str, audio: list[str | Path], out_file: str | Path,
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"clips": json.dumps([str(c) for c in clips]),
+                "labels": json.dumps([labels[c] for c in clips]),
                 "nearest_classes": json.dumps([adapters.class_names[i] for i, _ in nearest]),
                 "diffusion_type": adapters.diffusion_type, "adapters": str(adapters_source)}
     atomic_write(out, lambda tmp: save_file(

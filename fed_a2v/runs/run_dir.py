@@ -19,6 +19,7 @@ from fed_a2v.extras import absent
 from fed_a2v.files import atomic_write_text
 from fed_a2v.model.adapters import adapter_names, save_adapters
 from fed_a2v.model.pretrained import package_card
+from fed_a2v.runs.node_records import FLOWER_NODE_ID, node_order, node_tag
 from fed_a2v.runs.wandb_log import start_wandb
 
 if TYPE_CHECKING:
@@ -75,6 +76,29 @@ def run_to_resume(value: str) -> Path:
     return path
 
 
+def checkpoint_path(run_dir: Path, server_round: int) -> Path:
+    """The global adapters after `server_round`."""
+    return run_dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
+
+
+def finished_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics of the rounds a run finished: 1, 2, ... as long as each has a complete
+    line in `metrics.jsonl` and its checkpoint (what a resume goes on from)."""
+    path = run_dir / "metrics.jsonl"
+    records: list[dict[str, Any]] = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record.get("round") != len(records) + 1:
+            break
+        if not checkpoint_path(run_dir, record["round"]).exists():
+            break
+        records.append(record)
+    return records
+
+
 class RunRecorder:
     """Writes everything a run leaves behind, round by round. A new run writes its config; a
     resumed one (`resume=True`) keeps the config its directory holds."""
@@ -107,12 +131,13 @@ class RunRecorder:
 
     def end_round(self, server_round: int, metrics: dict[str, float],
                   state: dict[str, torch.Tensor],
-                  nodes: dict[int, dict[str, float]] | None = None,
+                  nodes: dict[str, dict[str, float]] | None = None,
                   progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record one finished round: a checkpoint, a metrics line, each node's own metrics
-        (`nodes.jsonl`) and scalars, global and per node, to TensorBoard and (if enabled) W&B.
-        `progress` (what the summary adds up over the run) is kept in the checkpoint with the
-        wall time so far."""
+        (`nodes`: node name -> metrics and `flower_node_id`; a line each in `nodes.jsonl`) and
+        scalars, global and per node ("node 0/train_clip_loss"), to TensorBoard and (if
+        enabled) W&B. `progress` (what the summary adds up over the run) is kept in the
+        checkpoint with the wall time so far."""
         record = {"round": server_round, **{k: metrics.get(k) for k in round_keys(self.config)}}
         progress = {**(progress or {}), "wall_seconds": self.seconds()}
         # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
@@ -123,9 +148,10 @@ class RunRecorder:
         scalars = {key.replace("_", "/", 1): value for key, value in record.items()
                    if key != "round" and value is not None}
         with open(self.dir / "nodes.jsonl", "a") as f:
-            for node, values in sorted((nodes or {}).items()):
+            for node, values in sorted((nodes or {}).items(), key=lambda n: node_order(n[0])):
                 f.write(json.dumps({"round": server_round, "node": node, **values}) + "\n")
-                scalars.update({f"node_{node}/{key}": value for key, value in values.items()})
+                scalars.update({node_tag(node, key): value for key, value in values.items()
+                                if key != FLOWER_NODE_ID})
         if self.tb:
             for tag, value in scalars.items():
                 self.tb.add_scalar(tag, value, server_round)
@@ -138,7 +164,7 @@ class RunRecorder:
         return record
 
     def checkpoint(self, server_round: int) -> Path:
-        return self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
+        return checkpoint_path(self.dir, server_round)
 
     def resume_point(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
         """The last finished round, its global adapters and the progress saved with them (see
@@ -147,19 +173,10 @@ class RunRecorder:
         A round is finished when its metrics line is complete; anything after it (a torn
         line, a later checkpoint written just before a crash) is dropped.
         """
-        path = self.dir / "metrics.jsonl"
-        records = []
-        for line in (path.read_text().splitlines() if path.exists() else []):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if record.get("round") != len(records) + 1:
-                break
-            if not self.checkpoint(record["round"]).exists():
-                break
-            records.append(record)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        records = finished_rounds(self.dir)
+        atomic_write_text(self.dir / "metrics.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in records))
+        self._keep_node_lines(len(records))
         if not records:
             return None
         self.last = records[-1]
@@ -168,6 +185,23 @@ class RunRecorder:
             progress = json.loads((f.metadata() or {}).get("progress", "{}"))
         self.seconds_before = float(progress.get("wall_seconds", 0.0))
         return last, load_file(str(self.checkpoint(last))), progress
+
+    def _keep_node_lines(self, last: int) -> None:
+        """Drop the `nodes.jsonl` lines of rounds after `last` (a round the stopped part did not
+        finish, which the resumed part records again) and any torn line."""
+        path = self.dir / "nodes.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("round"), int) \
+                    and record["round"] <= last:
+                kept.append(line + "\n")
+        atomic_write_text(path, "".join(kept))
 
     def finish(self, package: FedA2VAdapters | None, adapter_bytes_per_round: int, rounds: int,
                num_nodes: int, extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""The audio files a corpus's metadata names: those missing from disk (checked before a run),
+and the labels the metadata in or above a folder of clips gives them (`fed-a2v generate
+--audio DIR`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from fed_a2v.config.schema import BUILTIN_DATASETS, ConfigError
+from fed_a2v.data.corpora import Corpus, read_esc50, read_manifest
+
+log = logging.getLogger(__name__)
+
+SHOWN = 10  # missing files named in an error; the rest are counted
+LABEL_COLUMNS = ("path", "label")
+
+
+def _fold_lists(root: Path) -> dict[Path, list[Path]]:
+    """Upstream's ESC-50 layout: each `fold0K.json` names files in `audio/fold0K/`."""
+    listed = {}
+    for fold_file in sorted(root.glob("fold0[0-9].json")):
+        try:
+            names = json.loads(fold_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{fold_file}: cannot read: {err}") from err
+        if not isinstance(names, dict):
+            raise ConfigError(f"{fold_file}: must be a JSON object")
+        listed[fold_file] = [root / "audio" / fold_file.stem / name for name in names]
+    return listed
+
+
+def listed_files(kind: str, root: Path, seed: int = 0) -> dict[Path, list[Path]]:
+    """The audio files the metadata of the corpus of `kind` at `root` names, by the file naming
+    them: a manifest's rows, ESC-50's `meta/esc50.csv` rows, upstream's `fold0K.json` lists (the
+    built-in corpora are in ESC-50's layout). Other kinds: none (class folders list what is
+    there; VEGAS's and VGGSound's lists name the whole public corpus, of which a download
+    usually lacks some, and their readers leave those clips out with a warning)."""
+    if kind == "csv":
+        manifest = root / "manifest.csv" if root.is_dir() else root
+        return {manifest: [c.path for c in read_manifest(manifest, seed).clips]}
+    if kind not in ("esc50", *BUILTIN_DATASETS):
+        return {}
+    meta = root / "meta" / "esc50.csv"
+    if meta.is_file():
+        return {meta: [c.path for c in read_esc50(root).clips]}
+    if (root / "class_labels.json").is_file():
+        return _fold_lists(root)
+    return {}
+
+
+def missing_files(kind: str, root: Path, seed: int = 0) -> dict[Path, list[Path]]:
+    """The audio files the corpus's metadata names that do not exist, by the file naming them
+    (only files with some missing)."""
+    missing = {}
+    for listing, paths in listed_files(kind, root, seed).items():
+        absent = [p for p in paths if not p.is_file()]
+        if absent:
+            missing[listing] = absent
+    return missing
+
+
+def missing_message(where: str, missing: dict[Path, list[Path]]) -> str:
+    """An error naming each metadata file, its missing audio files (the first `SHOWN`) and how
+    many there are."""
+    parts = []
+    for listing, paths in missing.items():
+        shown = "".join(f"\n  {p}" for p in paths[:SHOWN])
+        more = f"\n  ... and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
+        parts.append(f"{listing} names {len(paths)} audio file{'s' * (len(paths) > 1)} that "
+                     f"do{'es' * (len(paths) == 1)} not exist:{shown}{more}")
+    return (f"{where}: " + "\n".join(parts) + "\nfix the paths, add the files or remove their "
+            "rows")
+
+
+def _has_label_columns(path: Path) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(c in (h.strip() for h in header) for c in LABEL_COLUMNS)
+
+
+def _labelled_corpora(folder: Path) -> list[Corpus]:
+    """The labelled metadata in `folder`: ESC-50's (`meta/esc50.csv`, or upstream's
+    `class_labels.json` with `fold0K.json`), then each CSV manifest (`path,label` columns)."""
+    found = []
+    if (folder / "meta" / "esc50.csv").is_file() or (folder / "class_labels.json").is_file():
+        found.append(read_esc50(folder))
+    found += [read_manifest(csv_file) for csv_file in sorted(folder.glob("*.csv"))
+              if _has_label_columns(csv_file)]
+    return found
+
+
+def labels_near(folder: Path, levels: int = 2) -> dict[Path, str]:
+    """Labels (resolved path -> label) that metadata in `folder` or up to `levels` folders above
+    it gives: ESC-50's `meta/esc50.csv` or upstream's `class_labels.json` + `fold0K.json`, and
+    CSV manifests (any `*.csv` with `path` and `label` columns). The nearest folder wins."""
+    labels: dict[Path, str] = {}
+    folder = folder.resolve()
+    for where in [folder, *folder.parents][:levels + 1]:
+        for corpus in _labelled_corpora(where):
+            for clip in corpus.clips:
+                labels.setdefault(clip.path.resolve(), clip.label)
+    return labels
