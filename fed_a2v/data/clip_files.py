@@ -5,12 +5,11 @@ and the labels the metadata in or above a folder of clips gives them (`fed-a2v g
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
-from fed_a2v.config.schema import BUILTIN_DATASETS, ConfigError
-from fed_a2v.data.corpora import Corpus, read_esc50, read_manifest
+from fed_a2v.config.schema import BUILTIN_DATASETS
+from fed_a2v.data.corpora import Corpus, json_object, read_esc50, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +21,7 @@ def _fold_lists(root: Path) -> dict[Path, list[Path]]:
     """Upstream's ESC-50 layout: each `fold0K.json` names files in `audio/fold0K/`."""
     listed = {}
     for fold_file in sorted(root.glob("fold0[0-9].json")):
-        try:
-            names = json.loads(fold_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{fold_file}: cannot read: {err}") from err
-        if not isinstance(names, dict):
-            raise ConfigError(f"{fold_file}: must be a JSON object")
+        names = json_object(fold_file)
         listed[fold_file] = [root / "audio" / fold_file.stem / name for name in names]
     return listed
 

@@ -81,7 +81,7 @@ def _read_esc50_csv(root: Path) -> Corpus:
 
 def _read_esc50_folds(root: Path) -> Corpus:
     labels_file = root / "class_labels.json"
-    labels = _json_object(labels_file)
+    labels = json_object(labels_file)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
         raise ConfigError(f"{labels_file}: must map each class name to an integer label")
     classes = sorted(labels, key=lambda name: labels[name])
@@ -92,7 +92,7 @@ def _read_esc50_folds(root: Path) -> Corpus:
     clips, missing = [], 0
     for fold_file in fold_files:
         fold = int(fold_file.stem[-1]) + 1  # upstream counts folds from 0, ESC-50 from 1
-        for filename, names in _json_object(fold_file).items():
+        for filename, names in json_object(fold_file).items():
             if not isinstance(names, list) or not names or names[0] not in labels:
                 raise ConfigError(f"{fold_file}: '{filename}' must map to a list whose first "
                                   f"element is a class of class_labels.json, got {names!r}")
@@ -274,7 +274,8 @@ def _assign_folds(clips: list[Clip], seed: int) -> list[Clip]:
     return [Clip(c.path, c.label, f, c.caption, c.split) for c, f in zip(clips, folds, strict=True)]
 
 
-def _json_object(path: Path) -> dict[str, Any]:
+def json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; a clear error naming it otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -289,7 +290,7 @@ def _captions(root: Path) -> dict[str, str]:
     path = root / "captions.json"
     if not path.exists():
         return {}
-    captions = _json_object(path)
+    captions = json_object(path)
     if not all(isinstance(v, str) for v in captions.values()):
         raise ConfigError(f"{path}: every caption must be a string")
     return captions
