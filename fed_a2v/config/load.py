@@ -9,7 +9,8 @@ from pathlib import Path
 from fed_a2v.config.overrides import apply_overrides
 from fed_a2v.config.parse import build, read_json
 from fed_a2v.config.schema import Config, ConfigError, NodeConfig
-from fed_a2v.config.upstream import Translation, is_upstream, node_file_entry, translate
+from fed_a2v.config.translation import Translation
+from fed_a2v.config.upstream import is_upstream, node_file_entry, translate
 from fed_a2v.config.validate import config_from_dict
 
 log = logging.getLogger("fed_a2v.config")
