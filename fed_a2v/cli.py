@@ -320,8 +320,9 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_new(args: argparse.Namespace) -> int:
     """Write a first experiment file from a corpus on disk; print what and the next commands."""
-    made = write_first_experiment(args.corpus, args.out, args.nodes, args.split, args.rounds,
-                                  args.name, args.force)
+    template = json.loads(default_config().read_text())  # configs/quickstart.json
+    made = write_first_experiment(args.corpus, args.out, template, args.nodes, args.split,
+                                  args.rounds, args.name, args.force)
     print("\n".join(made.report()))
     return 0
 

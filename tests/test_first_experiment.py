@@ -33,6 +33,8 @@ from fed_a2v.data.splits import split_for_node
 CLASSES = ["dog", "rain", "siren"]
 RATES = (16000, 44100)
 
+QUICKSTART = json.loads((Path(__file__).parents[1] / "configs" / "quickstart.json").read_text())
+
 
 def write_clip(path: Path, label: int, index: int, seconds: float = 0.3) -> Path:
     """A short clip of its own (a class's tone over seeded noise), at 16 or 44.1 kHz in turn."""
@@ -116,7 +118,8 @@ def test_manifest_folder_without_folds(tmp_path: Path, capsys) -> None:
     assert data["dataset"]["clip_seconds"] == 0.3
     assert data["nodes"] == {str(i): {"selected_classes": CLASSES} for i in range(3)}
     assert data["federation"]["global_rounds"] == 2 and data["federation"]["local_epochs"] == 2
-    assert data["feda2v"]["audio_model_name"] == "builtin:tiny-ast"
+    # The quickstart's models and settings, as configs/quickstart.json has them.
+    assert data["feda2v"] == QUICKSTART["feda2v"] and data["training"] == QUICKSTART["training"]
 
     # The normal loader, as `simulate` reads it (an unknown key would be an error); every
     # node trains on its own clips of every class and holds some out.
@@ -330,7 +333,7 @@ def test_corpora_that_cannot_start_an_experiment(tmp_path: Path, capsys, make, a
 def test_nodes_too_small_to_train_are_refused(tmp_path: Path) -> None:
     corpus = manifest_folder(tmp_path / "m", 2)  # 6 clips cannot train 8 nodes
     with pytest.raises(ConfigError, match="no training clip") as err:
-        write_first_experiment(corpus, tmp_path / "x.json", num_nodes=8)
+        write_first_experiment(corpus, tmp_path / "x.json", QUICKSTART, num_nodes=8)
     assert "nothing written" in str(err.value) and not (tmp_path / "x.json").exists()
 
 

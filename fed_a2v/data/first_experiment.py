@@ -42,22 +42,6 @@ RATIOS = {"train_ratio": 0.8, "val_ratio": 0.0, "test_ratio": 0.2}
 FOLDER_KINDS = ("esc50", "vggsound", "vegas")
 LAYOUT_NAMES = {"csv": "CSV manifest", "esc50": "ESC-50 folder", "vggsound": "VGGSound folder",
                 "vegas": "VEGAS folder", "folders": "class folders"}
-# The models and adapter settings of configs/quickstart.json: built in, nothing downloaded.
-QUICKSTART_MODELS: dict[str, Any] = {
-    "audio_model_name": "builtin:tiny-ast",
-    "clip_model_name": "builtin:tiny-clip",
-    "t5_model_name": "builtin:tiny-t5",
-    "t5_max_length": 17,
-    "clip_adapter_learning_rate": 0.003,
-    "clip_adapter_weight_decay": 0.0001,
-    "clip_adapter_learning_rate_schedule": True,
-    "t5_adapter_learning_rate": 0.005,
-    "t5_adapter_weight_decay": 0.0001,
-    "t5_adapter_learning_rate_schedule": True,
-    "use_stratified_batching": False,
-    "use_per_class_loss": False,
-    "adapter_dropout": 0.05,
-}
 REAL_MODELS_NOTE = (
     "models: the built-in tiny ones (builtin:tiny-ast, -clip, -t5) run offline and show that "
     "the pipeline works, not what real encoders learn. For real ones set "
@@ -197,11 +181,13 @@ def clip_seconds(corpus: Corpus) -> tuple[float, list[str]]:
     return chosen, lines
 
 
-def first_experiment(corpus_path: str | Path, out: str | Path, num_nodes: int = DEFAULT_NODES,
-                     split: str = "iid", rounds: int = DEFAULT_ROUNDS,
-                     name: str | None = None) -> FirstExperiment:
+def first_experiment(corpus_path: str | Path, out: str | Path, template: dict[str, Any],
+                     num_nodes: int = DEFAULT_NODES, split: str = "iid",
+                     rounds: int = DEFAULT_ROUNDS, name: str | None = None) -> FirstExperiment:
     """The experiment for the corpus at `corpus_path` (not written), checked as `fed-a2v
-    validate` checks it: the config loads and every node has training clips, none shared."""
+    validate` checks it: the config loads and every node has training clips, none shared.
+    `template` (`fed-a2v new` passes configs/quickstart.json) gives the models and the
+    experiment, training and adapter settings; the corpus, nodes and rounds are this one's."""
     if rounds < 1:
         raise ConfigError(f"--rounds must be at least 1, got {rounds}")
     found = find_corpus(corpus_path)
@@ -223,15 +209,14 @@ def first_experiment(corpus_path: str | Path, out: str | Path, num_nodes: int = 
     if not corpus.has_captions:
         dataset["prompt_template"] = "{label}"
     data = {
-        "experiment": {"name": experiment_name(name or folder.name), "seed": SEED,
-                       "output_dir": "runs", "device": "cpu"},
-        "federation": {"global_rounds": rounds, "num_clients": num_nodes,
-                       "local_epochs": LOCAL_EPOCHS, "join_ratio": 1.0,
+        "experiment": {**template["experiment"], "name": experiment_name(name or folder.name),
+                       "seed": SEED},
+        "federation": {**template["federation"], "global_rounds": rounds,
+                       "num_clients": num_nodes, "local_epochs": LOCAL_EPOCHS,
                        "min_clients": num_nodes},
-        "training": {"batch_size": 16, "optimizer": "AdamW", "learning_rate": 0.003,
-                     "weight_decay": 0.0001},
+        "training": dict(template["training"]),
         "dataset": dataset,
-        "feda2v": dict(QUICKSTART_MODELS),
+        "feda2v": dict(template["feda2v"]),
         "nodes": nodes,
     }
     source = str(out)
@@ -262,8 +247,9 @@ def _nodes_line(split: str, num_nodes: int) -> str:
             "partition \"classes\": a node holds every clip of its classes")
 
 
-def write_first_experiment(corpus_path: str | Path, out: str | Path | None = None,
-                           num_nodes: int = DEFAULT_NODES, split: str = "iid",
+def write_first_experiment(corpus_path: str | Path, out: str | Path | None,
+                           template: dict[str, Any], num_nodes: int = DEFAULT_NODES,
+                           split: str = "iid",
                            rounds: int = DEFAULT_ROUNDS, name: str | None = None,
                            force: bool = False) -> FirstExperiment:
     """Write `first_experiment` to `out` (default: `<experiment name>.json` here); an existing
@@ -275,7 +261,7 @@ def write_first_experiment(corpus_path: str | Path, out: str | Path | None = Non
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} exists: choose another --out, or --force to overwrite it")
-    made = first_experiment(corpus_path, out, num_nodes, split, rounds, name)
+    made = first_experiment(corpus_path, out, template, num_nodes, split, rounds, name)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, dumps(made.data) + "\n")
     return made
