@@ -349,6 +349,8 @@ def test_names_and_json_layout() -> None:
 @pytest.mark.slow
 def test_from_a_folder_of_audio_to_a_finished_run_in_two_commands(tmp_path: Path) -> None:
     corpus = manifest_folder(tmp_path / "my_clips", 10)
+    broken = corpus / "audio" / "rain_3.wav"
+    broken.write_bytes(b"not audio")  # listed and present, but undecodable: skipped, and said
     cli = [sys.executable, "-m", "fed_a2v.cli"]
     made = subprocess.run([*cli, "new", str(corpus), "--out", "x.json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
@@ -364,5 +366,8 @@ def test_from_a_folder_of_audio_to_a_finished_run_in_two_commands(tmp_path: Path
     assert [m["round"] for m in metrics] == [1, 2]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["num_nodes"] == 3
-    assert summary["skipped_clips"] == 0
+    assert summary["skipped_clips"] == 1
+    # The end of the run says so on the console, not only in a node's log.
+    assert "warning: 1 clip(s) could not be read and were skipped: " in done.stderr
+    assert str(broken) in done.stderr.split("could not be read")[-1]
     assert (run_dir / "final" / "model.safetensors").exists()

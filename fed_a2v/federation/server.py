@@ -166,7 +166,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     extra = {
         "encoded_clips": strategy.totals["encoded-clips"],
         "cached_clips": strategy.totals["cached-clips"],
-        "skipped_clips": strategy.totals["skipped-clips"],
+        # Distinct clips: a node that loads its data again (another process) reports them again.
+        "skipped_clips": len(strategy.skipped_files),
         "skipped_files": sorted(strategy.skipped_files),
         "rejected_updates": [{"round": r, "node": name, "flower_node_id": n, "why": why}
                              for r, n, why, name in strategy.rejected],
