@@ -163,7 +163,7 @@ def test_a_node_without_usable_clips_is_named_and_the_others_go_on(tmp_path: Pat
     experiment["nodes"]["1"]["dataset_path"] = str(broken_corpus(tmp_path / "broken"))
     done = simulate(experiment, tmp_path / "one-broken.json")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "node 1: no usable training clip" in done.stderr
+    assert "node 1 (the experiment's 'nodes.1'): no usable training clip" in done.stderr
     run_dir = Path(done.stdout.strip().splitlines()[-1])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_nodes"] == 1 and summary["rounds"] == 2

@@ -156,7 +156,7 @@ class NodeRound:
                                                 "rounds": self.own_rounds})
         if DIGESTS_REQUEST in msg.content:
             records[DIGESTS] = digests_record(
-                str(msg.content[DIGESTS_REQUEST]["salt"]), self.ident.key, self.ident.name,
+                str(msg.content[DIGESTS_REQUEST]["salt"]), self.ident.key, self.ident.where,
                 self.data.digests["train"], self.data.digests["test"] + self.data.digests["val"])
         return records
 
