@@ -35,15 +35,11 @@ def native_dict(config: Config, t: Translation) -> dict[str, Any]:
     return out
 
 
-def _shown(value: Any) -> str:
-    return json.dumps(value)
-
-
 def change_line(c: Change) -> str:
     """`- key = value -> what FedA2V uses: why`."""
-    used = ("nothing" if not c.to else _shown(c.result) if c.to == c.key
-            else f"`{c.to}` = {_shown(c.result)}")
-    return f"- `{c.key}` = {_shown(c.value)} -> {used}" + (f": {c.why}" if c.why else "")
+    used = ("nothing" if not c.to else json.dumps(c.result) if c.to == c.key
+            else f"`{c.to}` = {json.dumps(c.result)}")
+    return f"- `{c.key}` = {json.dumps(c.value)} -> {used}" + (f": {c.why}" if c.why else "")
 
 
 def notes(t: Translation, out_name: str) -> str:
@@ -62,11 +58,11 @@ def notes(t: Translation, out_name: str) -> str:
     section("Changed (the file's key = its value -> what FedA2V uses: why)",
             [change_line(c) for c in t.mapped])
     section("Not supported (ignored; the run names them in its warning)",
-            [f"- `{k}` = {_shown(v)}: {REASONS[why][1]}" for k, v, why in t.unsupported])
+            [f"- `{k}` = {json.dumps(v)}: {REASONS[why][1]}" for k, v, why in t.unsupported])
     section("Dropped (they ask for nothing in FedA2V)",
-            [f"- `{k}` = {_shown(v)}: {why}" for k, v, why in t.dropped])
+            [f"- `{k}` = {json.dumps(v)}: {why}" for k, v, why in t.dropped])
     section("Not set by the file, set for it (key -> value: why)",
-            [f"- `{k}` -> {_shown(v)}: {why}" for k, v, why in t.defaults])
+            [f"- `{k}` -> {json.dumps(v)}: {why}" for k, v, why in t.defaults])
     if not (t.warnings or t.mapped or t.unsupported or t.dropped or t.defaults):
         lines.extend(["Every key is FedA2V's own; nothing was changed.", ""])
     if t.metadata:

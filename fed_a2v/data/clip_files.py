@@ -4,17 +4,22 @@ and the labels the metadata in or above a folder of clips gives them (`fed-a2v g
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 from fed_a2v.config.schema import BUILTIN_DATASETS
-from fed_a2v.data.corpora import Corpus, json_object, read_esc50, read_manifest
+from fed_a2v.data.corpora import (
+    Corpus,
+    is_manifest,
+    json_object,
+    manifest_path,
+    read_esc50,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
 SHOWN = 10  # missing files named in an error; the rest are counted
-LABEL_COLUMNS = ("path", "label")
 
 
 def _fold_lists(root: Path) -> dict[Path, list[Path]]:
@@ -33,7 +38,7 @@ def listed_files(kind: str, root: Path, seed: int = 0) -> dict[Path, list[Path]]
     there; VEGAS's and VGGSound's lists name the whole public corpus, of which a download
     usually lacks some, and their readers leave those clips out with a warning)."""
     if kind == "csv":
-        manifest = root / "manifest.csv" if root.is_dir() else root
+        manifest = manifest_path(root)
         return {manifest: [c.path for c in read_manifest(manifest, seed).clips]}
     if kind not in ("esc50", *BUILTIN_DATASETS):
         return {}
@@ -69,15 +74,6 @@ def missing_message(where: str, missing: dict[Path, list[Path]]) -> str:
             "rows")
 
 
-def _has_label_columns(path: Path) -> bool:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError):
-        return False
-    return all(c in (h.strip() for h in header) for c in LABEL_COLUMNS)
-
-
 def _labelled_corpora(folder: Path) -> list[Corpus]:
     """The labelled metadata in `folder`: ESC-50's (`meta/esc50.csv`, or upstream's
     `class_labels.json` with `fold0K.json`), then each CSV manifest (`path,label` columns)."""
@@ -85,7 +81,7 @@ def _labelled_corpora(folder: Path) -> list[Corpus]:
     if (folder / "meta" / "esc50.csv").is_file() or (folder / "class_labels.json").is_file():
         found.append(read_esc50(folder))
     found += [read_manifest(csv_file) for csv_file in sorted(folder.glob("*.csv"))
-              if _has_label_columns(csv_file)]
+              if is_manifest(csv_file)]
     return found
 
 

@@ -187,19 +187,37 @@ def read_vggsound(root: str | Path) -> Corpus:
     return Corpus(root, sorted(classes), clips)
 
 
+MANIFEST_COLUMNS = ("path", "label")  # the columns every manifest has
+
+
+def manifest_path(root: Path) -> Path:
+    """The manifest a `csv` corpus path means: the file, or a folder's `manifest.csv`."""
+    return root / "manifest.csv" if root.is_dir() else root
+
+
+def is_manifest(path: Path) -> bool:
+    """Whether `path` is a CSV file whose header names the `MANIFEST_COLUMNS`."""
+    if path.suffix.lower() != ".csv":
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    return set(MANIFEST_COLUMNS) <= {name.strip() for name in header}
+
+
 def read_manifest(path: str | Path, seed: int = 0) -> Corpus:
     """Read a CSV manifest: `path,label` and optional `caption`, `split`, `fold` columns.
 
     Audio paths are relative to the manifest's folder unless absolute. Clips without `split`
     or `fold` are dealt into folds 1-5 per class, seeded, so the fold settings apply.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.csv"
+    path = manifest_path(Path(path))
     if not path.exists():
         raise ConfigError(f"{path}: manifest not found")
     clips = []
-    for line, row in _rows(path, ("path", "label")):
+    for line, row in _rows(path, MANIFEST_COLUMNS):
         split = (row.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLITS:
             raise ConfigError(f"{path}: line {line}: split '{split}' must be one of "
@@ -319,7 +337,7 @@ def read_corpus(kind: str, root: Path, seed: int) -> Corpus:
 def corpus_present(kind: str, root: Path) -> bool:
     """Whether a corpus of `kind` is at `root` (its metadata, not checked further)."""
     if kind == "csv":
-        return (root / "manifest.csv" if root.is_dir() else root).exists()
+        return manifest_path(root).exists()
     if kind == "vegas":
         return root.is_dir() and any((d / "audios").is_dir() or (d / "video_info.csv").is_file()
                                      for d in root.iterdir())

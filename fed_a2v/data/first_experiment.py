@@ -12,7 +12,6 @@ folds or split column where it has them, else from ratios.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -24,7 +23,7 @@ import soundfile
 
 from fed_a2v.config.schema import ConfigError
 from fed_a2v.config.validate import config_from_dict
-from fed_a2v.data.corpora import EXPECTED, Corpus, corpus_present, read_corpus
+from fed_a2v.data.corpora import EXPECTED, Corpus, corpus_present, is_manifest, read_corpus
 from fed_a2v.data.node_corpora import check_node_shares
 from fed_a2v.data.splits import split_for_node
 from fed_a2v.files import atomic_write_text
@@ -80,14 +79,14 @@ def find_corpus(path: str | Path) -> FoundCorpus:
     if not path.exists():
         raise ConfigError(f"{path}: no such file or folder")
     if path.is_file():
-        if not _is_manifest(path):
+        if not is_manifest(path):
             raise ConfigError(f"{path}: not a CSV manifest (a header with the columns path and "
                               "label, then one row per clip)")
         return FoundCorpus("csv", path)
     for kind in FOLDER_KINDS:
         if corpus_present(kind, path):
             return FoundCorpus(kind, path)
-    manifests = sorted(p for p in path.glob("*.csv") if _is_manifest(p))
+    manifests = sorted(p for p in path.glob("*.csv") if is_manifest(p))
     if len(manifests) > 1:
         raise ConfigError(f"{path}: holds {len(manifests)} CSV manifests "
                           f"({', '.join(p.name for p in manifests)}): pass the one to use")
@@ -98,18 +97,6 @@ def find_corpus(path: str | Path) -> FoundCorpus:
     raise ConfigError(f"{path}: no corpus found. Expected one of: {EXPECTED['csv']} (columns "
                       f"path,label[,caption,split,fold]); {EXPECTED['esc50']}; "
                       f"{EXPECTED['folders']}")
-
-
-def _is_manifest(path: Path) -> bool:
-    """Whether `path` is a CSV file whose header names `path` and `label`."""
-    if path.suffix.lower() != ".csv":
-        return False
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError):
-        return False
-    return {"path", "label"} <= {name.strip() for name in header}
 
 
 def experiment_name(text: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,6 @@ class RidgeBaselines:
         self.features = feature_count(hidden)
         self.total: RidgeStats | None = None
         self.local: dict[str, torch.Tensor] = {}  # node key -> its own map
-        # node key -> its name in the run's records (the strategy's `node_name`), for summary()
-        self.names: dict[str, str] = {}
         self.answered: set[int] = set()  # Flower ids asked and answered: asked no more
         self.stats_bytes: dict[str, int] = {}  # node key -> bytes of the stats it sent
         self.maps_bytes = 0  # all final-evaluation maps sent, all nodes
@@ -210,22 +209,20 @@ class RidgeBaselines:
             return {RIDGE_MAPS: maps}
         return {}
 
-    def take(self, reply: Message, node_key: str) -> None:
+    def take(self, reply: Message, node_key: str, name: str) -> None:
         """Take the statistics a train reply holds, if any (refused ones are logged)."""
         self.answered.add(reply.metadata.src_node_id)
         if RIDGE_STATS not in reply.content:
             return
         record = reply.content[RIDGE_STATS]
         if node_key in self.local:
-            log.info("ridge statistics of %s arrived again: kept the first",
-                     self.names.get(node_key, node_key))
+            log.info("ridge statistics of %s arrived again: kept the first", name)
             return
         try:
             stats = RidgeStats.from_arrays({k: v.numpy() for k, v in record.items()},
                                            self.features, self.num_rows)
         except ValueError as err:
-            log.warning("ridge statistics of %s refused: %s", self.names.get(node_key, node_key),
-                        err)
+            log.warning("ridge statistics of %s refused: %s", name, err)
             return
         self.stats_bytes[node_key] = record.count_bytes()
         self._add(node_key, stats)
@@ -270,16 +267,18 @@ class RidgeBaselines:
         self.clips += clips
         self.eval_nodes += 1
 
-    def summary(self, fed: dict[str, float | None]) -> dict[str, Any] | None:
+    def summary(self, fed: dict[str, float | None],
+                names: Mapping[str, str]) -> dict[str, Any] | None:
         """`summary.json`'s `baselines`: top-1 over all held-out clips of the centralized and
         each node's ridge map, chance, FedA2V's final top-1 (`fed`: space -> value) and its
-        gap to each. None before any node reported hits."""
+        gap to each, the nodes under their `names` (node key -> name). None before any node
+        reported hits."""
         if not self.clips or CENTRAL not in self.hits:
             return None
         spaces = sorted(self.hits[CENTRAL])
         top1 = {name: {f"{s}_top1": h.get(s, 0) / self.clips for s in spaces}
                 for name, h in self.hits.items()}
-        local = {self.names.get(k, k): v for k, v in top1.items() if k != CENTRAL}
+        local = {names.get(k, k): v for k, v in top1.items() if k != CENTRAL}
         local_only: dict[str, Any] = {}
         for s in spaces:
             values = [v[f"{s}_top1"] for v in local.values()]
@@ -302,7 +301,7 @@ class RidgeBaselines:
                 "nodes_with_stats": len(self.local),
                 "ridge_centralized": top1[CENTRAL], "local_only_ridge": local_only,
                 "chance": chance, "fedA2V": fed_top1, "gap": gap,
-                "stats_bytes_per_node": {self.names.get(k, k): v
+                "stats_bytes_per_node": {names.get(k, k): v
                                          for k, v in self.stats_bytes.items()},
                 "maps_bytes_sent": self.maps_bytes}
 

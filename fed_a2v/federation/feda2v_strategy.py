@@ -272,7 +272,7 @@ class FedA2VStrategy(FedAvg):
         if reply.has_error() or id(reply) in self.taken:
             return reply
         if self.baselines:  # before the arrays are dropped below
-            self.baselines.take(reply, node_key(reply))
+            self.baselines.take(reply, node_key(reply), self.node_name(reply))
         received = sum(a.count_bytes() for k, a in reply.content.array_records.items()
                        if k != RIDGE_STATS)
         self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
@@ -471,8 +471,6 @@ class FedA2VStrategy(FedAvg):
                         "this run's records; give each node its own node_split_id or node JSON "
                         "file name", wanted, holder, key, name)
         self.node_names[key] = name
-        if self.baselines:
-            self.baselines.names[key] = name
         return name
 
     def _record(self, server_round: int, metrics: MetricRecord) -> None:

@@ -45,16 +45,17 @@ def resolve_path(value: str, app_dir: Path) -> Path:
 
 
 def config_for_run(run_config: dict[str, Any], app_dir: Path) -> Config:
-    """The experiment JSON named by the run config, with its overrides and absolute paths.
-    `set` holds `--set` items separated by spaces (shell quoting), e.g.
-    `flwr run --run-config "set='federation.global_rounds=3 dataset.path=/x'"`."""
-    config = load_config(resolve_path(str(run_config.get("config", DEFAULT_CONFIG)),
-                                      app_dir), shlex.split(str(run_config.get("set") or "")))
+    """The experiment JSON named by the run config, with its overrides and absolute paths,
+    logged in one line with its path. `set` holds `--set` items separated by spaces (shell
+    quoting), e.g. `flwr run --run-config "set='federation.global_rounds=3 dataset.path=/x'"`."""
+    path = resolve_path(str(run_config.get("config", DEFAULT_CONFIG)), app_dir)
+    config = load_config(path, shlex.split(str(run_config.get("set") or "")))
     if int(run_config.get("rounds", 0) or 0) > 0:
         config.federation.global_rounds = int(run_config["rounds"])
     if run_config.get("output-dir"):
         config.experiment.output_dir = str(run_config["output-dir"])
     config.make_paths_absolute()
+    log.info("experiment %s: %s", path, describe(config))
     return config
 
 
@@ -82,8 +83,6 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     if resume:
         run_config["config"] = str(run_to_resume(run_dir_value) / CONFIG_FILE)
     config = config_for_run(run_config, app_dir)
-    log.info("experiment %s: %s", resolve_path(str(run_config.get("config", DEFAULT_CONFIG)),
-                                               app_dir), describe(config))
     require_wandb(config)  # a missing package fails now, not after the targets are computed
     check_simulated_federation(grid, config.federation.num_clients, config.federation.min_clients)
     run_dir = Path(run_dir_value).resolve() if run_dir_value else new_run_dir(config)
@@ -193,8 +192,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         # Held-out top-1 of linear ridge maps and chance beside FedA2V's
         # (fed_a2v.federation.baselines); null with federation.baselines false.
         "baselines": strategy.baselines.summary(
-            {s: recorder.last.get(f"eval_{s}_top1") for s in targets.tensors}
-        ) if strategy.baselines else None,
+            {s: recorder.last.get(f"eval_{s}_top1") for s in targets.tensors},
+            strategy.node_names) if strategy.baselines else None,
         # Unix times in this server process: its start, the first instruction's, each
         # round's end (a resumed run: the rounds it ran).
         "timings": {"server_start": entered, "rounds_start": started, "round_ends": round_ends},

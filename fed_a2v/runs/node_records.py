@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,24 @@ def node_name_of(record: dict[str, Any]) -> str:
     return node if isinstance(node, str) else f"node {node}"
 
 
-def read_nodes(path: Path) -> list[dict[str, Any]]:
-    """The lines of `nodes.jsonl`, one per node and round (a line written again, for a round
-    recorded twice, replaces the earlier one), ordered by round, then node. A torn line (a
-    crash while writing) is left out; a missing file reads as no lines."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
+def node_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each whole line of `nodes.jsonl` with its record; a torn line (a crash while writing)
+    or one without a round is left out, and a missing file has none."""
     for line in (path.read_text().splitlines() if path.exists() else []):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
-            continue
+        if isinstance(record, dict) and isinstance(record.get("round"), int):
+            yield line, record
+
+
+def read_nodes(path: Path) -> list[dict[str, Any]]:
+    """The records of `nodes.jsonl` (`node_lines`), one per node and round (a line written
+    again, for a round recorded twice, replaces the earlier one), ordered by round, then
+    node."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for _, record in node_lines(path):
         record["node"] = node_name_of(record)
         latest[record["node"], record["round"]] = record  # the later line wins
     return sorted(latest.values(), key=lambda r: (r["round"], node_order(r["node"])))

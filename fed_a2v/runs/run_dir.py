@@ -19,7 +19,7 @@ from fed_a2v.extras import absent
 from fed_a2v.files import atomic_write_text
 from fed_a2v.model.adapters import adapter_names, save_adapters
 from fed_a2v.model.pretrained import package_card
-from fed_a2v.runs.node_records import FLOWER_NODE_ID, node_order, node_tag
+from fed_a2v.runs.node_records import FLOWER_NODE_ID, node_lines, node_order, node_tag
 from fed_a2v.runs.wandb_log import start_wandb
 
 if TYPE_CHECKING:
@@ -190,18 +190,9 @@ class RunRecorder:
         """Drop the `nodes.jsonl` lines of rounds after `last` (a round the stopped part did not
         finish, which the resumed part records again) and any torn line."""
         path = self.dir / "nodes.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("round"), int) \
-                    and record["round"] <= last:
-                kept.append(line + "\n")
-        atomic_write_text(path, "".join(kept))
+        if path.exists():
+            atomic_write_text(path, "".join(line + "\n" for line, record in node_lines(path)
+                                            if record["round"] <= last))
 
     def finish(self, package: FedA2VAdapters | None, adapter_bytes_per_round: int, rounds: int,
                num_nodes: int, extra: dict[str, Any]) -> dict[str, Any]:
