@@ -21,7 +21,7 @@ from fed_a2v.config.schema import Config, ConfigError, NodeConfig
 from fed_a2v.config.validate import check_node_diffusion
 from fed_a2v.data.audio import skipped_clips_note
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS, SOUNDFONT_MODULE
-from fed_a2v.data.builtin.speech import ESPEAK_MODULE, ESPEAK_WHEELS, SPEECH
+from fed_a2v.data.builtin.speech import ESPEAK_MODULE, ESPEAK_WHEELS, ITALIAN_SPEECH, SPEECH
 from fed_a2v.data.first_experiment import (
     DEFAULT_NODES,
     DEFAULT_ROUNDS,
@@ -68,6 +68,7 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 # The built-in corpora that need the `corpora` extra to be made: kind -> (module, note).
 CORPUS_MODULES = {SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
+                  ITALIAN_SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
                   INSTRUMENTS_CORPUS.name: (SOUNDFONT_MODULE, "")}
 
 
@@ -91,7 +92,7 @@ def _load(args_config: str, rounds: int | None = None, num_nodes: int | None = N
 
 def require_node_extras(config: Config, nodes: Iterable[NodeConfig]) -> None:
     """The extras that `nodes`, run on this machine, need beyond the core: `corpora` to make a
-    built-in speech or instruments corpus not yet on disk, `generate` to render images."""
+    built-in spoken or instruments corpus not yet on disk, `generate` to render images."""
     for node in nodes:
         try:
             kind = node_kind(config, node)

@@ -7,7 +7,12 @@ import torch
 
 from fed_a2v.config.load import load_config
 from fed_a2v.config.schema import ConfigError, FedA2VConfig
-from fed_a2v.model.adapters import adapters_state, build_adapters, load_adapters_state
+from fed_a2v.model.adapters import (
+    adapters_for_targets,
+    adapters_state,
+    build_adapters,
+    load_adapters_state,
+)
 from fed_a2v.model.layers import ChannelGroupNorm
 
 D_AUDIO, D_CLIP, D_T5, TOKENS = 32, 24, 16, 10
@@ -189,3 +194,65 @@ def test_adapter_design_is_validated(tmp_path):
     message = str(info.value)
     assert "feda2v.adapter_design" in message and '"fed_a2v"' in message
     assert "did you mean 'upstream'" in message
+
+
+def _table(rows: int = 6) -> dict[str, torch.Tensor]:
+    """A target table whose rows share most values: one column and one position differ."""
+    g = torch.Generator().manual_seed(0)
+    clip = torch.randn(D_CLIP, generator=g).repeat(rows, 1)
+    clip[:, 3] += torch.randn(rows, generator=g)
+    t5 = torch.randn(5, D_T5, generator=g).repeat(rows, 1, 1)
+    t5[:, 2] += torch.randn(rows, D_T5, generator=g)
+    return {"clip": clip, "t5": t5}
+
+
+def test_standardized_targets_have_the_mean_row_given_and_unit_spread_where_rows_differ():
+    table = _table()
+    cfg = FedA2VConfig(t5_max_length=5, target_normalization="standardize")
+    adapters = adapters_for_targets(D_AUDIO, table, cfg)
+    for name, adapter in adapters.items():
+        unit = adapter.out.normalize(table[name])
+        assert torch.allclose(unit.mean(0), torch.zeros_like(unit[0]), atol=1e-4)
+        varying = table[name].std(0) > 1e-3
+        spread = unit.std(0, correction=0)
+        assert torch.allclose(spread[varying], torch.ones_like(spread[varying]), atol=1e-4)
+        assert spread[~varying].abs().max() < 1e-4  # shared values are not blown up
+        # a zero standardised prediction is the mean row, and `out` inverts `normalize`
+        assert torch.allclose(adapter.out(unit), table[name], atol=1e-5)
+        assert torch.equal(adapter.out(torch.zeros_like(unit[0])), table[name].mean(0))
+
+
+def test_normalization_is_not_part_of_the_weights_and_none_leaves_outputs_raw():
+    table = _table()
+    tokens = torch.randn(2, TOKENS, D_AUDIO)
+    plain = adapters_for_targets(D_AUDIO, table, FedA2VConfig(t5_max_length=5,
+                                                              target_normalization="none"))
+    scaled = adapters_for_targets(D_AUDIO, table, FedA2VConfig(t5_max_length=5,
+                                                               target_normalization="center"))
+    # the same weights on the wire and on disk; the scaling comes from the table
+    assert adapters_state(plain).keys() == adapters_state(scaled).keys()
+    assert not any(".out." in k for k in adapters_state(scaled))
+    with torch.no_grad():
+        for name in plain:
+            plain[name].eval(), scaled[name].eval()
+            assert torch.equal(plain[name](tokens), plain[name].standardized(tokens))
+            mean, scale = scaled[name].out.mean, scaled[name].out.scale
+            assert scale.unique().numel() == 1  # center: one scale for every value
+            assert torch.allclose(scaled[name](tokens),
+                                  mean + scale * scaled[name].standardized(tokens))
+
+
+def test_the_linear_path_starts_at_zero_and_reads_the_token_statistics():
+    cfg = FedA2VConfig(t5_max_length=5, adapter_linear_rank=4)
+    adapters = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)
+    tokens = torch.randn(3, TOKENS, D_AUDIO)
+    for adapter in adapters.values():
+        linear = adapter.linear
+        assert linear(tokens).abs().max() == 0  # adds nothing until trained
+        torch.nn.init.normal_(linear.up.weight)
+        moved = tokens.clone()
+        moved[:, 0] += 1.0  # token 0 is one of the statistics it reads
+        assert not torch.allclose(linear(moved), linear(tokens))
+        shuffled = tokens[:, torch.tensor([0, 1, *range(TOKENS - 1, 1, -1)])]
+        # the later tokens' order does not matter: only their mean and spread do
+        assert torch.allclose(linear(shuffled), linear(tokens), atol=1e-5)

@@ -49,13 +49,14 @@ DEVICE_PATTERN = r"cpu|auto|cuda(:[0-9]+)?"
 # federation.transport_dtype: how adapters travel back to the server (fed_a2v.federation.transport)
 TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")
 # Their classes: fed_a2v.data.node_corpora checks that its generators agree.
-BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16}
+BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16, "italian_speech": 12}
 BUILTIN_DATASETS = tuple(BUILTIN_CLASSES)
 # Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
 DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound", "folders")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
+TARGET_NORMALIZATIONS = ("standardize", "center", "none")
 # Flower's strategies FedA2V runs (fed_a2v.federation.flower_strategies)
 STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
                   "FedTrimmedAvg", "FedMedian", "Krum", "MultiKrum", "Bulyan")
@@ -158,8 +159,9 @@ class TrainingConfig:
 @dataclass
 class DatasetConfig:
     name: str = field(default="synthetic", metadata=_rule(
-        "the corpus kind: `synthetic`, `speech`, `instruments` (built-in, generated on first "
-        "use); `esc50` (an ESC-50 layout folder, official or upstream's); `csv` (a manifest); "
+        "the corpus kind: `synthetic`, `speech`, `instruments`, `italian_speech` (built-in, "
+        "generated on first use); `esc50` (an ESC-50 layout folder, official or upstream's); "
+        "`csv` (a manifest); "
         "`folders` (class folders, `<class>/*.wav`); `vegas`, `vggsound` (their layouts: "
         "docs/upstream-config.md); `mixed`: each node names its own (`nodes.*.dataset`), each "
         "found in `paths`",
@@ -225,7 +227,7 @@ class DatasetConfig:
         "clips are padded or trimmed to this length (seconds)", min_exclusive=0.0))
     num_classes: int = field(default=10, metadata=_rule(
         "built-in corpora only: the classes the generator writes on first use, at most the "
-        "corpus's own (synthetic 12, speech 20, instruments 16)", min=2))
+        "corpus's own (synthetic 12, speech 20, instruments 16, italian_speech 12)", min=2))
     clips_per_class: int = field(default=40, metadata=_rule(
         "built-in corpora only: the clips generated per class", min=5))
     sample_rate: int = field(default=22050, metadata=_rule(
@@ -322,6 +324,9 @@ class FedA2VConfig:
         "(fed_a2v.model.losses.retrieval_loss); 0: MSE alone, as upstream", min=0.0))
     retrieval_temperature: float = field(default=0.1, metadata=_rule(
         "the retrieval loss's temperature", min_exclusive=0.0))
+    subspace_loss_weight: float = field(default=0.0, metadata=_rule(
+        "adds weight x the squared error along the directions in which the target rows differ, "
+        "whitened (fed_a2v.model.losses.subspace_loss); 0: none", min=0.0))
     adapter_dropout: float = field(default=0.05, metadata=_rule(
         "the adapters' MLP dropout", min=0.0, max=0.9))
     adapter_hidden_dim: int = field(default=512, metadata=_rule(
@@ -332,6 +337,26 @@ class FedA2VConfig:
         "adapter shape: MLP width over the hidden width", min=1))
     adapter_norm_groups: int = field(default=8, metadata=_rule(
         "adapter shape: GroupNorm groups", min=1))
+    target_normalization: str = field(default="none", metadata=_rule(
+        "`standardize`: each adapter predicts its targets standardised over the target table "
+        "(minus the mean row, over each value's spread across rows) and its loss is taken "
+        "there, so the values that tell the rows apart weigh as much as those every row "
+        "shares (fed_a2v.model.target_scaling); `center`: minus the mean row only; `none`: "
+        "the raw targets, as upstream. `fed_a2v` adapters only",
+        choices=TARGET_NORMALIZATIONS))
+    adapter_shared_pooling: bool = field(default=False, metadata=_rule(
+        "adapter shape: a sequence adapter (T5) pools its tokens once, and a learned position "
+        "embedding tells its output positions apart, instead of one pooling query per "
+        "position. `fed_a2v` adapters only"))
+    adapter_token_statistics: bool = field(default=False, metadata=_rule(
+        "adapter shape: the head reads the tokens' mean, standard deviation and first two "
+        "tokens beside the pooled latents"))
+    span_adapters: list[str] = field(default_factory=list, metadata=_rule(
+        "adapters (`clip`, `t5`) that predict a point of the span of their target rows"))
+    adapter_linear_rank: int = field(default=0, metadata=_rule(
+        "adapter shape: the rank of a linear path beside the pooling and the MLP, from the "
+        "tokens' mean, standard deviation and first two tokens (fed_a2v.model.layers."
+        "StatisticsLinear); 0: none. `fed_a2v` adapters only", min=0))
     adapter_design: str = field(default="fed_a2v", metadata=_rule(
         "`fed_a2v`: pool at the audio width, then project up (fed_a2v.model.adapters); "
         "`upstream`: the upstream research code's adapters, pooling at the target width, to "

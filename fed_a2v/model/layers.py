@@ -1,5 +1,6 @@
 """The building blocks both adapter designs share: a channel GroupNorm, a GroupNorm MLP and a
-multihead attention-pooling (MAP) block."""
+multihead attention-pooling (MAP) block; and the linear path of FedA2V's adapters, a low-rank
+linear map of the tokens' summary statistics."""
 
 from __future__ import annotations
 
@@ -52,3 +53,40 @@ class MAPBlock(nn.Module):
         # weights coincide (the T5 adapter's 17 positions must not collapse to one).
         x = queries + self.attn(queries, tokens, tokens, need_weights=False)[0]
         return x + self.mlp(self.norm_out(x))
+
+
+def token_statistics(tokens: torch.Tensor) -> torch.Tensor:
+    """`(..., T, d)` -> `(..., 4d)`: the mean and the (population) standard deviation over the
+    tokens, token 0 and token 1 (token 0 again for a single token)."""
+    return torch.cat([tokens.mean(-2), tokens.std(-2, correction=0), tokens[..., 0, :],
+                      tokens[..., min(1, tokens.shape[-2] - 1), :]], dim=-1)
+
+
+class StatisticsLinear(nn.Module):
+    """`(B, T, d)` tokens -> `(B, positions, d_out)`: a rank-`rank` linear map of their
+    `token_statistics` (each of the four normalised per sample), the same summary a ridge
+    probe reads. Its last layer starts at zero, so it adds nothing until trained."""
+
+    def __init__(self, dim: int, d_out: int, positions: int, rank: int) -> None:
+        super().__init__()
+        self.positions, self.rank = positions, rank
+        self.norm = nn.GroupNorm(4, 4 * dim)
+        self.down = nn.Linear(4 * dim, positions * rank)
+        self.up = nn.Linear(rank, d_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.down(self.norm(token_statistics(tokens)))
+        return self.up(x.reshape(-1, self.positions, self.rank))
+
+
+class TokenStatistics(nn.Module):
+    """`(B, T, d)` tokens -> `(B, 4d)`: `token_statistics`, each of the four normalised per
+    sample; what a head reads beside the pooled latents."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(4, 4 * dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(token_statistics(tokens))

@@ -22,8 +22,8 @@ from fed_a2v.encode.text_targets import Targets
 from fed_a2v.files import atomic_write_text
 from fed_a2v.model.adapters import (
     Adapter,
+    adapters_for_targets,
     adapters_state,
-    build_adapters,
     load_adapters_state,
     save_adapters,
 )
@@ -39,7 +39,8 @@ CARD_NAME = "README.md"
 PACKAGE_FILES = (CONFIG_NAME, WEIGHTS_NAME, TARGETS_NAME, CARD_NAME)
 ADAPTER_KEYS = ("adapter_dropout", "adapter_hidden_dim", "adapter_num_heads",
                 "adapter_mlp_ratio", "adapter_norm_groups", "use_cls_token_only",
-                "adapter_design")
+                "adapter_design", "target_normalization", "adapter_linear_rank",
+                "adapter_shared_pooling", "span_adapters", "adapter_token_statistics")
 # Which conditioning tensor each adapter makes, per diffusion type.
 CONDITIONING = {"flux": {"clip": "pooled_prompt_embeds", "t5": "prompt_embeds"},
                 "sd": {"clip": "prompt_embeds"}}
@@ -84,9 +85,13 @@ def package_config(config: Config, targets: Targets, dims: dict[str, int],
 
 def _adapter_settings(config: dict[str, Any]) -> FedA2VConfig:
     dims = config["dims"]
+    # packages written before these settings existed: raw targets, no linear path
+    adapter = ({"target_normalization": "none", "adapter_linear_rank": 0,
+                "adapter_shared_pooling": False, "span_adapters": [],
+                "adapter_token_statistics": False} | config["adapter"])
     return FedA2VConfig(diffusion_type=config["diffusion_type"],
                         t5_max_length=dims["t5_max_length"],
-                        clip_max_length=dims["clip_max_length"], **config["adapter"])
+                        clip_max_length=dims["clip_max_length"], **adapter)
 
 
 class FedA2VAdapters:
@@ -105,9 +110,8 @@ class FedA2VAdapters:
                    targets: Targets, device: str = "cpu") -> FedA2VAdapters:
         """The adapters `config` describes, with the weights of `state` (keys `clip.*`,
         `t5.*`)."""
-        dims = config["dims"]
-        adapters = build_adapters(dims["d_audio"], dims["d_clip"], dims.get("d_t5"),
-                                  _adapter_settings(config))
+        adapters = adapters_for_targets(config["dims"]["d_audio"], targets.tensors,
+                                        _adapter_settings(config))
         load_adapters_state(adapters, state)
         return cls(config, adapters, targets, device)
 

@@ -11,12 +11,14 @@ import torch
 from tqdm import tqdm
 
 from fed_a2v.encode.encoded_set import EncodedSet
-from fed_a2v.model.adapters import Adapter
+from fed_a2v.model.adapters import Adapter, SpanAdapter
 from fed_a2v.model.losses import (
     adapter_loss,
     batch_targets,
+    class_subspace,
     per_sample_mse,
     retrieval_loss,
+    subspace_loss,
     unit_rows,
 )
 
@@ -37,6 +39,8 @@ class LocalTrainConfig:
     # Each adapter's loss gets weight * retrieval_loss (fed_a2v.model.losses); 0: MSE alone.
     retrieval_weight: float = 0.0
     retrieval_temperature: float = 0.1
+    # Each adapter's loss gets weight * subspace_loss (fed_a2v.model.losses); 0: none.
+    subspace_weight: float = 0.0
 
 
 @contextmanager
@@ -83,6 +87,8 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
     targets = {name: t.to(device) for name, t in class_targets.items()}
     unit_targets = ({name: unit_rows(t) for name, t in targets.items()}
                     if cfg.retrieval_weight else {})
+    subspaces = ({name: class_subspace(t) for name, t in targets.items()}
+                 if cfg.subspace_weight else {})
     batches = EpochBatches(data.labels.tolist(), cfg.batch_size, cfg.stratified, cfg.seed)
     history: dict[str, list[float]] = {name: [] for name in adapters}
     for a in adapters.values():
@@ -102,12 +108,21 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
             labels = data.labels.index_select(0, index).to(device)
             rows = data.target_ids.index_select(0, index).to(device)
             for name, adapter in adapters.items():
-                pred = adapter(tokens)
                 target = batch_targets(targets[name], rows)
-                loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
+                if isinstance(adapter, Adapter | SpanAdapter):  # loss in the standardised space
+                    unit = adapter.standardized(tokens)
+                    pred = adapter.out(unit)
+                    loss = adapter_loss(unit, adapter.out.normalize(target), labels,
+                                        cfg.per_class_loss)
+                else:
+                    pred = adapter(tokens)
+                    loss = adapter_loss(pred, target, labels, cfg.per_class_loss)
                 if cfg.retrieval_weight:
                     loss = loss + cfg.retrieval_weight * retrieval_loss(
                         pred, unit_targets[name], rows, cfg.retrieval_temperature)
+                if cfg.subspace_weight:
+                    loss = loss + cfg.subspace_weight * subspace_loss(pred, target,
+                                                                      subspaces[name])
                 if cfg.proximal_mu:
                     loss = loss + proximal_term(adapter, anchors[name], cfg.proximal_mu)
                 (loss / group_size).backward()  # the group's gradient: mean over its batches

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fed_a2v.data.audio import resample
-from fed_a2v.data.builtin.generator import Generator, over_noise
+from fed_a2v.data.builtin.generator import ClipMaker, Generator, over_noise
 from fed_a2v.extras import require
 
 # eSpeak NG comes with the `corpora` extra (the espeakng-loader wheel).
@@ -34,6 +34,11 @@ ESPEAK_WHEELS = "espeakng-loader: wheels for Linux x86_64, macOS and Windows onl
 # Google Speech Commands' ten keywords, then the ten digits: the first `num_classes` are used.
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
          "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# The confirmation corpus `italian_speech`: Italian words in eSpeak NG's Italian voice, which
+# no recipe was tuned on (docs/corpora.md, "How the default recipe was chosen").
+PAROLE = ("cane", "gatto", "pioggia", "campana", "treno", "vento", "fuoco", "mare", "tuono",
+          "uccello", "orologio", "chitarra")
+ITALIAN_ACCENTS = ("it",)
 ACCENTS = ("en", "en-us", "en-us-nyc", "en-029", "en-gb-scotland", "en-gb-x-rp",
            "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 # eSpeak NG's voice variants (espeak-ng-data/voices/!v), "" for an accent's own voice. Left
@@ -130,32 +135,44 @@ def _trim(wave: np.ndarray, level: float = 0.02) -> np.ndarray:
     return wave[loud[0]:loud[-1] + 1] if loud.size else wave[:0]
 
 
-def speech_clip(word: str, rng: np.random.Generator, sample_rate: int, n: int) -> np.ndarray:
-    """One clip of `word`, said 1-3 times: a random voice, rate, pitch and intonation,
-    stretched, placed at a random start, over noise."""
-    voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
-    text = ", ".join([word] * rng.integers(*REPEATS, endpoint=True))
-    text += ENDINGS[rng.integers(len(ENDINGS))]
-    wave, native = speak(text, voice.rstrip("+"), rng.integers(*RATE_WPM, endpoint=True),
-                         rng.integers(*PITCH, endpoint=True),
-                         rng.integers(*PITCH_RANGE, endpoint=True), rng.integers(2**31))
-    word_wave = _trim(wave.astype(np.float32) / 32768.0)
-    if not word_wave.size:
-        raise EspeakError(f"eSpeak NG said nothing for {text!r} with voice '{voice}'")
-    # Read as if recorded at another rate, a multiple of 525 Hz (22050 = 42 x 525): few
-    # distinct rate pairs, each a small ratio, so the resampling filters are few and cached.
-    source_rate = round(native * rng.uniform(*STRETCH) / 525) * 525
-    sound = resample(torch.from_numpy(word_wave), source_rate, sample_rate).numpy()[:n]
-    fade = min(len(sound), round(0.01 * sample_rate))  # no click where a long word is cut
-    sound[len(sound) - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
-    out = np.zeros(n, np.float32)
-    start = rng.integers(0, n - len(sound) + 1)
-    out[start:start + len(sound)] = sound
-    return over_noise(out, rng, sample_rate, SNR_DB, PEAK)
+def spoken_clips(accents: tuple[str, ...]) -> ClipMaker:
+    """The clip maker of a spoken corpus whose voices speak with one of `accents`."""
+
+    def spoken_clip(word: str, rng: np.random.Generator, sample_rate: int,
+                    n: int) -> np.ndarray:
+        """One clip of `word`, said 1-3 times: a random voice, rate, pitch and intonation,
+        stretched, placed at a random start, over noise."""
+        voice = f"{accents[rng.integers(len(accents))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
+        text = ", ".join([word] * rng.integers(*REPEATS, endpoint=True))
+        text += ENDINGS[rng.integers(len(ENDINGS))]
+        wave, native = speak(text, voice.rstrip("+"), rng.integers(*RATE_WPM, endpoint=True),
+                             rng.integers(*PITCH, endpoint=True),
+                             rng.integers(*PITCH_RANGE, endpoint=True), rng.integers(2**31))
+        word_wave = _trim(wave.astype(np.float32) / 32768.0)
+        if not word_wave.size:
+            raise EspeakError(f"eSpeak NG said nothing for {text!r} with voice '{voice}'")
+        # Read as if recorded at another rate, a multiple of 525 Hz (22050 = 42 x 525): few
+        # distinct rate pairs, each a small ratio, so the resampling filters are few and cached.
+        source_rate = round(native * rng.uniform(*STRETCH) / 525) * 525
+        sound = resample(torch.from_numpy(word_wave), source_rate, sample_rate).numpy()[:n]
+        fade = min(len(sound), round(0.01 * sample_rate))  # no click where a long word is cut
+        sound[len(sound) - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+        out = np.zeros(n, np.float32)
+        start = rng.integers(0, n - len(sound) + 1)
+        out[start:start + len(sound)] = sound
+        return over_noise(out, rng, sample_rate, SNR_DB, PEAK)
+
+    return spoken_clip
 
 
-SPEECH = Generator("speech", WORDS, speech_clip,
+SPEECH = Generator("speech", WORDS, spoken_clips(ACCENTS),
                    f"{len(WORDS)} spoken words (yes, no, up, down, ..., then the digits), 1-3 "
                    f"times a clip, by eSpeak NG in {len(ACCENTS)} English accents x "
                    f"{len(VARIANTS)} voices, random rate, pitch and intonation, over noise at "
                    f"{SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
+
+ITALIAN_SPEECH = Generator(
+    "italian_speech", PAROLE, spoken_clips(ITALIAN_ACCENTS),
+    f"{len(PAROLE)} spoken Italian words (cane, gatto, pioggia, ...), 1-3 times a clip, by "
+    f"eSpeak NG's Italian voice x {len(VARIANTS)} voice variants, random rate, pitch and "
+    f"intonation, over noise at {SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
