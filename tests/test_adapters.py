@@ -7,13 +7,15 @@ import torch
 
 from fed_a2v.config.load import load_config
 from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.config.validate import config_from_dict
 from fed_a2v.model.adapters import (
+    SpanAdapter,
     adapters_for_targets,
     adapters_state,
     build_adapters,
     load_adapters_state,
 )
-from fed_a2v.model.layers import ChannelGroupNorm
+from fed_a2v.model.layers import ChannelGroupNorm, token_statistics
 
 D_AUDIO, D_CLIP, D_T5, TOKENS = 32, 24, 16, 10
 
@@ -206,53 +208,57 @@ def _table(rows: int = 6) -> dict[str, torch.Tensor]:
     return {"clip": clip, "t5": t5}
 
 
-def test_standardized_targets_have_the_mean_row_given_and_unit_spread_where_rows_differ():
+def test_a_span_adapter_predicts_the_mean_row_plus_coordinates_along_where_rows_differ():
     table = _table()
-    cfg = FedA2VConfig(t5_max_length=5, target_normalization="standardize")
+    cfg = FedA2VConfig(t5_max_length=5, span_adapters=["clip", "t5"])
     adapters = adapters_for_targets(D_AUDIO, table, cfg)
-    for name, adapter in adapters.items():
-        unit = adapter.out.normalize(table[name])
-        assert torch.allclose(unit.mean(0), torch.zeros_like(unit[0]), atol=1e-4)
-        varying = table[name].std(0) > 1e-3
-        spread = unit.std(0, correction=0)
-        assert torch.allclose(spread[varying], torch.ones_like(spread[varying]), atol=1e-4)
-        assert spread[~varying].abs().max() < 1e-4  # shared values are not blown up
-        # a zero standardised prediction is the mean row, and `out` inverts `normalize`
-        assert torch.allclose(adapter.out(unit), table[name], atol=1e-5)
-        assert torch.equal(adapter.out(torch.zeros_like(unit[0])), table[name].mean(0))
-
-
-def test_normalization_is_not_part_of_the_weights_and_none_leaves_outputs_raw():
-    table = _table()
-    tokens = torch.randn(2, TOKENS, D_AUDIO)
-    plain = adapters_for_targets(D_AUDIO, table, FedA2VConfig(t5_max_length=5,
-                                                              target_normalization="none"))
-    scaled = adapters_for_targets(D_AUDIO, table, FedA2VConfig(t5_max_length=5,
-                                                               target_normalization="center"))
-    # the same weights on the wire and on disk; the scaling comes from the table
-    assert adapters_state(plain).keys() == adapters_state(scaled).keys()
-    assert not any(".out." in k for k in adapters_state(scaled))
-    with torch.no_grad():
-        for name in plain:
-            plain[name].eval(), scaled[name].eval()
-            assert torch.equal(plain[name](tokens), plain[name].standardized(tokens))
-            mean, scale = scaled[name].out.mean, scaled[name].out.scale
-            assert scale.unique().numel() == 1  # center: one scale for every value
-            assert torch.allclose(scaled[name](tokens),
-                                  mean + scale * scaled[name].standardized(tokens))
-
-
-def test_the_linear_path_starts_at_zero_and_reads_the_token_statistics():
-    cfg = FedA2VConfig(t5_max_length=5, adapter_linear_rank=4)
-    adapters = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)
     tokens = torch.randn(3, TOKENS, D_AUDIO)
-    for adapter in adapters.values():
-        linear = adapter.linear
-        assert linear(tokens).abs().max() == 0  # adds nothing until trained
-        torch.nn.init.normal_(linear.up.weight)
-        moved = tokens.clone()
-        moved[:, 0] += 1.0  # token 0 is one of the statistics it reads
-        assert not torch.allclose(linear(moved), linear(tokens))
-        shuffled = tokens[:, torch.tensor([0, 1, *range(TOKENS - 1, 1, -1)])]
-        # the later tokens' order does not matter: only their mean and spread do
-        assert torch.allclose(linear(shuffled), linear(tokens), atol=1e-5)
+    for name, adapter in adapters.items():
+        assert isinstance(adapter, SpanAdapter)
+        rows = table[name]
+        coords = adapter.out.normalize(rows)
+        assert coords.shape == (6, 5)  # K - 1 directions
+        assert torch.allclose(adapter.out(coords), rows, atol=1e-5)  # rows are in the span
+        assert torch.allclose(adapter.out(torch.zeros(1, 5))[0], rows.mean(0), atol=1e-6)
+        used = coords.abs().amax(0) > 0  # clip's rows differ in one column: one direction
+        assert used.sum() == (1 if name == "clip" else 5)
+        assert 0.5 < coords[:, used].pow(2).mean().sqrt() < 2  # coordinates of unit size
+        with torch.no_grad():
+            pred = adapter.eval()(tokens)
+        assert pred.shape == (3, *rows.shape[1:])
+        # whatever it predicts, the values every row shares are the rows' own
+        shared = (rows == rows[0]).all(0)
+        assert torch.allclose(pred[:, shared], rows[0][shared].expand(3, -1), atol=1e-5)
+
+
+def test_span_settings_pick_the_adapters_and_keep_the_weights_apart_from_the_table():
+    table = _table()
+    t5_only = adapters_for_targets(D_AUDIO, table, FedA2VConfig(t5_max_length=5))
+    assert isinstance(t5_only["t5"], SpanAdapter) and not isinstance(t5_only["clip"],
+                                                                     SpanAdapter)
+    none = adapters_for_targets(D_AUDIO, table, FedA2VConfig(t5_max_length=5,
+                                                             span_adapters=[]))
+    assert not any(isinstance(a, SpanAdapter) for a in none.values())
+    # the basis is not a weight: not sent, not saved; a package rebuilds it from its targets
+    assert not any(".out." in k for k in adapters_state(t5_only))
+    upstream = adapters_for_targets(D_AUDIO, table, FedA2VConfig(
+        t5_max_length=5, adapter_design="upstream"))
+    assert not any(isinstance(a, SpanAdapter) for a in upstream.values())
+    with pytest.raises(ConfigError, match="span_adapters.*\"t6\" is not allowed"):
+        config_from_dict({"feda2v": {"span_adapters": ["t6"]}})
+
+
+def test_token_statistics_reach_the_head_and_only_with_the_setting():
+    tokens = torch.randn(2, TOKENS, D_AUDIO)
+    moved = tokens.clone()
+    moved[:, 2:] = tokens[:, 2:] * 3.0  # the same mean direction, a larger spread
+    for stats in (True, False):
+        cfg = FedA2VConfig(adapter_token_statistics=stats)
+        clip = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)["clip"].eval()
+        assert (clip.stats is not None) == stats
+        assert clip.head[0].in_features == D_AUDIO * (5 if stats else 1)
+        with torch.no_grad():
+            assert clip(tokens).shape == (2, D_CLIP)
+    assert token_statistics(tokens).shape == (2, 4 * D_AUDIO)
+    assert torch.allclose(token_statistics(moved)[:, D_AUDIO:2 * D_AUDIO],
+                          moved.std(1, correction=0))

@@ -63,6 +63,9 @@ def _check_rule(value: Any, rule: dict[str, Any], where: str) -> None:
     if "pattern" in rule and not re.fullmatch(rule["pattern"], str(value)):
         raise ConfigError(f"{where}: {json.dumps(value)} is not allowed; use one of "
                           f"{rule['shown']}")
+    if "items" in rule:  # a list whose every item is one of these
+        for item in value:
+            _check_rule(item, {"choices": rule["items"]}, where)
     if "choices" in rule and value not in rule["choices"]:
         allowed = ", ".join(json.dumps(c) for c in rule["choices"])
         hint = suggest(str(value), [str(c) for c in rule["choices"]])

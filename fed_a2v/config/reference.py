@@ -134,6 +134,8 @@ def _field_schema(f: dataclasses.Field[Any], tp: Any) -> dict[str, Any]:
     if "choices" in rule:
         nullable = type(None) in _union_args(tp)
         schema["enum"] = [*rule["choices"], *([None] if nullable else [])]
+    if "items" in rule:
+        schema["items"] = {**schema["items"], "enum": list(rule["items"])}
     if "pattern" in rule:
         schema["pattern"] = f"^(?:{rule['pattern']})$"
     for ours, theirs in (("min", "minimum"), ("max", "maximum"),
@@ -249,6 +251,8 @@ def _allowed_text(f: dataclasses.Field[Any]) -> str:
     rule, parts = f.metadata.get("rule", {}), []
     if "choices" in rule:
         parts.append(", ".join(f"`{json.dumps(c)}`" for c in rule["choices"]))
+    if "items" in rule:
+        parts.append("each of " + ", ".join(f"`{json.dumps(c)}`" for c in rule["items"]))
     if "pattern" in rule:
         parts.append(", ".join(f"`{p}`" for p in rule["shown"].split(", ")))
     for key, sign in (("min", "≥"), ("min_exclusive", ">"), ("max", "≤")):

@@ -56,7 +56,6 @@ DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound", "folders")
 DIFFUSION_TYPES = ("flux", "sd")
 AGGREGATION_MODES = ("weighted_average", "avg", "none")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
-TARGET_NORMALIZATIONS = ("standardize", "center", "none")
 # Flower's strategies FedA2V runs (fed_a2v.federation.flower_strategies)
 STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
                   "FedTrimmedAvg", "FedMedian", "Krum", "MultiKrum", "Bulyan")
@@ -144,8 +143,9 @@ class TrainingConfig:
         "local batch size; a node's own `batch_size` wins", min=1))
     optimizer: str = field(default="AdamW", metadata=_rule(
         "one AdamW per adapter", choices=("AdamW",)))
-    learning_rate: float = field(default=1e-3, metadata=_rule(
-        "learning rate of an adapter without its own (`feda2v.{clip,t5}_adapter_learning_rate`)",
+    learning_rate: float = field(default=3e-3, metadata=_rule(
+        "learning rate of an adapter without its own (`feda2v.{clip,t5}_adapter_learning_rate`)"
+        "; 3e-3 since the default recipe of docs/corpora.md (1e-3 before, upstream's)",
         min_exclusive=0.0))
     weight_decay: float = field(default=1e-4, metadata=_rule(
         "weight decay of an adapter without its own (`feda2v.{clip,t5}_adapter_weight_decay`)",
@@ -324,9 +324,6 @@ class FedA2VConfig:
         "(fed_a2v.model.losses.retrieval_loss); 0: MSE alone, as upstream", min=0.0))
     retrieval_temperature: float = field(default=0.1, metadata=_rule(
         "the retrieval loss's temperature", min_exclusive=0.0))
-    subspace_loss_weight: float = field(default=0.0, metadata=_rule(
-        "adds weight x the squared error along the directions in which the target rows differ, "
-        "whitened (fed_a2v.model.losses.subspace_loss); 0: none", min=0.0))
     adapter_dropout: float = field(default=0.05, metadata=_rule(
         "the adapters' MLP dropout", min=0.0, max=0.9))
     adapter_hidden_dim: int = field(default=512, metadata=_rule(
@@ -337,26 +334,15 @@ class FedA2VConfig:
         "adapter shape: MLP width over the hidden width", min=1))
     adapter_norm_groups: int = field(default=8, metadata=_rule(
         "adapter shape: GroupNorm groups", min=1))
-    target_normalization: str = field(default="none", metadata=_rule(
-        "`standardize`: each adapter predicts its targets standardised over the target table "
-        "(minus the mean row, over each value's spread across rows) and its loss is taken "
-        "there, so the values that tell the rows apart weigh as much as those every row "
-        "shares (fed_a2v.model.target_scaling); `center`: minus the mean row only; `none`: "
-        "the raw targets, as upstream. `fed_a2v` adapters only",
-        choices=TARGET_NORMALIZATIONS))
-    adapter_shared_pooling: bool = field(default=False, metadata=_rule(
-        "adapter shape: a sequence adapter (T5) pools its tokens once, and a learned position "
-        "embedding tells its output positions apart, instead of one pooling query per "
-        "position. `fed_a2v` adapters only"))
-    adapter_token_statistics: bool = field(default=False, metadata=_rule(
-        "adapter shape: the head reads the tokens' mean, standard deviation and first two "
-        "tokens beside the pooled latents"))
-    span_adapters: list[str] = field(default_factory=list, metadata=_rule(
-        "adapters (`clip`, `t5`) that predict a point of the span of their target rows"))
-    adapter_linear_rank: int = field(default=0, metadata=_rule(
-        "adapter shape: the rank of a linear path beside the pooling and the MLP, from the "
-        "tokens' mean, standard deviation and first two tokens (fed_a2v.model.layers."
-        "StatisticsLinear); 0: none. `fed_a2v` adapters only", min=0))
+    adapter_token_statistics: bool = field(default=True, metadata=_rule(
+        "adapter shape: each adapter's MLP reads the tokens' mean, standard deviation, first "
+        "and second token beside its pooled latents (attention pooling cannot compute their "
+        "spread); false: the pooled latents alone, as before. `fed_a2v` adapters only"))
+    span_adapters: list[str] = field(default_factory=lambda: ["t5"], metadata=_rule(
+        "adapters (`clip`, `t5`) that predict the mean target row plus coordinates along the "
+        "directions in which the rows differ (fed_a2v.model.target_span), their loss taken "
+        "there; the others predict every value. `[]`: none, as before. `fed_a2v` adapters "
+        "only", shown_default='`["t5"]`', items=("clip", "t5")))
     adapter_design: str = field(default="fed_a2v", metadata=_rule(
         "`fed_a2v`: pool at the audio width, then project up (fed_a2v.model.adapters); "
         "`upstream`: the upstream research code's adapters, pooling at the target width, to "

@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.federation.protocol import RIDGE_HITS, RIDGE_MAPS, RIDGE_REQUEST, RIDGE_STATS
 from fed_a2v.model.adapters import save_adapters
+from fed_a2v.model.layers import token_statistics
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def pooled_features(tokens: torch.Tensor) -> torch.Tensor:
     """`(..., T, d)` tokens -> `(..., 4d + 1)` float64: mean, std (population) over tokens,
     token 0, token 1 (token 0 again for a single token: `use_cls_token_only`), 1."""
     t = tokens.double()
-    ones = t.new_ones(*t.shape[:-2], 1)
-    return torch.cat([t.mean(-2), t.std(-2, correction=0), t[..., 0, :],
-                      t[..., min(1, t.shape[-2] - 1), :], ones], dim=-1)
+    return torch.cat([token_statistics(t), t.new_ones(*t.shape[:-2], 1)], dim=-1)
 
 
 def encoded_features(data: EncodedSet, batch_size: int = 64) -> torch.Tensor:

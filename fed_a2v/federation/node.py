@@ -177,7 +177,6 @@ def train_reply(msg: Message, context: Context) -> Message:
         per_class_loss=cfg.feda2v.use_per_class_loss,
         retrieval_weight=cfg.feda2v.retrieval_loss_weight,
         retrieval_temperature=cfg.feda2v.retrieval_temperature,
-        subspace_weight=cfg.feda2v.subspace_loss_weight,
         grad_accum_steps=cfg.training.gradient_accumulation_steps,
         learning_rates={name: float(rnd.record[f"{name}-lr"]) for name in rnd.adapters},
         weight_decays={name: cfg.adapter_weight_decay(name) for name in rnd.adapters},

@@ -1,4 +1,5 @@
-"""The trainable adapters: a MAP block pools audio tokens, a GroupNorm MLP maps them out.
+"""The trainable adapters: a MAP block pools audio tokens, a GroupNorm MLP maps them out; a
+span adapter maps them to coordinates in the span of its target rows (the default for T5).
 
 Everything normalises per sample (GroupNorm over channels), so in eval mode a sample's output does
 not depend on what else is in its batch. Pooling runs at the audio encoder's width and only the
@@ -15,81 +16,60 @@ from torch import nn
 
 from fed_a2v.config.schema import FedA2VConfig
 from fed_a2v.files import atomic_write
-from fed_a2v.model.layers import MLP, MAPBlock, StatisticsLinear, TokenStatistics
-from fed_a2v.model.target_scaling import SpanBasis, TargetScaling, table_scaling
+from fed_a2v.model.layers import MLP, MAPBlock, TokenStatistics
+from fed_a2v.model.target_span import SpanBasis, span_rank
 from fed_a2v.model.upstream_adapters import build_upstream_adapters
 
 
 class Adapter(nn.Module):
     """Audio tokens `(B, T, d_audio)` to `(B, d_out)` (`n_latents` None: one pooled vector) or
-    `(B, n_latents, d_out)` (a sequence)."""
+    `(B, n_latents, d_out)` (a sequence): MAP pooling, then a GroupNorm MLP per latent (which,
+    with `adapter_token_statistics`, also reads the tokens' `TokenStatistics`)."""
 
     def __init__(self, d_audio: int, d_out: int, n_latents: int | None,
                  cfg: FedA2VConfig) -> None:
         super().__init__()
         self.pooled = n_latents is None
-        shared = cfg.adapter_shared_pooling and not self.pooled
-        self.pool = MAPBlock(d_audio, 1 if shared else n_latents or 1, cfg.adapter_num_heads,
+        self.pool = MAPBlock(d_audio, n_latents or 1, cfg.adapter_num_heads,
                              cfg.adapter_mlp_ratio, cfg.adapter_norm_groups, cfg.adapter_dropout)
-        # one pooled vector for every position, told apart by a learned position embedding
-        self.positions = (nn.Parameter(torch.randn(1, n_latents, d_audio) * d_audio**-0.5)
-                          if shared else None)
         self.stats = TokenStatistics(d_audio) if cfg.adapter_token_statistics else None
-        width = d_audio * (5 if self.stats is not None else 1)
-        self.head = MLP(width, cfg.adapter_hidden_dim, d_out, cfg.adapter_norm_groups,
-                        cfg.adapter_dropout)
-        # beside the pooling and the MLP: a low-rank linear map of the tokens' statistics
-        self.linear = (StatisticsLinear(d_audio, d_out, n_latents or 1, cfg.adapter_linear_rank)
-                       if cfg.adapter_linear_rank else None)
-        shape = (d_out,) if self.pooled else (n_latents, d_out)
-        # set from the target table by `adapters_for_targets` (fed_a2v.model.target_scaling)
-        self.out = TargetScaling(torch.zeros(shape), torch.ones(shape))
+        self.head = MLP(d_audio * (5 if self.stats else 1), cfg.adapter_hidden_dim, d_out,
+                        cfg.adapter_norm_groups, cfg.adapter_dropout)
 
     @property
     def out_features(self) -> int:
         return self.head[-1].out_features
 
-    def standardized(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The prediction in the standardised target space its loss is taken in."""
+    def latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(B, latents, width)`: what the head reads, the pooled latents (and statistics)."""
         pooled = self.pool(tokens)
-        if self.positions is not None:
-            pooled = pooled + self.positions
-        if self.stats is not None:
-            stats = self.stats(tokens)[:, None].expand(-1, pooled.shape[1], -1)
-            pooled = torch.cat([pooled, stats], dim=-1)
-        out = self.head(pooled)
-        if self.linear is not None:
-            out = out + self.linear(tokens)
-        return out[:, 0] if self.pooled else out
+        if self.stats is None:
+            return pooled
+        stats = self.stats(tokens)[:, None].expand(-1, pooled.shape[1], -1)
+        return torch.cat([pooled, stats], dim=-1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.out(self.standardized(tokens))
+        out = self.head(self.latents(tokens))
+        return out[:, 0] if self.pooled else out
 
 
-class SpanAdapter(nn.Module):
-    """Audio tokens `(B, T, d_audio)` to a point of the span of the target rows, target
-    shaped: one MAP pooling, a GroupNorm MLP to `rank` whitened coordinates along the
-    directions in which the rows differ (`SpanBasis`), plus the mean row."""
+class SpanAdapter(Adapter):
+    """Audio tokens `(B, T, d_audio)` to a point of the span of the target rows, shaped like a
+    row: one MAP pooling and a GroupNorm MLP to `rank` coordinates (`coordinates`), which
+    `out` (`SpanBasis`, set from the table by `adapters_for_targets`) turns into the mean row
+    plus those coordinates along the directions in which the rows differ. Its loss is taken on
+    the coordinates (`fed_a2v.model.train`)."""
 
     def __init__(self, d_audio: int, shape: tuple[int, ...], rank: int,
                  cfg: FedA2VConfig) -> None:
-        super().__init__()
-        self.pool = MAPBlock(d_audio, 1, cfg.adapter_num_heads, cfg.adapter_mlp_ratio,
-                             cfg.adapter_norm_groups, cfg.adapter_dropout)
-        self.stats = TokenStatistics(d_audio) if cfg.adapter_token_statistics else None
-        width = d_audio * (5 if self.stats is not None else 1)
-        self.head = MLP(width, cfg.adapter_hidden_dim, rank, cfg.adapter_norm_groups,
-                        cfg.adapter_dropout)
+        super().__init__(d_audio, rank, None, cfg)
         self.out = SpanBasis(shape, rank)
 
-    def standardized(self, tokens: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(tokens)[:, 0]
-        if self.stats is not None:
-            pooled = torch.cat([pooled, self.stats(tokens)], dim=-1)
-        return self.head(pooled)
+    def coordinates(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.out(self.standardized(tokens))
+        return self.out(self.coordinates(tokens))
 
 
 # What each diffusion model is conditioned on, so which adapters a federation trains: FLUX on
@@ -131,18 +111,14 @@ def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: Fe
                          f"{', '.join(missing)} (targets: {', '.join(sorted(targets))})")
     d_t5 = targets["t5"].shape[-1] if "t5" in targets else None
     adapters = build_adapters(d_audio, targets["clip"].shape[-1], d_t5, cfg, seed)
-    for name in cfg.span_adapters:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    if cfg.adapter_design == "fed_a2v":
+        for name in (n for n in adapter_names(cfg) if n in cfg.span_adapters):
             table = targets[name]
-            adapters[name] = SpanAdapter(d_audio, tuple(table.shape[1:]),
-                                         max(min(len(table) - 1, table[0].numel()), 1), cfg)
-        adapters[name].out.set_table(table)
-    for name, adapter in adapters.items():
-        if isinstance(adapter, Adapter):
-            mean, scale = table_scaling(targets[name], cfg.target_normalization)
-            adapter.out.mean.copy_(mean)
-            adapter.out.scale.copy_(scale)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                adapters[name] = SpanAdapter(d_audio, tuple(table.shape[1:]), span_rank(table),
+                                             cfg)
+            adapters[name].out.set_table(table)
     return adapters
 
 

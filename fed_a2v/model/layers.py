@@ -1,6 +1,5 @@
-"""The building blocks both adapter designs share: a channel GroupNorm, a GroupNorm MLP and a
-multihead attention-pooling (MAP) block; and the linear path of FedA2V's adapters, a low-rank
-linear map of the tokens' summary statistics."""
+"""The building blocks of the adapters: a channel GroupNorm, a GroupNorm MLP, a multihead
+attention-pooling (MAP) block, and the tokens' summary statistics a head reads beside it."""
 
 from __future__ import annotations
 
@@ -57,32 +56,18 @@ class MAPBlock(nn.Module):
 
 def token_statistics(tokens: torch.Tensor) -> torch.Tensor:
     """`(..., T, d)` -> `(..., 4d)`: the mean and the (population) standard deviation over the
-    tokens, token 0 and token 1 (token 0 again for a single token)."""
+    tokens, token 0 and token 1 (token 0 again for a single token: `use_cls_token_only`).
+
+    Attention pooling is a weighted mean of the tokens, so it cannot compute their spread; on
+    the built-in corpora the spread alone predicts the class about as well as all four
+    (docs/corpora.md, "How the default recipe was chosen")."""
     return torch.cat([tokens.mean(-2), tokens.std(-2, correction=0), tokens[..., 0, :],
                       tokens[..., min(1, tokens.shape[-2] - 1), :]], dim=-1)
 
 
-class StatisticsLinear(nn.Module):
-    """`(B, T, d)` tokens -> `(B, positions, d_out)`: a rank-`rank` linear map of their
-    `token_statistics` (each of the four normalised per sample), the same summary a ridge
-    probe reads. Its last layer starts at zero, so it adds nothing until trained."""
-
-    def __init__(self, dim: int, d_out: int, positions: int, rank: int) -> None:
-        super().__init__()
-        self.positions, self.rank = positions, rank
-        self.norm = nn.GroupNorm(4, 4 * dim)
-        self.down = nn.Linear(4 * dim, positions * rank)
-        self.up = nn.Linear(rank, d_out, bias=False)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.down(self.norm(token_statistics(tokens)))
-        return self.up(x.reshape(-1, self.positions, self.rank))
-
-
 class TokenStatistics(nn.Module):
-    """`(B, T, d)` tokens -> `(B, 4d)`: `token_statistics`, each of the four normalised per
-    sample; what a head reads beside the pooled latents."""
+    """`(B, T, d)` tokens -> `(B, 4d)`: `token_statistics`, each of the four GroupNorm-ed per
+    sample; what an adapter's head reads beside its pooled latents."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

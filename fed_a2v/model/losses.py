@@ -56,30 +56,6 @@ def retrieval_loss(pred: torch.Tensor, unit_table: torch.Tensor, rows: torch.Ten
     return F.cross_entropy(row_similarities(pred, unit_table) / temperature, rows)
 
 
-def class_subspace(table: torch.Tensor) -> torch.Tensor:
-    """`(K, ...)` target table -> `(D, r)`: the directions in which its rows differ (the
-    principal directions of the rows minus their mean row, `D` the flattened width), each
-    scaled so that the rows' coordinates along it have unit spread (whitened)."""
-    rows = table.detach().flatten(1).double()
-    centered = rows - rows.mean(0)
-    _, s, vh = torch.linalg.svd(centered, full_matrices=False)
-    keep = s > s.max() * 1e-6 if s.numel() else s.bool()
-    spread = s[keep] / len(rows) ** 0.5
-    return (vh[keep].T / spread).to(table.dtype)
-
-
-def subspace_loss(pred: torch.Tensor, target: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the predictions against their own targets along the directions
-    in which the target rows differ (`class_subspace`), each direction weighted alike.
-
-    Top-1 by cosine is decided by the prediction's component in the span of the target rows.
-    Where rows share most of their values, the directions that tell them apart hold a small
-    share of the energy MSE weighs; whitened here, each counts as much as any other. It pulls
-    a prediction towards its own target, never away from the others, so unlike the retrieval
-    term it does not trade closeness to the target for top-1."""
-    return ((pred - target).flatten(1) @ basis).pow(2).mean()
-
-
 def batch_targets(class_targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each sample's own target: row `labels[i]` of `(C, ...)`, shape `(B, ...)`."""
     return class_targets.index_select(0, labels)

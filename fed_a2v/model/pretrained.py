@@ -39,8 +39,7 @@ CARD_NAME = "README.md"
 PACKAGE_FILES = (CONFIG_NAME, WEIGHTS_NAME, TARGETS_NAME, CARD_NAME)
 ADAPTER_KEYS = ("adapter_dropout", "adapter_hidden_dim", "adapter_num_heads",
                 "adapter_mlp_ratio", "adapter_norm_groups", "use_cls_token_only",
-                "adapter_design", "target_normalization", "adapter_linear_rank",
-                "adapter_shared_pooling", "span_adapters", "adapter_token_statistics")
+                "adapter_design", "span_adapters", "adapter_token_statistics")
 # Which conditioning tensor each adapter makes, per diffusion type.
 CONDITIONING = {"flux": {"clip": "pooled_prompt_embeds", "t5": "prompt_embeds"},
                 "sd": {"clip": "prompt_embeds"}}
@@ -85,10 +84,8 @@ def package_config(config: Config, targets: Targets, dims: dict[str, int],
 
 def _adapter_settings(config: dict[str, Any]) -> FedA2VConfig:
     dims = config["dims"]
-    # packages written before these settings existed: raw targets, no linear path
-    adapter = ({"target_normalization": "none", "adapter_linear_rank": 0,
-                "adapter_shared_pooling": False, "span_adapters": [],
-                "adapter_token_statistics": False} | config["adapter"])
+    # packages written before these settings existed: full adapters on pooled latents alone
+    adapter = {"span_adapters": [], "adapter_token_statistics": False} | config["adapter"]
     return FedA2VConfig(diffusion_type=config["diffusion_type"],
                         t5_max_length=dims["t5_max_length"],
                         clip_max_length=dims["clip_max_length"], **adapter)

@@ -15,10 +15,8 @@ from fed_a2v.model.adapters import Adapter, SpanAdapter
 from fed_a2v.model.losses import (
     adapter_loss,
     batch_targets,
-    class_subspace,
     per_sample_mse,
     retrieval_loss,
-    subspace_loss,
     unit_rows,
 )
 
@@ -39,8 +37,6 @@ class LocalTrainConfig:
     # Each adapter's loss gets weight * retrieval_loss (fed_a2v.model.losses); 0: MSE alone.
     retrieval_weight: float = 0.0
     retrieval_temperature: float = 0.1
-    # Each adapter's loss gets weight * subspace_loss (fed_a2v.model.losses); 0: none.
-    subspace_weight: float = 0.0
 
 
 @contextmanager
@@ -87,8 +83,6 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
     targets = {name: t.to(device) for name, t in class_targets.items()}
     unit_targets = ({name: unit_rows(t) for name, t in targets.items()}
                     if cfg.retrieval_weight else {})
-    subspaces = ({name: class_subspace(t) for name, t in targets.items()}
-                 if cfg.subspace_weight else {})
     batches = EpochBatches(data.labels.tolist(), cfg.batch_size, cfg.stratified, cfg.seed)
     history: dict[str, list[float]] = {name: [] for name in adapters}
     for a in adapters.values():
@@ -109,10 +103,10 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
             rows = data.target_ids.index_select(0, index).to(device)
             for name, adapter in adapters.items():
                 target = batch_targets(targets[name], rows)
-                if isinstance(adapter, Adapter | SpanAdapter):  # loss in the standardised space
-                    unit = adapter.standardized(tokens)
-                    pred = adapter.out(unit)
-                    loss = adapter_loss(unit, adapter.out.normalize(target), labels,
+                if isinstance(adapter, SpanAdapter):  # its loss on the span's coordinates
+                    coordinates = adapter.coordinates(tokens)
+                    pred = adapter.out(coordinates)
+                    loss = adapter_loss(coordinates, adapter.out.normalize(target), labels,
                                         cfg.per_class_loss)
                 else:
                     pred = adapter(tokens)
@@ -120,9 +114,6 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
                 if cfg.retrieval_weight:
                     loss = loss + cfg.retrieval_weight * retrieval_loss(
                         pred, unit_targets[name], rows, cfg.retrieval_temperature)
-                if cfg.subspace_weight:
-                    loss = loss + cfg.subspace_weight * subspace_loss(pred, target,
-                                                                      subspaces[name])
                 if cfg.proximal_mu:
                     loss = loss + proximal_term(adapter, anchors[name], cfg.proximal_mu)
                 (loss / group_size).backward()  # the group's gradient: mean over its batches

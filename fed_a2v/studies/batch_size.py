@@ -78,8 +78,7 @@ def run_arm(arm: Arm, config: Config, train: EncodedSet, test: EncodedSet, targe
             epochs=epochs, batch_size=arm.batch_size, stratified=arm.stratified,
             per_class_loss=arm.per_class_loss, grad_accum_steps=arm.grad_accum_steps,
             retrieval_weight=config.feda2v.retrieval_loss_weight,
-            retrieval_temperature=config.feda2v.retrieval_temperature,
-            subspace_weight=config.feda2v.subspace_loss_weight, learning_rates=lr,
+            retrieval_temperature=config.feda2v.retrieval_temperature, learning_rates=lr,
             weight_decays={n: config.adapter_weight_decay(n) for n in names}, seed=seed)
         history = train_local(adapters, train, targets.tensors, local, cpu, on_epoch=after_epoch)
         runs.append({"seed": seed, **{f"train_{n}_loss": history[n] for n in names}, **curves})
