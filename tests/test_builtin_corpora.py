@@ -1,6 +1,6 @@
-"""The built-in spoken corpora (English; Italian, the confirmation corpus) and the instrument
-corpus: generated through the config like `synthetic`, in the ESC-50 layout, deterministic from
-the seed, every clip a real sound of its class."""
+"""The built-in spoken corpora (English; Italian and German, the confirmation corpora) and the
+instrument corpus: generated through the config like `synthetic`, in the ESC-50 layout,
+deterministic from the seed, every clip a real sound of its class."""
 
 from __future__ import annotations
 
@@ -18,16 +18,18 @@ from fed_a2v.data.builtin.generator import ClipError, Generator, ensure_corpus, 
 from fed_a2v.data.builtin.instruments import INSTRUMENTS, playable_keys, soundfont
 from fed_a2v.data.builtin.speech import (
     ACCENTS,
+    GERMAN_ACCENTS,
     ITALIAN_ACCENTS,
     PAROLE,
     VARIANTS,
+    WOERTER,
     WORDS,
     EspeakError,
     speak,
 )
 from fed_a2v.data.node_corpora import BUILTIN, corpus_index, open_corpus
 
-NEW = ("speech", "instruments", "italian_speech")
+NEW = ("speech", "instruments", "italian_speech", "german_speech")
 TINY = {"num_classes": 3, "clips_per_class": 5, "clip_seconds": 1.0, "sample_rate": 16000}
 
 
@@ -51,7 +53,7 @@ def tiny(request, tmp_path_factory):
 
 def test_registry_matches_the_config_names():
     assert tuple(BUILTIN) == BUILTIN_DATASETS
-    assert len(WORDS) == 20 and len(INSTRUMENTS) == 16 and len(PAROLE) == 12
+    assert len(WORDS) == 20 and len(INSTRUMENTS) == 16 and len(PAROLE) == len(WOERTER) == 12
 
 
 def test_layout_folds_and_labels(tiny):
@@ -103,9 +105,9 @@ def test_every_word_and_voice_speaks():
         assert np.abs(speak(word, "en-us", 175, 50, 50)[0]).max() > 3000, word
     for accent in ACCENTS:
         assert np.abs(speak("stop", accent, 175, 50, 50)[0]).max() > 3000, accent
-    for parola in PAROLE:  # the confirmation corpus's words, in its own voice
-        italian = speak(parola, ITALIAN_ACCENTS[0], 175, 50, 50)[0]
-        assert np.abs(italian).max() > 3000, parola
+    for words, accent in ((PAROLE, ITALIAN_ACCENTS[0]), (WOERTER, GERMAN_ACCENTS[0])):
+        for word in words:  # the confirmation corpora's words, each in its own voice
+            assert np.abs(speak(word, accent, 175, 50, 50)[0]).max() > 3000, word
     # Italian phonemes, not English ones: the same spelling sounds different
     assert not np.array_equal(speak("mare", "it", 175, 50, 50)[0],
                               speak("mare", "en", 175, 50, 50)[0])
@@ -157,7 +159,7 @@ def test_a_failed_clip_names_its_class_and_clip_and_leaves_nothing(tmp_path):
 
 def test_config_errors(tmp_path, monkeypatch):
     for kind, most in (("synthetic", 12), ("speech", 20), ("instruments", 16),
-                       ("italian_speech", 12)):
+                       ("italian_speech", 12), ("german_speech", 12)):
         with pytest.raises(ConfigError, match=rf"'dataset.num_classes': {most + 1} is above "
                                               rf"the {most} classes of the built-in {kind}"):
             _config(kind, tmp_path, num_classes=most + 1)

@@ -49,7 +49,8 @@ DEVICE_PATTERN = r"cpu|auto|cuda(:[0-9]+)?"
 # federation.transport_dtype: how adapters travel back to the server (fed_a2v.federation.transport)
 TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")
 # Their classes: fed_a2v.data.node_corpora checks that its generators agree.
-BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16, "italian_speech": 12}
+BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16, "italian_speech": 12,
+                   "german_speech": 12}
 BUILTIN_DATASETS = tuple(BUILTIN_CLASSES)
 # Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
 DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound", "folders")
@@ -159,9 +160,9 @@ class TrainingConfig:
 @dataclass
 class DatasetConfig:
     name: str = field(default="synthetic", metadata=_rule(
-        "the corpus kind: `synthetic`, `speech`, `instruments`, `italian_speech` (built-in, "
-        "generated on first use); `esc50` (an ESC-50 layout folder, official or upstream's); "
-        "`csv` (a manifest); "
+        "the corpus kind: `synthetic`, `speech`, `instruments`, `italian_speech`, "
+        "`german_speech` (built-in, generated on first use); `esc50` (an ESC-50 layout "
+        "folder, official or upstream's); `csv` (a manifest); "
         "`folders` (class folders, `<class>/*.wav`); `vegas`, `vggsound` (their layouts: "
         "docs/upstream-config.md); `mixed`: each node names its own (`nodes.*.dataset`), each "
         "found in `paths`",
@@ -227,7 +228,8 @@ class DatasetConfig:
         "clips are padded or trimmed to this length (seconds)", min_exclusive=0.0))
     num_classes: int = field(default=10, metadata=_rule(
         "built-in corpora only: the classes the generator writes on first use, at most the "
-        "corpus's own (synthetic 12, speech 20, instruments 16, italian_speech 12)", min=2))
+        "corpus's own (synthetic 12, speech 20, instruments 16, italian_speech and "
+        "german_speech 12)", min=2))
     clips_per_class: int = field(default=40, metadata=_rule(
         "built-in corpora only: the clips generated per class", min=5))
     sample_rate: int = field(default=22050, metadata=_rule(
@@ -318,10 +320,11 @@ class FedA2VConfig:
         "every batch from one class; every clip once per epoch"))
     use_per_class_loss: bool = field(default=False, metadata=_rule(
         "the loss is the mean over the batch's classes of each class's mean MSE"))
-    retrieval_loss_weight: float = field(default=0.0, metadata=_rule(
+    retrieval_loss_weight: float = field(default=0.1, metadata=_rule(
         "adds weight x the cross-entropy of each prediction's cosine similarities to every "
         "target row (over `retrieval_temperature`) against its own row "
-        "(fed_a2v.model.losses.retrieval_loss); 0: MSE alone, as upstream", min=0.0))
+        "(fed_a2v.model.losses.retrieval_loss); 0: MSE alone, as upstream and as before the "
+        "default recipe of docs/corpora.md", min=0.0))
     retrieval_temperature: float = field(default=0.1, metadata=_rule(
         "the retrieval loss's temperature", min_exclusive=0.0))
     adapter_dropout: float = field(default=0.05, metadata=_rule(

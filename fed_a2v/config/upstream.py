@@ -60,6 +60,7 @@ UPSTREAM_DEFAULTS: dict[str, Any] = {
     "feda2v.t5_adapter_weight_decay": 1e-3,
     "feda2v.adapter_aggregation_mode": "none",
     "feda2v.adapter_dropout": 0.0,
+    "feda2v.retrieval_loss_weight": 0.0,  # upstream's loss is MSE alone
     "feda2v.audio_model_name": AST,
     "wandb.disabled": False,
     "wandb.project": "FedA2V",

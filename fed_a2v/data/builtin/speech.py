@@ -34,11 +34,15 @@ ESPEAK_WHEELS = "espeakng-loader: wheels for Linux x86_64, macOS and Windows onl
 # Google Speech Commands' ten keywords, then the ten digits: the first `num_classes` are used.
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
          "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# The confirmation corpus `italian_speech`: Italian words in eSpeak NG's Italian voice, which
-# no recipe was tuned on (docs/corpora.md, "How the default recipe was chosen").
+# The confirmation corpora `italian_speech` and `german_speech`: words in eSpeak NG's Italian
+# and German voices, which no recipe was tuned on (docs/corpora.md, "How the default recipe was
+# chosen"). The same twelve things in each language.
 PAROLE = ("cane", "gatto", "pioggia", "campana", "treno", "vento", "fuoco", "mare", "tuono",
           "uccello", "orologio", "chitarra")
 ITALIAN_ACCENTS = ("it",)
+WOERTER = ("Hund", "Katze", "Regen", "Glocke", "Zug", "Wind", "Feuer", "Meer", "Donner",
+           "Vogel", "Uhr", "Gitarre")
+GERMAN_ACCENTS = ("de",)
 ACCENTS = ("en", "en-us", "en-us-nyc", "en-029", "en-gb-scotland", "en-gb-x-rp",
            "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 # eSpeak NG's voice variants (espeak-ng-data/voices/!v), "" for an accent's own voice. Left
@@ -175,4 +179,10 @@ ITALIAN_SPEECH = Generator(
     "italian_speech", PAROLE, spoken_clips(ITALIAN_ACCENTS),
     f"{len(PAROLE)} spoken Italian words (cane, gatto, pioggia, ...), 1-3 times a clip, by "
     f"eSpeak NG's Italian voice x {len(VARIANTS)} voice variants, random rate, pitch and "
+    f"intonation, over noise at {SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
+
+GERMAN_SPEECH = Generator(
+    "german_speech", WOERTER, spoken_clips(GERMAN_ACCENTS),
+    f"{len(WOERTER)} spoken German words (Hund, Katze, Regen, ...), 1-3 times a clip, by "
+    f"eSpeak NG's German voice x {len(VARIANTS)} voice variants, random rate, pitch and "
     f"intonation, over noise at {SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
