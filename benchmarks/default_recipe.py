@@ -4,13 +4,15 @@ corpus an experiment that sets only the corpus, the built-in models, 3 non-IID n
 other key keeps the schema's default. 3 seeds (each seed generates its own corpus), in-process
 (`federated_runs.py`); prints one markdown table, means over the seeds, CLIP / T5.
 
-    python benchmarks/default_recipe.py synthetic speech instruments
+    python benchmarks/default_recipe.py speech instruments synthetic italian_speech german_speech
+    python benchmarks/default_recipe.py speech --before     # the defaults before the recipe
     python benchmarks/default_recipe.py speech --set feda2v.retrieval_loss_weight=0.3
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,12 @@ from federated_runs import run_experiment
 from fed_a2v.config.overrides import apply_overrides
 from fed_a2v.config.schema import ConfigError
 from fed_a2v.data.node_corpora import BUILTIN
+
+# The schema's defaults before the default recipe of docs/corpora.md (issue #23): full adapters
+# on the pooled latents alone, MSE alone, learning rate 1e-3.
+BEFORE = {"training": {"learning_rate": 1e-3},
+          "feda2v": {"span_adapters": [], "adapter_token_statistics": False,
+                     "retrieval_loss_weight": 0.0}}
 
 # Which of a corpus's first 10 classes each node holds: every class on one to three nodes.
 NODE_CLASSES = ((0, 1, 2, 3, 4, 5, 6), (3, 4, 5, 6, 7, 8, 9), (0, 1, 2, 7, 8, 9, 6))
@@ -64,13 +72,15 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="change one experiment key in every run")
+    parser.add_argument("--before", action="store_true",
+                        help="the defaults before the default recipe (BEFORE), then --set")
     parser.add_argument("--tag", default="defaults",
                         help="names this arm's runs (arms run side by side share --root)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/feda2v-default-recipe"),
                         help="where the corpora, token caches and runs go")
     args = parser.parse_args()
     try:
-        changes = apply_overrides({}, args.set)
+        changes = apply_overrides(copy.deepcopy(BEFORE) if args.before else {}, args.set)
     except ConfigError as err:
         raise SystemExit(str(err)) from err
     from corpora_vs_ridge import corpus_row, table
@@ -86,7 +96,8 @@ def main() -> None:
         print(f"`{corpus}`", *seed_rows(summaries), sep="\n", flush=True)
         rows[corpus] = corpus_row(summaries)
     print(f"{args.rounds} rounds x {args.local_epochs} local epochs, seeds 0-{args.seeds - 1}, "
-          "schema defaults, means over seeds, CLIP / T5"
+          f"schema defaults{' before the recipe' if args.before else ''}, means over seeds, "
+          "CLIP / T5"
           + (f"; changed: {json.dumps(changes)}" if changes else ""))
     print(table(rows))
 

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+# Target rows of the benchmarks' real-width adapters (ESC-50's classes): a span adapter's
+# width follows its table's rows (fed_a2v.model.target_span).
+ESC50_CLASSES = 50
 
 
 def row(what: str, value: float | int | str | None, unit: str = "",

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from fragments import OUT_DIR, row, write_fragment
+from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
 from fed_a2v.config.schema import FedA2VConfig
@@ -88,7 +88,7 @@ def main() -> None:
                              per_class_loss=True, grad_accum_steps=1,
                              learning_rates={"clip": 3e-3, "t5": 5e-3},
                              weight_decays={"clip": 1e-4, "t5": 1e-4}, seed=0)
-    adapters = build_adapters(768, 768, 4096, cfg)
+    adapters = build_adapters(768, 768, 4096, cfg, target_rows=ESC50_CLASSES)
     train_local(adapters, data, targets, local, device)  # warm-up (allocator, kernels)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from fragments import OUT_DIR, row, write_fragment
+from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
 from fed_a2v.config.schema import FedA2VConfig
@@ -43,7 +43,7 @@ def main() -> None:
         ast_s = (time.perf_counter() - start) / args.clips
     params = sum(p.numel() for p in ast.parameters())
 
-    adapters = build_adapters(768, 768, 4096, FedA2VConfig())
+    adapters = build_adapters(768, 768, 4096, FedA2VConfig(), target_rows=ESC50_CLASSES)
     rows = [
         row("AST parameters", params, "", f"{params * 4 / 2**20:.0f} MiB fp32"),
         row("AST tokens per clip", " x ".join(map(str, tokens.shape[1:]))),

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from fragments import OUT_DIR, row, write_fragment
+from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 from tqdm import tqdm
 
 MIB = 2**20
@@ -67,7 +67,8 @@ def one(mode: str, nodes: int, transport: str) -> dict[str, float]:
 
     torch.manual_seed(0)
     state = {k: v.numpy() for k, v in
-             adapters_state(build_adapters(768, 768, 4096, FedA2VConfig())).items()}
+             adapters_state(build_adapters(768, 768, 4096, FedA2VConfig(),
+                                           target_rows=ESC50_CLASSES)).items()}
     model_bytes = sum(v.nbytes for v in state.values())
     rng = np.random.default_rng(0)
     moved = {k: v + rng.standard_normal(v.shape, np.float32) * 1e-3 for k, v in state.items()}

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from federated_runs import run_experiment
-from fragments import OUT_DIR, row, write_fragment
+from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 
 from fed_a2v.config.load import load_config
 from fed_a2v.config.schema import FedA2VConfig
@@ -39,7 +39,8 @@ def sizes(d_audio: int, d_clip: int, d_t5: int, design: str) -> dict[str, int]:
     """Parameters per adapter and fp32 bytes of the whole payload, built on the meta device
     (shapes only: no memory, no init cost)."""
     with torch.device("meta"):
-        adapters = build_adapters(d_audio, d_clip, d_t5, FedA2VConfig(adapter_design=design))
+        adapters = build_adapters(d_audio, d_clip, d_t5, FedA2VConfig(adapter_design=design),
+                                  target_rows=ESC50_CLASSES)
     out = {name: sum(p.numel() for p in a.parameters()) for name, a in adapters.items()}
     out["bytes"] = sum(t.numel() * 4 for t in adapters_state(adapters).values())
     return out

@@ -18,11 +18,12 @@ from fed_a2v.model.adapters import (
 from fed_a2v.model.layers import ChannelGroupNorm, token_statistics
 
 D_AUDIO, D_CLIP, D_T5, TOKENS = 32, 24, 16, 10
+ROWS = 6  # target rows: a span adapter's width follows them
 
 
 @pytest.fixture(scope="module")
 def adapters():
-    built = build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=0)
+    built = build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=0, target_rows=ROWS)
     for a in built.values():
         a.eval()
     return built
@@ -38,7 +39,7 @@ def test_output_shapes(adapters, batch):
 
 def test_t5_length_follows_config():
     cfg = FedA2VConfig(t5_max_length=5)
-    t5 = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)["t5"].eval()
+    t5 = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0, target_rows=ROWS)["t5"].eval()
     with torch.no_grad():
         assert t5(torch.randn(2, TOKENS, D_AUDIO)).shape == (2, 5, D_T5)
 
@@ -97,7 +98,7 @@ def test_state_round_trip_into_differently_seeded_adapters(adapters):
     n_params = sum(len(a.state_dict()) for a in adapters.values())
     assert len(state) == n_params
 
-    fresh = build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=1)
+    fresh = build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=1, target_rows=ROWS)
     before = adapters_state(fresh)
     assert any(not torch.equal(before[k], state[k]) for k in state)
 
@@ -113,14 +114,14 @@ def test_state_round_trip_into_differently_seeded_adapters(adapters):
 
 
 def test_same_seed_builds_same_adapters():
-    a = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3))
-    b = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3))
+    a, b = (adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, FedA2VConfig(), seed=3,
+                                          target_rows=ROWS)) for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_t5_positions_differ_even_for_uniform_tokens():
     """The queries stay in the residual path: identical tokens must not collapse all latents."""
-    adapters = build_adapters(32, 16, 8, FedA2VConfig(t5_max_length=5), seed=0)
+    adapters = build_adapters(32, 16, 8, FedA2VConfig(t5_max_length=5, span_adapters=[]), seed=0)
     tokens = torch.ones(2, 7, 32)
     out = adapters["t5"].eval()(tokens)
     assert out.shape == (2, 5, 8)
@@ -155,7 +156,7 @@ def test_upstream_design_has_upstreams_parameter_counts_at_real_widths():
 def test_upstream_design_has_fed_a2vs_interface(diffusion_type):
     cfg = FedA2VConfig(adapter_design="upstream", diffusion_type=diffusion_type,
                        clip_max_length=6)
-    built = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)
+    built = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0, target_rows=ROWS)
     assert set(built) == ({"clip", "t5"} if diffusion_type == "flux" else {"clip"})
     gen = torch.Generator().manual_seed(2)
     batch = torch.randn(4, TOKENS, D_AUDIO, generator=gen)
@@ -168,7 +169,7 @@ def test_upstream_design_has_fed_a2vs_interface(diffusion_type):
             out = adapter(batch)
             assert out.shape == (4, *want[name])
             assert torch.allclose(adapter(batch[2:3]), out[2:3], atol=1e-5)
-    again = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0))
+    again = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0, target_rows=ROWS))
     assert all(torch.equal(v, again[k]) for k, v in adapters_state(built).items())
 
 
@@ -177,7 +178,7 @@ def test_a_package_rebuilds_the_design_it_was_trained_with():
     from fed_a2v.model.pretrained import FedA2VAdapters
 
     cfg = FedA2VConfig(adapter_design="upstream")
-    state = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=4))
+    state = adapters_state(build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=4, target_rows=ROWS))
     config = {"diffusion_type": "flux",
               "dims": {"d_audio": D_AUDIO, "d_clip": D_CLIP, "d_t5": D_T5,
                        "t5_max_length": cfg.t5_max_length, "clip_max_length": 77},
@@ -254,7 +255,7 @@ def test_token_statistics_reach_the_head_and_only_with_the_setting():
     moved[:, 2:] = tokens[:, 2:] * 3.0  # the same mean direction, a larger spread
     for stats in (True, False):
         cfg = FedA2VConfig(adapter_token_statistics=stats)
-        clip = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0)["clip"].eval()
+        clip = build_adapters(D_AUDIO, D_CLIP, D_T5, cfg, seed=0, target_rows=ROWS)["clip"].eval()
         assert (clip.stats is not None) == stats
         assert clip.head[0].in_features == D_AUDIO * (5 if stats else 1)
         with torch.no_grad():

@@ -234,7 +234,8 @@ def test_a_standalone_federation_on_the_simulation_engine(tmp_path: Path) -> Non
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     d_audio = describe_audio_encoder(config.feda2v.audio_model_name)[0].hidden_size
     init = adapters_state(build_adapters(d_audio, BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH,
-                                         config.feda2v, seed=config.experiment.seed))
+                                         config.feda2v, seed=config.experiment.seed,
+                                         target_rows=config.dataset.num_classes))
     own = summary["standalone"]["node_adapters"]
     assert len(own) == 2
     states = []

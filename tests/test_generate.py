@@ -126,7 +126,7 @@ def test_unknown_pipelines_and_offload_without_cuda_are_config_errors(tmp_path):
 
 def _adapters(d_clip: int, d_t5: int, diffusion_type: str = "flux") -> tuple[dict, str]:
     cfg = FedA2VConfig(diffusion_type=diffusion_type)
-    return build_adapters(96, d_clip, d_t5, cfg), diffusion_type
+    return build_adapters(96, d_clip, d_t5, cfg, target_rows=3), diffusion_type
 
 
 def test_check_widths_names_both_numbers(tiny_pipeline):
@@ -322,7 +322,7 @@ def _narrow_package(package: Path, out: Path, d_t5: int) -> Path:
     tensors = {**pkg.targets.tensors, "t5": pkg.targets.tensors["t5"][..., :d_t5].contiguous()}
     targets = Targets(pkg.targets.names, pkg.targets.prompts, tensors)
     adapters = build_adapters(config["dims"]["d_audio"], config["dims"]["d_clip"], d_t5,
-                              FedA2VConfig(adapter_hidden_dim=32))
+                              FedA2VConfig(adapter_hidden_dim=32), target_rows=len(targets.names))
     return FedA2VAdapters.from_state(config, adapters_state(adapters), targets) \
         .save_pretrained(out)
 

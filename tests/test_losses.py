@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fed_a2v.model.train as train_mod
 from fed_a2v.config.schema import FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
-from fed_a2v.model.adapters import build_adapters
+from fed_a2v.model.adapters import adapters_for_targets
 from fed_a2v.model.evaluation import evaluate_adapters
 from fed_a2v.model.losses import (
     adapter_loss,
@@ -162,7 +162,7 @@ def _task():
     targets = {"clip": torch.randn(NUM_CLASSES, 8, generator=gen),
                "t5": torch.randn(NUM_CLASSES, T5_LEN, 8, generator=gen)}
     cfg = FedA2VConfig(t5_max_length=T5_LEN, adapter_hidden_dim=32, adapter_dropout=0.0)
-    adapters = build_adapters(D_TOKEN, 8, 8, cfg, seed=0)
+    adapters = adapters_for_targets(D_TOKEN, targets, cfg, seed=0)
     return adapters, train, test, targets
 
 

@@ -38,7 +38,7 @@ from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.flower_strategies import STRATEGIES, build_strategy
 from fed_a2v.federation.protocol import TRANSPORT
 from fed_a2v.federation.transport import encode_update
-from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.model.adapters import adapters_for_targets, adapters_state
 from fed_a2v.model.train import LocalTrainConfig, train_local
 
 from drills import APP_DIR, LoopbackGrid, experiment_dict, run_in_process, server_identity
@@ -232,8 +232,8 @@ def test_proximal_term_keeps_local_adapters_nearer_the_global_ones() -> None:
     targets = {"clip": torch.randn(3, 8, generator=gen), "t5": torch.randn(3, 3, 8, generator=gen)}
 
     def distance(mu: float) -> float:
-        adapters = build_adapters(16, 8, 8, FedA2VConfig(t5_max_length=3, adapter_hidden_dim=32),
-                                  seed=0)
+        adapters = adapters_for_targets(
+            16, targets, FedA2VConfig(t5_max_length=3, adapter_hidden_dim=32), seed=0)
         start = {k: v.clone() for k, v in adapters_state(adapters).items()}
         cfg = LocalTrainConfig(epochs=4, batch_size=4, stratified=False, per_class_loss=False,
                                grad_accum_steps=1, learning_rates={"clip": 1e-2, "t5": 1e-2},

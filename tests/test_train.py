@@ -9,7 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fed_a2v.config.schema import FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
-from fed_a2v.model.adapters import adapters_state, build_adapters
+from fed_a2v.model.adapters import adapters_for_targets, adapters_state, build_adapters
 from fed_a2v.model.losses import adapter_loss
 from fed_a2v.model.train import LocalTrainConfig, accumulation_sizes, train_local
 
@@ -36,9 +36,9 @@ def _cfg(**changes) -> LocalTrainConfig:
 
 def _train(cfg: LocalTrainConfig, dropout: float = 0.05) -> tuple[dict, dict]:
     """Fresh adapters (init seed 0) trained with `cfg`: their state and the loss history."""
-    adapters = build_adapters(D_TOKEN, D_CLIP, D_T5,
-                              FedA2VConfig(t5_max_length=T5_LEN, adapter_hidden_dim=32,
-                                           adapter_dropout=dropout), seed=0)
+    adapters = adapters_for_targets(D_TOKEN, TARGETS,
+                                    FedA2VConfig(t5_max_length=T5_LEN, adapter_hidden_dim=32,
+                                                 adapter_dropout=dropout), seed=0)
     history = train_local(adapters, _data(), TARGETS, cfg, CPU)
     return adapters_state(adapters), history
 
@@ -91,7 +91,7 @@ def test_every_accumulation_group_steps_with_the_mean_gradient_of_its_batches() 
     one-clip loss, so each group's mean gradient is that loss's gradient at the parameters of
     the step, the last, shorter group included (dividing it by 2 would halve it)."""
     cfg = FedA2VConfig(t5_max_length=T5_LEN, adapter_hidden_dim=32, adapter_dropout=0.0)
-    adapter = build_adapters(D_TOKEN, D_CLIP, D_T5, cfg, seed=0)["clip"]
+    adapter = build_adapters(D_TOKEN, D_CLIP, D_T5, cfg, seed=0, target_rows=2)["clip"]
     clip = torch.randn(1, N_TOKENS, D_TOKEN, generator=torch.Generator().manual_seed(3))
     data = EncodedSet(clip.expand(5, -1, -1).clone(), torch.zeros(5, dtype=torch.long))
     names = [name for name, _ in adapter.named_parameters()]

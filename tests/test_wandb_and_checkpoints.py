@@ -169,7 +169,7 @@ def ckpt_config(tmp_path: Path, **feda2v: object) -> Config:
 
 
 def adapter_state(config: Config, d_clip: int = 8) -> dict[str, torch.Tensor]:
-    return adapters_state(build_adapters(16, d_clip, 12, config.feda2v, seed=0))
+    return adapters_state(build_adapters(16, d_clip, 12, config.feda2v, seed=0, target_rows=3))
 
 
 def save_rounds(checkpoints: AdapterCheckpoints, state: dict[str, torch.Tensor],
@@ -199,7 +199,7 @@ def test_checkpoints_are_saved_at_the_frequency_and_the_last_round_and_load_the_
     assert json.loads(meta["dims"]) == {"d_audio": 16, "d_clip": 8}
     if per_type:
         assert meta["adapter"] == "clip"
-        assert all(k.startswith(("pool.", "head.")) for k in load_file(
+        assert all(k.startswith(("pool.", "stats.", "head.")) for k in load_file(
             str(tmp_path / "ckpt" / names[4][0])))
     # A new run starts from the latest round, whichever layout wrote it.
     fresh = ckpt_config(tmp_path, adapter_checkpoint_per_type=not per_type)

@@ -8,6 +8,7 @@ last layer projects up to the target width, which keeps the per-round payload sm
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -65,6 +66,10 @@ class SpanAdapter(Adapter):
         super().__init__(d_audio, rank, None, cfg)
         self.out = SpanBasis(shape, rank)
 
+    @property
+    def out_features(self) -> int:
+        return self.out.shape[-1]
+
     def coordinates(self, tokens: torch.Tensor) -> torch.Tensor:
         return super().forward(tokens)
 
@@ -83,42 +88,51 @@ def adapter_names(cfg: FedA2VConfig) -> tuple[str, ...]:
 
 
 def build_adapters(d_audio: int, d_clip: int, d_t5: int | None, cfg: FedA2VConfig,
-                   seed: int = 0) -> dict[str, nn.Module]:
+                   seed: int = 0, target_rows: int | None = None) -> dict[str, nn.Module]:
     """flux: the CLIP adapter `(B, d_clip)` and the T5 adapter `(B, t5_max_length, d_t5)`;
-    sd: the CLIP adapter `(B, clip_max_length, d_clip)` only (`d_t5` unused). With
-    `adapter_design` "upstream", the upstream research code's adapters of those shapes."""
+    sd: the CLIP adapter `(B, clip_max_length, d_clip)` only (`d_t5` unused). Those named in
+    `span_adapters` are `SpanAdapter`s, whose width follows the target table's `target_rows`
+    (their basis is set by `adapters_for_targets`). With `adapter_design` "upstream", the
+    upstream research code's adapters of those shapes."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.adapter_design == "upstream":
             return build_upstream_adapters(d_audio, d_clip, d_t5, cfg)
         if cfg.diffusion_type == "sd":
-            return {"clip": Adapter(d_audio, d_clip, cfg.clip_max_length, cfg)}
-        if d_t5 is None:
+            adapters = {"clip": Adapter(d_audio, d_clip, cfg.clip_max_length, cfg)}
+            shapes = {"clip": (cfg.clip_max_length, d_clip)}
+        elif d_t5 is None:
             raise ValueError("diffusion_type 'flux' needs the T5 targets' width (d_t5)")
-        return {
-            "clip": Adapter(d_audio, d_clip, None, cfg),
-            "t5": Adapter(d_audio, d_t5, cfg.t5_max_length, cfg),
-        }
+        else:
+            adapters = {"clip": Adapter(d_audio, d_clip, None, cfg),
+                        "t5": Adapter(d_audio, d_t5, cfg.t5_max_length, cfg)}
+            shapes = {"clip": (d_clip,), "t5": (cfg.t5_max_length, d_t5)}
+    spans = [name for name in adapters if name in cfg.span_adapters]
+    if spans and target_rows is None:
+        raise ValueError(f"span adapters ({', '.join(spans)}) need the target table's rows")
+    for name in spans:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            rank = span_rank(target_rows, math.prod(shapes[name]))
+            adapters[name] = SpanAdapter(d_audio, shapes[name], rank, cfg)
+    return adapters
 
 
 def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: FedA2VConfig,
                          seed: int = 0) -> dict[str, nn.Module]:
-    """The adapters `cfg` trains, as wide as their `targets` (`(N, ..., width)` each)."""
+    """The adapters `cfg` trains, as wide as their `targets` (`(N, ..., width)` each), span
+    adapters on the span of their tables."""
     missing = [name for name in adapter_names(cfg) if name not in targets]
     if missing:
         raise ValueError(f"diffusion_type '{cfg.diffusion_type}' trains adapters "
                          f"{', '.join(adapter_names(cfg))}, but the targets have no "
                          f"{', '.join(missing)} (targets: {', '.join(sorted(targets))})")
     d_t5 = targets["t5"].shape[-1] if "t5" in targets else None
-    adapters = build_adapters(d_audio, targets["clip"].shape[-1], d_t5, cfg, seed)
-    if cfg.adapter_design == "fed_a2v":
-        for name in (n for n in adapter_names(cfg) if n in cfg.span_adapters):
-            table = targets[name]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                adapters[name] = SpanAdapter(d_audio, tuple(table.shape[1:]), span_rank(table),
-                                             cfg)
-            adapters[name].out.set_table(table)
+    adapters = build_adapters(d_audio, targets["clip"].shape[-1], d_t5, cfg, seed,
+                              len(targets["clip"]))
+    for name, adapter in adapters.items():
+        if isinstance(adapter, SpanAdapter):
+            adapter.out.set_table(targets[name])
     return adapters
 
 

@@ -19,10 +19,10 @@ from torch import nn
 MAX_RANK = 1024
 
 
-def span_rank(table: torch.Tensor) -> int:
-    """How many directions the span of `table`'s rows `(K, ...)` gets: K - 1, at most the
-    flattened width and `MAX_RANK`, at least 1."""
-    return max(min(len(table) - 1, table[0].numel(), MAX_RANK), 1)
+def span_rank(rows: int, width: int) -> int:
+    """How many directions the span of a table of `rows` rows, each `width` values flattened,
+    gets: rows - 1, at most `width` and `MAX_RANK`, at least 1."""
+    return max(min(rows - 1, width, MAX_RANK), 1)
 
 
 class SpanBasis(nn.Module):
