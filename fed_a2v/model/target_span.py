@@ -12,6 +12,8 @@ the same one; it is not trained, not sent and not saved (non-persistent buffers)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -35,7 +37,7 @@ class SpanBasis(nn.Module):
     def __init__(self, shape: tuple[int, ...], rank: int) -> None:
         super().__init__()
         self.shape = shape
-        width = int(torch.tensor(shape).prod())
+        width = math.prod(shape)
         self.register_buffer("mean", torch.zeros(shape), persistent=False)
         self.register_buffer("directions", torch.eye(rank, width), persistent=False)
         self.register_buffer("scale", torch.ones(()), persistent=False)
