@@ -365,7 +365,9 @@ def test_cli_embed_writes_the_conditioning_of_each_clip(package, corpus, tmp_pat
     adapters = FedA2VAdapters.from_pretrained(package)
     _, tokens, _ = encode_clips(adapters, [Path(clips[0])], str(tmp_path / "cache"))
     direct = adapters.conditioning(tokens[0][None])
-    assert torch.allclose(direct["pooled_prompt_embeds"][0], tensors["pooled_prompt_embeds"][0])
+    # float32 sums differ with the batch size: the same output up to rounding
+    assert torch.allclose(direct["pooled_prompt_embeds"][0], tensors["pooled_prompt_embeds"][0],
+                          atol=1e-5)
 
 
 @pytest.mark.slow
