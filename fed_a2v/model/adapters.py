@@ -99,23 +99,23 @@ def build_adapters(d_audio: int, d_clip: int, d_t5: int | None, cfg: FedA2VConfi
         if cfg.adapter_design == "upstream":
             return build_upstream_adapters(d_audio, d_clip, d_t5, cfg)
         if cfg.diffusion_type == "sd":
-            adapters = {"clip": Adapter(d_audio, d_clip, cfg.clip_max_length, cfg)}
             shapes = {"clip": (cfg.clip_max_length, d_clip)}
         elif d_t5 is None:
             raise ValueError("diffusion_type 'flux' needs the T5 targets' width (d_t5)")
         else:
-            adapters = {"clip": Adapter(d_audio, d_clip, None, cfg),
-                        "t5": Adapter(d_audio, d_t5, cfg.t5_max_length, cfg)}
             shapes = {"clip": (d_clip,), "t5": (cfg.t5_max_length, d_t5)}
-    spans = [name for name in adapters if name in cfg.span_adapters]
-    if spans and target_rows is None:
-        raise ValueError(f"span adapters ({', '.join(spans)}) need the target table's rows")
-    for name in spans:
+        spans = [name for name in shapes if name in cfg.span_adapters]
+        if spans and target_rows is None:
+            raise ValueError(f"span adapters ({', '.join(spans)}) need the target table's rows")
+        # full adapters first, in order, from one seeded stream
+        adapters = {name: Adapter(d_audio, shape[-1], shape[0] if len(shape) > 1 else None, cfg)
+                    for name, shape in shapes.items() if name not in spans}
+    for name in spans:  # each from the seed alone
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             rank = span_rank(target_rows, math.prod(shapes[name]))
             adapters[name] = SpanAdapter(d_audio, shapes[name], rank, cfg)
-    return adapters
+    return {name: adapters[name] for name in shapes}
 
 
 def adapters_for_targets(d_audio: int, targets: dict[str, torch.Tensor], cfg: FedA2VConfig,
