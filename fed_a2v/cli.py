@@ -21,13 +21,7 @@ from fed_a2v.config.schema import Config, ConfigError, NodeConfig
 from fed_a2v.config.validate import check_node_diffusion
 from fed_a2v.data.audio import skipped_clips_note
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS, SOUNDFONT_MODULE
-from fed_a2v.data.builtin.speech import (
-    ESPEAK_MODULE,
-    ESPEAK_WHEELS,
-    GERMAN_SPEECH,
-    ITALIAN_SPEECH,
-    SPEECH,
-)
+from fed_a2v.data.builtin.speech import ESPEAK_MODULE, ESPEAK_WHEELS, SPOKEN_CORPORA
 from fed_a2v.data.first_experiment import (
     DEFAULT_NODES,
     DEFAULT_ROUNDS,
@@ -73,9 +67,7 @@ log = logging.getLogger("fed_a2v.cli")
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 # The built-in corpora that need the `corpora` extra to be made: kind -> (module, note).
-CORPUS_MODULES = {SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
-                  ITALIAN_SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
-                  GERMAN_SPEECH.name: (ESPEAK_MODULE, ESPEAK_WHEELS),
+CORPUS_MODULES = {**{g.name: (ESPEAK_MODULE, ESPEAK_WHEELS) for g in SPOKEN_CORPORA},
                   INSTRUMENTS_CORPUS.name: (SOUNDFONT_MODULE, "")}
 
 

@@ -175,14 +175,19 @@ SPEECH = Generator("speech", WORDS, spoken_clips(ACCENTS),
                    f"{len(VARIANTS)} voices, random rate, pitch and intonation, over noise at "
                    f"{SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
 
-ITALIAN_SPEECH = Generator(
-    "italian_speech", PAROLE, spoken_clips(ITALIAN_ACCENTS),
-    f"{len(PAROLE)} spoken Italian words (cane, gatto, pioggia, ...), 1-3 times a clip, by "
-    f"eSpeak NG's Italian voice x {len(VARIANTS)} voice variants, random rate, pitch and "
-    f"intonation, over noise at {SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
 
-GERMAN_SPEECH = Generator(
-    "german_speech", WOERTER, spoken_clips(GERMAN_ACCENTS),
-    f"{len(WOERTER)} spoken German words (Hund, Katze, Regen, ...), 1-3 times a clip, by "
-    f"eSpeak NG's German voice x {len(VARIANTS)} voice variants, random rate, pitch and "
-    f"intonation, over noise at {SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
+
+def confirmation_corpus(name: str, words: tuple[str, ...], accent: str,
+                        language: str) -> Generator:
+    """A spoken corpus of `words` in eSpeak NG's `accent` voice x every voice variant."""
+    return Generator(
+        name, words, spoken_clips((accent,)),
+        f"{len(words)} spoken {language} words ({', '.join(words[:3])}, ...), 1-3 times a clip, "
+        f"by eSpeak NG's {language} voice x {len(VARIANTS)} voice variants, random rate, pitch "
+        f"and intonation, over noise at {SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
+
+
+ITALIAN_SPEECH = confirmation_corpus("italian_speech", PAROLE, ITALIAN_ACCENTS[0], "Italian")
+GERMAN_SPEECH = confirmation_corpus("german_speech", WOERTER, GERMAN_ACCENTS[0], "German")
+# Every corpus eSpeak NG speaks (the `corpora` extra's espeakng-loader).
+SPOKEN_CORPORA = (SPEECH, ITALIAN_SPEECH, GERMAN_SPEECH)
