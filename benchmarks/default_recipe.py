@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from corpora_vs_ridge import SPACES
+from corpora_vs_ridge import SPACES, corpus_row, table
 from federated_runs import run_experiment
 
 from fed_a2v.config.overrides import apply_overrides
@@ -83,8 +83,6 @@ def main() -> None:
         changes = apply_overrides(copy.deepcopy(BEFORE) if args.before else {}, args.set)
     except ConfigError as err:
         raise SystemExit(str(err)) from err
-    from corpora_vs_ridge import corpus_row, table
-
     rows = {}
     for corpus in args.corpora:
         path = args.root / f"{corpus}.json"
