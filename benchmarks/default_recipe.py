@@ -49,10 +49,10 @@ def default_experiment(corpus: str, local_epochs: int) -> dict[str, Any]:
     }
 
 
-def seed_rows(summaries: list[dict[str, Any]]) -> list[str]:
+def seed_rows(summaries: list[dict[str, Any]], first_seed: int = 0) -> list[str]:
     """One line per seed: FedA2V, centralized ridge, local-only ridge top-1 and cosine."""
     lines = []
-    for seed, x in enumerate(summaries):
+    for seed, x in enumerate(summaries, start=first_seed):
         b = x["baselines"]
         cells = [" / ".join(f"{v:.3f}" for v in vals) for vals in (
             [b["fedA2V"][f"{s}_top1"] for s in SPACES],
@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpora", nargs="+", choices=sorted(BUILTIN))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -89,11 +91,13 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(default_experiment(corpus, args.local_epochs)))
         summaries = [run_experiment(path, args.root, f"{corpus}-{args.tag}-s{seed}", seed,
-                                    args.rounds,
-                                    changes) for seed in range(args.seeds)]
-        print(f"`{corpus}`", *seed_rows(summaries), sep="\n", flush=True)
+                                    args.rounds, changes)
+                     for seed in range(args.first_seed, args.first_seed + args.seeds)]
+        print(f"`{corpus}`", *seed_rows(summaries, args.first_seed), sep="\n", flush=True)
         rows[corpus] = corpus_row(summaries)
-    print(f"{args.rounds} rounds x {args.local_epochs} local epochs, seeds 0-{args.seeds - 1}, "
+    last_seed = args.first_seed + args.seeds - 1
+    print(f"{args.rounds} rounds x {args.local_epochs} local epochs, "
+          f"seeds {args.first_seed}-{last_seed}, "
           f"schema defaults{' before the recipe' if args.before else ''}, means over seeds, "
           "CLIP / T5"
           + (f"; changed: {json.dumps(changes)}" if changes else ""))
