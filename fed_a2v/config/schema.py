@@ -55,7 +55,10 @@ BUILTIN_DATASETS = tuple(BUILTIN_CLASSES)
 # Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
 DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound", "folders")
 DIFFUSION_TYPES = ("flux", "sd")
-AGGREGATION_MODES = ("weighted_average", "avg", "none")
+AGGREGATION_MODES = ("weighted_average", "avg", "none", "kd")
+GENERATOR_KINDS = ("gaussian", "replay", "noise")  # fed_a2v.model.generators
+GENERATOR_GRANULARITIES = ("per_class", "unified", "per_group")
+KD_TEACHERS = ("class_holders", "all_nodes")
 ADAPTER_DESIGNS = ("fed_a2v", "upstream")
 # Flower's strategies FedA2V runs (fed_a2v.federation.flower_strategies)
 STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
@@ -251,7 +254,9 @@ class FedA2VConfig:
         "cache keeps every token)"))
     adapter_aggregation_mode: str = field(default="weighted_average", metadata=_rule(
         "`weighted_average`: FedAvg by examples; `avg`: unweighted mean; `none`: standalone "
-        "nodes (each trains alone, nothing is exchanged after the first message)",
+        "nodes (each trains alone, nothing is exchanged after the first message); `kd`: FedAvg, "
+        "then distilled on samples of the nodes' per-class generators (see `kd_*`, "
+        "`generator_*`)",
         choices=AGGREGATION_MODES))
     adapter_checkpoint_dir: str = field(default="checkpoints/adapters", metadata=_rule(
         "where the global adapters are saved (`adapter_save_checkpoint`) and loaded from "
@@ -351,6 +356,43 @@ class FedA2VConfig:
         "`upstream`: the upstream research code's adapters, pooling at the target width, to "
         "compare against",
         choices=ADAPTER_DESIGNS))
+    generator_type: str = field(default="gaussian", metadata=_rule(
+        "the nodes' per-class token-sequence generators (fed_a2v.model.generators): "
+        "`gaussian`, a low-rank Gaussian per class; `replay`: the clips' tokens themselves (an "
+        "oracle for studies: it sends the node's encoded data); `noise`: one class-blind "
+        "Gaussian (a lower bound for studies)", choices=GENERATOR_KINDS))
+    generator_granularity: str = field(default="per_class", metadata=_rule(
+        "which classes share a generator's directions: `per_class` none, `unified` all of a "
+        "node's, `per_group` those of one `generator_class_groups` group",
+        choices=GENERATOR_GRANULARITIES))
+    generator_class_groups: dict[str, list] = field(default_factory=dict, metadata=_rule(
+        "`per_group`: group name -> its classes; a class in no group is its own"))
+    generator_rank: int = field(default=8, metadata=_rule(
+        "directions a generator keeps (at most its clips minus one)", min=0))
+    generator_training_mode: bool = field(default=False, metadata=_rule(
+        "the nodes fit their generators and save them (`generator_checkpoint_dir`), and do "
+        "not train adapters: upstream's first phase"))
+    generator_checkpoint_dir: str = field(default="checkpoints/generators", metadata=_rule(
+        "where nodes save their generators (`generator_save_checkpoint`, "
+        "`generator_training_mode`) and the server loads them (`generator_load_checkpoint`); "
+        "relative: to the working directory"))
+    generator_checkpoint_base_name: str = field(default="generator", metadata=_rule(
+        "the files' prefix, upstream's names: `<base>_node<id>_class_<c>_round_<r>.pt`"))
+    generator_save_checkpoint: bool = field(default=False, metadata=_rule(
+        "nodes save their generators when they fit them"))
+    generator_load_checkpoint: bool = field(default=False, metadata=_rule(
+        "the server starts from the generators saved in `generator_checkpoint_dir` (each "
+        "node's latest round) instead of asking the nodes"))
+    kd_training_epochs: int = field(default=5, metadata=_rule(
+        "`kd`: the server's distillation epochs each round", min=1))
+    kd_learning_rate: float = field(default=1e-3, metadata=_rule(
+        "`kd`: the distillation's AdamW learning rate", min_exclusive=0.0))
+    kd_samples_per_class: int = field(default=32, metadata=_rule(
+        "`kd`: generated samples of each class the server distils on", min=1))
+    kd_teacher: str = field(default="class_holders", metadata=_rule(
+        "`kd`: a class's teacher is the example-weighted mean of the adapters of the nodes "
+        "that hold it (`class_holders`), or of every node (`all_nodes`, as upstream)",
+        choices=KD_TEACHERS))
     generate_nodes_images_frequency: int = field(default=0, metadata=_rule(
         "every N rounds (0: never) each node renders its first `generate_images_per_node` "
         "held-out clips with the global adapters, on the node (fed_a2v.generate.node_images); "

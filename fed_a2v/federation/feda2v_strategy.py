@@ -28,11 +28,12 @@ from fed_a2v.encode.node_data import COUNT_KEYS
 from fed_a2v.encode.target_set import Targets
 from fed_a2v.federation.aggregation import RunningAverage, update_problem
 from fed_a2v.federation.baselines import RidgeBaselines
+from fed_a2v.federation.distillation import KDAggregation
 from fed_a2v.federation.overlap_check import OverlapCheck
 from fed_a2v.federation.protocol import (
     IMAGES,
     NODE,
-    RIDGE_STATS,
+    SIDE_ARRAYS,
     SKIPPED,
     STANDALONE,
     TARGET_NAMES,
@@ -94,7 +95,8 @@ class FedA2VStrategy(FedAvg):
                  max_update_norm: float | None = None, allow_overlap: bool = False,
                  aggregation_mode: str = "weighted_average", eval_gap: int = 1,
                  render_every: int = 0, transport_dtype: str = "fp32",
-                 baselines: RidgeBaselines | None = None, **fedavg_kwargs) -> None:
+                 baselines: RidgeBaselines | None = None, kd: KDAggregation | None = None,
+                 **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
         self.targets_records = {
@@ -141,6 +143,8 @@ class FedA2VStrategy(FedAvg):
         # Ridge baselines (federation.baselines): their statistics and maps travel beside
         # the adapters, never in their ArrayRecord
         self.baselines = baselines
+        # KD aggregation (adapter_aggregation_mode kd): generators, teacher sums, distillation
+        self.kd = kd
         # Clips shared between nodes fail the run; standalone nodes never share a model, so a
         # clip in two nodes' sets cannot leak from one node's evaluation to another's.
         self.overlap = None if self.standalone else OverlapCheck(allow_overlap)
@@ -161,7 +165,8 @@ class FedA2VStrategy(FedAvg):
                      **(self.overlap.request(node) if self.overlap else {}),
                      **(self.baselines.records(node, message.metadata.message_type,
                                                server_round == self.last_round)
-                        if self.baselines else {})}
+                        if self.baselines else {}),
+                     **(self.kd.records(message.metadata.message_type) if self.kd else {})}
             if extra:
                 content = RecordDict({**dict(message.content.items()), **extra})
                 message = Message(content, dst_node_id=node,
@@ -229,6 +234,8 @@ class FedA2VStrategy(FedAvg):
         """Start taking the round's updates; its train config, with each adapter's LR."""
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         self.train_round, self.average, self.taken = server_round, None, {}
+        if self.kd:
+            self.kd.open_round(server_round)
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
         return ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
@@ -273,8 +280,10 @@ class FedA2VStrategy(FedAvg):
             return reply
         if self.baselines:  # before the arrays are dropped below
             self.baselines.take(reply, node_key(reply), self.node_name(reply))
+        if self.kd:
+            self.kd.take(reply, node_key(reply), self.node_name(reply))
         received = sum(a.count_bytes() for k, a in reply.content.array_records.items()
-                       if k != RIDGE_STATS)
+                       if k not in SIDE_ARRAYS)
         self.update_bytes[self.train_round] = self.update_bytes.get(self.train_round, 0) + received
         problem = self._take(reply.content, id(reply))
         self.taken[id(reply)] = reply, problem
@@ -290,7 +299,7 @@ class FedA2VStrategy(FedAvg):
 
     def _take(self, content: RecordDict, key: int) -> str | None:
         """Add a reply's adapters to the running average; why not, if they cannot be."""
-        arrays = [a for k, a in content.array_records.items() if k != RIDGE_STATS]
+        arrays = [a for k, a in content.array_records.items() if k not in SIDE_ARRAYS]
         metrics = list(content.metric_records.values())
         if len(arrays) != 1 or len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
             return f"expected one ArrayRecord and one MetricRecord with '{self.weighted_by_key}'"
@@ -307,11 +316,14 @@ class FedA2VStrategy(FedAvg):
         if problem:
             return problem
         weight = (float(metrics[0][self.weighted_by_key])
-                  if self.aggregation_mode == "weighted_average" else 1.0)
+                  if self.aggregation_mode in ("weighted_average", "kd") else 1.0)
         try:
             self._add(key, update, weight)
         except ValueError as err:  # e.g. a negative example count; the sum is untouched
             return str(err)
+        if self.kd:  # the node's adapters teach the classes it holds
+            self.kd.teach(update, key, float(metrics[0][self.weighted_by_key]),
+                          str(content[NODE]["name"]) if NODE in content else str(key))
         return None
 
     def _add(self, key: int, update: WireUpdate, weight: float) -> None:
@@ -348,6 +360,9 @@ class FedA2VStrategy(FedAvg):
         # nothing to aggregate for standalone nodes: they keep their own adapters
         arrays = ArrayRecord() if self.standalone else self._new_global(local_round, accepted)
         self.average, self.taken = None, {}
+        if self.kd and arrays is not None:
+            arrays, kd_metrics = self.kd.finish(arrays, server_round)
+            self.round_metrics.setdefault(server_round, {}).update(kd_metrics)
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted],
                                              self.weighted_by_key)
         self._record(server_round, metrics)

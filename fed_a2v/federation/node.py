@@ -27,6 +27,7 @@ from fed_a2v.encode.node_data import (
 )
 from fed_a2v.encode.target_set import Targets
 from fed_a2v.federation.baselines import hits_reply, stats_reply
+from fed_a2v.federation.distillation import generator_reply
 from fed_a2v.federation.overlap_check import digests_record
 from fed_a2v.federation.protocol import (
     DIGESTS,
@@ -184,7 +185,9 @@ def train_reply(msg: Message, context: Context) -> Message:
         # FedProx's weight, which Flower's FedProx puts in the train config
         proximal_mu=float(rnd.record.get("proximal-mu", 0.0)),
     )
-    history = train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device)
+    # upstream's first phase: the nodes fit (and save) their generators and train no adapters
+    history = ({} if cfg.feda2v.generator_training_mode else
+               train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device))
     seconds = {**delivered, "train_setup_seconds": setup,
                "train_seconds": time.perf_counter() - started - setup}
     if rnd.standalone:  # the adapters stay here: on this node's disk, for its next message
@@ -201,7 +204,11 @@ def train_reply(msg: Message, context: Context) -> Message:
     # The ridge baselines' statistics, once, beside the adapters (fed_a2v.federation.baselines)
     ridge = (stats_reply(msg.content[RIDGE_REQUEST], rnd.ident.key, rnd.data.train,
                          len(rnd.targets.names)) if RIDGE_REQUEST in msg.content else {})
+    # KD: the node's class counts, its generators once (fed_a2v.federation.distillation)
+    generators = generator_reply(cfg, msg, rnd.ident.key, rnd.ident.index, rnd.server_round,
+                                 rnd.data.train, rnd.targets)
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport, **ridge,
+                               **generators,
                                **rnd.reports(msg)}), reply_to=msg)
 
 

@@ -9,6 +9,9 @@ DIGESTS_REQUEST = "clip-digests-salt"  # ConfigRecord {"salt"}, until a node ans
 # ConfigRecord {"have": JSON list of node keys whose stats the server holds}: train
 # instructions, until a node answers; a node not in "have" replies with RIDGE_STATS
 RIDGE_REQUEST = "ridge-request"
+# ConfigRecord {"have": JSON list of node keys whose generators the server holds}: KD train
+# instructions; a node not in "have" replies with GENERATORS (fed_a2v.federation.distillation)
+GENERATOR_REQUEST = "generator-request"
 RIDGE_MAPS = "ridge-maps"  # ArrayRecord {"central", "local.<i>"}: final evaluation only
 
 # Replies (node -> server)
@@ -25,3 +28,9 @@ IMAGES = "node-images"  # ConfigRecord {"count", "dir"}: images rendered on the 
 # (fed_a2v.federation.baselines); not an adapter update
 RIDGE_STATS = "ridge-stats"
 RIDGE_HITS = "ridge-hits"  # ConfigRecord {"clips", "<map>/<space>": hits}: held-out top-1 hits
+# ArrayRecord {"<i>.<field>"} and ConfigRecord "<GENERATORS>-classes" {"classes"}: a node's
+# per-class generators, once; not an adapter update
+GENERATORS = "generators"
+CLASS_COUNTS = "class-counts"  # ConfigRecord {"counts": JSON {class: training clips}}: KD
+# Reply ArrayRecords that are not the adapter update
+SIDE_ARRAYS = (RIDGE_STATS, GENERATORS)

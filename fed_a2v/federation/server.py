@@ -20,6 +20,7 @@ from fed_a2v.data.node_corpora import corpus_index
 from fed_a2v.encode.encoders import describe_audio_encoder
 from fed_a2v.encode.text_targets import targets_for
 from fed_a2v.federation.baselines import RidgeBaselines
+from fed_a2v.federation.distillation import KDAggregation
 from fed_a2v.federation.flower_strategies import build_strategy
 from fed_a2v.federation.privacy import privacy_record, with_privacy
 from fed_a2v.federation.rounds import check_simulated_federation
@@ -118,6 +119,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         transport_dtype=fed.transport_dtype,
         baselines=RidgeBaselines(fed.baseline_ridge_lambda, d_audio, len(targets.names),
                                  run_dir / RIDGE_FILE) if fed.baselines else None,
+        kd=KDAggregation(config, targets, d_audio) if mode == "kd" else None,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -187,6 +189,11 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "eval_gap": fed.eval_gap,
         # Differential privacy (fed_a2v.federation.privacy): mechanism, settings, the (ε, δ) spent.
         "privacy": privacy_record(runner),
+        # KD aggregation: the class generators the server held, what the nodes sent of them.
+        "kd": {"classes_with_generators": sorted(strategy.kd.generators),
+               "generator_bytes_received": strategy.kd.generator_bytes,
+               "teacher": config.feda2v.kd_teacher,
+               "generator_type": config.feda2v.generator_type} if strategy.kd else None,
         # Images rendered on the nodes (they stay there): round, node, count, folder.
         "node_images": strategy.node_images,
         # Held-out top-1 of linear ridge maps and chance beside FedA2V's

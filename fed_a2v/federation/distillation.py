@@ -1,0 +1,234 @@
+"""KD aggregation (`feda2v.adapter_aggregation_mode` `kd`) across the network: each node sends
+its per-class generators once (`fed_a2v.model.generators`), the server merges them into one
+generator per class, and from the next round on it distils the round's FedAvg on their samples,
+each class taught by the nodes that hold it (`fed_a2v.model.distill`).
+
+What crosses the network besides the adapters: per node, once, each of its classes' generator
+(a mean token sequence, `generator_rank` directions with their spreads, a noise level: for
+`replay`, the clips' tokens themselves) and, every round, how many training clips of each class
+it holds. The server keeps one generator per class and the teacher's running sums, so its
+memory does not grow with the number of nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
+
+from fed_a2v.config.schema import Config, FedA2VConfig
+from fed_a2v.encode.encoded_set import EncodedSet
+from fed_a2v.encode.target_set import Targets
+from fed_a2v.federation.protocol import CLASS_COUNTS, GENERATOR_REQUEST, GENERATORS
+from fed_a2v.model.adapters import adapters_for_targets, adapters_state, load_adapters_state
+from fed_a2v.model.distill import TeacherSums, TransferSet, distill
+from fed_a2v.model.generators import (
+    ClassGenerator,
+    fit_generators,
+    latest_checkpoints,
+    load_checkpoint,
+    merge_generators,
+    save_checkpoints,
+)
+
+log = logging.getLogger(__name__)
+
+
+# The node's side.
+
+def row_names(data: EncodedSet, targets: Targets) -> list[str]:
+    """Each training clip's class: the name of its target row."""
+    return [targets.names[int(r)] for r in data.target_ids]
+
+
+def class_counts_record(data: EncodedSet, targets: Targets) -> ConfigRecord:
+    names = row_names(data, targets)
+    return ConfigRecord({"counts": json.dumps({c: names.count(c) for c in dict.fromkeys(names)})})
+
+
+def node_generators(data: EncodedSet, targets: Targets, cfg: FedA2VConfig
+                    ) -> dict[str, ClassGenerator]:
+    """The generators of a node's training clips, one per class (target row)."""
+    tokens = data.tokens.batch(list(range(len(data))))
+    return fit_generators(tokens, row_names(data, targets), cfg.generator_type,
+                          cfg.generator_granularity, cfg.generator_rank,
+                          cfg.generator_class_groups)
+
+
+def generators_records(generators: dict[str, ClassGenerator]) -> dict[str, Any]:
+    """A node's generators as its reply carries them: one ArrayRecord (`<i>.<field>`) and
+    the class of each `<i>`."""
+    arrays = ArrayRecord({f"{i}.{k}": Array(np.ascontiguousarray(v))
+                          for i, g in enumerate(generators.values())
+                          for k, v in g.arrays().items()})
+    return {GENERATORS: arrays,
+            f"{GENERATORS}-classes": ConfigRecord({"classes": json.dumps(list(generators))})}
+
+
+def generators_from_records(arrays: ArrayRecord, classes: ConfigRecord, where: str
+                            ) -> dict[str, ClassGenerator]:
+    """The inverse of `generators_records`; ValueError naming `where`."""
+    names = json.loads(str(classes["classes"]))
+    fields: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        index, _, field = key.partition(".")
+        if not index.isdigit() or int(index) >= len(names):
+            raise ValueError(f"{where}: unexpected generator array '{key}'")
+        fields.setdefault(int(index), {})[field] = value.numpy()
+    return {name: ClassGenerator.from_arrays(fields.get(i, {}), f"{where}, class {name}")
+            for i, name in enumerate(names)}
+
+
+def generator_reply(config: Config, msg: Message, node_key: str, node_index: int,
+                    server_round: int, data: EncodedSet, targets: Targets) -> dict[str, Any]:
+    """What a train reply adds for KD and generator training: the node's class counts; its
+    generators when the server asks for them; saved under upstream's names when the config
+    says so (`generator_save_checkpoint`, or `generator_training_mode` in its first and last
+    round)."""
+    cfg = config.feda2v
+    kd = cfg.adapter_aggregation_mode == "kd"
+    asked = GENERATOR_REQUEST in msg.content and node_key not in json.loads(
+        str(msg.content[GENERATOR_REQUEST]["have"]))
+    save = cfg.generator_training_mode and server_round in (1, config.federation.global_rounds)
+    if not (asked or save or kd):
+        return {}
+    out: dict[str, Any] = {CLASS_COUNTS: class_counts_record(data, targets)}
+    if asked or save:
+        generators = node_generators(data, targets, cfg)
+        if asked:
+            out |= generators_records(generators)
+        if save or (asked and cfg.generator_save_checkpoint):
+            paths = save_checkpoints(generators, Path(cfg.generator_checkpoint_dir),
+                                     cfg.generator_checkpoint_base_name, node_index,
+                                     cfg.generator_granularity, server_round,
+                                     cfg.generator_class_groups)
+            log.info("saved %d generator file(s) to %s", len(paths), cfg.generator_checkpoint_dir)
+    return out
+
+
+# The server's side.
+
+class KDAggregation:
+    """The server's KD state: one generator per class (merged over the nodes that sent one),
+    this round's teacher sums, and what distillation did each round."""
+
+    def __init__(self, config: Config, targets: Targets, d_audio: int) -> None:
+        self.cfg = config.feda2v
+        self.seed = config.experiment.seed
+        self.batch_size = config.training.batch_size
+        self.targets, self.d_audio = targets, d_audio
+        self.template = adapters_for_targets(d_audio, targets.tensors, self.cfg, self.seed)
+        self.generators: dict[str, ClassGenerator] = {}
+        self.pending: dict[str, list[ClassGenerator]] = {}  # arrived this round
+        self.have: set[str] = set()  # node keys whose generators the server holds
+        self.teacher: TeacherSums | None = None
+        self.counts: dict[int, dict[str, int]] = {}  # reply id -> its classes' clip counts
+        self.generator_bytes = 0
+        if self.cfg.generator_load_checkpoint:
+            self.load(Path(self.cfg.generator_checkpoint_dir))
+
+    def load(self, folder: Path) -> None:
+        """Start from the generators saved in `folder`: each node's latest round."""
+        found = latest_checkpoints(folder, self.cfg.generator_checkpoint_base_name)
+        if not found:
+            raise FileNotFoundError(
+                f"'feda2v.generator_load_checkpoint': no generator files "
+                f"'{self.cfg.generator_checkpoint_base_name}_node<id>_..._round_<r>.pt' in "
+                f"{folder} (the nodes save them with generator_save_checkpoint or "
+                "generator_training_mode)")
+        for node, paths in sorted(found.items()):
+            for path in paths:
+                for name, gen in load_checkpoint(path).items():
+                    self.pending.setdefault(name, []).append(gen)
+            self.have.add(f"checkpoint node{node}")
+        self.merge_pending()
+        log.info("KD: %d class generators loaded from %s (%d nodes)", len(self.generators),
+                 folder, len(found))
+
+    def records(self, kind: str) -> dict[str, Any]:
+        """Train instructions ask every node whose generators the server lacks."""
+        if kind != MessageType.TRAIN or self.cfg.generator_load_checkpoint:
+            return {}
+        return {GENERATOR_REQUEST: ConfigRecord({"have": json.dumps(sorted(self.have))})}
+
+    def open_round(self, server_round: int) -> None:
+        self.counts = {}
+        self.teacher = (TeacherSums(TransferSet(self.generators, self.cfg.kd_samples_per_class,
+                                                self.seed * 100_003 + server_round))
+                        if self.generators else None)
+
+    def take(self, reply: Message, node_key: str, name: str) -> None:
+        """A train reply's class counts and generators (refused ones are logged)."""
+        content = reply.content
+        if CLASS_COUNTS in content:
+            try:
+                counts = json.loads(str(content[CLASS_COUNTS]["counts"]))
+                self.counts[id(reply)] = {str(c): int(n) for c, n in counts.items()}
+            except (ValueError, TypeError, AttributeError) as err:
+                log.warning("KD: class counts of %s refused: %s", name, err)
+        if GENERATORS not in content or node_key in self.have:
+            return
+        try:
+            generators = generators_from_records(content[GENERATORS],
+                                                 content[f"{GENERATORS}-classes"], name)
+            wrong = [c for c, g in generators.items() if g.shape[-1] != self.d_audio]
+            if wrong:
+                raise ValueError(f"generators of {', '.join(wrong)} make tokens of width "
+                                 f"{generators[wrong[0]].shape[-1]}, not the encoder's "
+                                 f"{self.d_audio}")
+        except (ValueError, KeyError) as err:
+            log.warning("KD: the generators of %s refused: %s", name, err)
+            return
+        self.generator_bytes += content[GENERATORS].count_bytes()
+        unknown = [c for c in generators if c not in self.targets.names]
+        if unknown:
+            log.warning("KD: %s sent generators of classes the targets lack: %s", name,
+                        ", ".join(unknown))
+        for c, gen in generators.items():
+            if c not in unknown:
+                self.pending.setdefault(c, []).append(gen)
+        self.have.add(node_key)
+
+    def teach(self, update: Any, key: int, examples: float, name: str) -> None:
+        """Add one accepted update's adapters to the teacher sums, then drop them."""
+        if self.teacher is None:
+            return
+        counts = self.counts.get(key, {})
+        if self.cfg.kd_teacher == "all_nodes":
+            weights = dict.fromkeys(self.teacher.transfer.classes, float(examples))
+        else:
+            weights = {c: float(n) for c, n in counts.items()}
+        load_adapters_state(self.template, {k: torch.from_numpy(np.asarray(update[k]))
+                                            for k in update})
+        self.teacher.add(self.template, weights, name)
+
+    def finish(self, arrays: ArrayRecord, server_round: int) -> tuple[ArrayRecord,
+                                                                     dict[str, float]]:
+        """The round's global adapters: FedAvg's `arrays`, distilled if there is a teacher;
+        the round's KD metrics. Generators that arrived this round join for the next one."""
+        metrics: dict[str, float] = {}
+        if self.teacher is not None and self.teacher.weights:
+            load_adapters_state(self.template, {k: torch.from_numpy(a.numpy().copy())
+                                                for k, a in arrays.items()})
+            losses = distill(self.template, self.teacher, self.cfg.kd_training_epochs,
+                             self.cfg.kd_learning_rate, self.batch_size,
+                             self.seed * 100_003 + server_round)
+            metrics = {f"kd_{k}_loss": v for k, v in losses.items()}
+            metrics["kd_classes"] = float(len(self.teacher.weights))
+            state = adapters_state(self.template)
+            arrays = ArrayRecord({k: Array(state[k].detach().numpy().astype(
+                arrays[k].numpy().dtype)) for k in arrays})
+        self.teacher = None
+        self.merge_pending()
+        return arrays, metrics
+
+    def merge_pending(self) -> None:
+        for c, parts in self.pending.items():
+            known = [self.generators[c]] if c in self.generators else []
+            self.generators[c] = merge_generators(known + parts, self.cfg.generator_rank)
+        self.pending = {}
