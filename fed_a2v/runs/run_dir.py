@@ -41,7 +41,11 @@ def round_keys(config: Config) -> tuple[str, ...]:
             *(f"{a}_lr" for a in names), "train_nodes",
             # differential privacy (fed_a2v.federation.privacy): ε spent so far, the round's
             # clipping norm
-            *(("dp_epsilon", "dp_clipping_norm") if config.privacy.mechanism != "none" else ()))
+            *(("dp_epsilon", "dp_clipping_norm") if config.privacy.mechanism != "none" else ()),
+            # KD aggregation (fed_a2v.federation.distillation): the distillation's last-epoch
+            # loss per adapter, the classes it taught (null in a round without a teacher)
+            *((*(f"kd_{a}_loss" for a in names), "kd_classes")
+              if config.feda2v.adapter_aggregation_mode == "kd" else ()))
 
 
 def eval_keys(config: Config) -> tuple[str, ...]:
