@@ -383,6 +383,11 @@ class FedA2VConfig:
     generator_load_checkpoint: bool = field(default=False, metadata=_rule(
         "the server starts from the generators saved in `generator_checkpoint_dir` (each "
         "node's latest round) instead of asking the nodes"))
+    generator_validation_frequency: int = field(default=5, metadata=_rule(
+        "every N rounds in which a node fits its generators, it reports how they do "
+        "(`generator_own_top1`: how often its own adapters put a sample nearest its class; "
+        "`generator_frechet`: the Fréchet distance between sampled and real mean-pooled "
+        "tokens); 0: never", min=0))
     kd_training_epochs: int = field(default=5, metadata=_rule(
         "`kd`: the server's distillation epochs each round", min=1))
     kd_learning_rate: float = field(default=1e-3, metadata=_rule(
