@@ -213,8 +213,46 @@ def test_kd_federation_in_process(tmp_path: Path) -> None:
     assert summary["kd"]["generator_bytes_received"] > 0
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds[0]["kd_classes"] is None  # no generators yet in round 1
+    # the generators were validated where they were fitted, in round 1
+    assert 0 <= rounds[0]["generator_clip_top1"] <= 1 and rounds[0]["generator_frechet"] > 0
     assert [r["kd_classes"] for r in rounds[1:]] == [3, 3]
     assert all(r["kd_t5_loss"] is not None and r["kd_clip_loss"] is not None
                for r in rounds[1:])
     saved = sorted(p.name for p in (tmp_path / "generators").iterdir())
     assert len(saved) == 3 and all(n.startswith("vae_perclass_node") for n in saved)
+
+
+def test_a_first_phase_saves_generators_that_a_second_phase_distils_from(tmp_path: Path) -> None:
+    """Upstream's two phases: nodes that only fit and save their generators, then a KD run whose
+    server loads them and distils from its first round, asking no node for generators."""
+    folder = tmp_path / "generators"
+    keys = {"generator_checkpoint_dir": str(folder), "generator_checkpoint_base_name": "vae"}
+    nodes = {str(i): {"selected_classes": [c]} for i, c in enumerate(["dog", "rooster"])}
+    first = experiment_dict(tmp_path, "phase1", output_dir=tmp_path / "runs",
+                            federation={"global_rounds": 2, "num_clients": 2, "min_clients": 2},
+                            feda2v={"adapter_aggregation_mode": "none",
+                                    "generator_training_mode": True, **keys}, nodes=nodes)
+    first["experiment"]["cache_dir"] = str(tmp_path / "cache")
+    run_in_process(first, tmp_path / "phase1.json", LoopbackGrid(2))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "vae_node0_class_dog_round_1.pt", "vae_node0_class_dog_round_2.pt",
+        "vae_node1_class_rooster_round_1.pt", "vae_node1_class_rooster_round_2.pt"]
+
+    second = experiment_dict(tmp_path, "phase2", output_dir=tmp_path / "runs",
+                             federation={"global_rounds": 1, "num_clients": 2, "min_clients": 2},
+                             feda2v={"adapter_aggregation_mode": "kd",
+                                     "generator_load_checkpoint": True, **keys}, nodes=nodes)
+    second["experiment"]["cache_dir"] = str(tmp_path / "cache")
+    grid = LoopbackGrid(2)
+    run_dir = run_in_process(second, tmp_path / "phase2.json", grid)
+    assert not any(GENERATOR_REQUEST in m.content for m in grid.sent)
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[0]["kd_classes"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["kd"]["classes_with_generators"] == ["dog", "rooster"]
+    assert summary["kd"]["generator_bytes_received"] == 0
+
+    empty = dict(second, feda2v={**second["feda2v"],
+                                 "generator_checkpoint_dir": str(tmp_path / "none")})
+    with pytest.raises(FileNotFoundError, match="no generator files 'vae_node<id>"):
+        run_in_process(empty, tmp_path / "phase2b.json", LoopbackGrid(2))

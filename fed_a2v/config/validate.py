@@ -115,6 +115,12 @@ def check_privacy(config: Config, source: str) -> None:
         return
     where = f"{source}: 'privacy.mechanism' {json.dumps(dp.mechanism)}"
     mode = config.feda2v.adapter_aggregation_mode
+    if mode == "kd":
+        raise ConfigError(
+            f"{where} cannot protect 'feda2v.adapter_aggregation_mode' \"kd\": each node sends "
+            "the server a generator of every class it holds (its clips' mean token sequence "
+            "and leading directions), which reveals far more about its clips than its adapters "
+            "do, and no noise covers them; use \"avg\" with privacy, or KD without it")
     if mode != "avg":
         why = ("standalone nodes exchange no adapters, so there is nothing to protect with "
                "noise" if mode == "none" else

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
+from torch import nn
 
 from fed_a2v.config.schema import Config, FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
@@ -27,9 +28,11 @@ from fed_a2v.encode.target_set import Targets
 from fed_a2v.federation.protocol import CLASS_COUNTS, GENERATOR_REQUEST, GENERATORS
 from fed_a2v.model.adapters import adapters_for_targets, adapters_state, load_adapters_state
 from fed_a2v.model.distill import TeacherSums, TransferSet, distill
+from fed_a2v.model.evaluation import evaluate_adapters
 from fed_a2v.model.generators import (
     ClassGenerator,
     fit_generators,
+    frechet_distance,
     latest_checkpoints,
     load_checkpoint,
     merge_generators,
@@ -84,20 +87,41 @@ def generators_from_records(arrays: ArrayRecord, classes: ConfigRecord, where: s
             for i, name in enumerate(names)}
 
 
+@torch.no_grad()
+def validate_generators(generators: dict[str, ClassGenerator], adapters: dict[str, nn.Module],
+                        data: EncodedSet, targets: Targets, samples: int, seed: int
+                        ) -> dict[str, float]:
+    """How a node's generators do: `generator_<adapter>_top1`, how often its own adapters put
+    a sample nearest its class (as held-out top-1 scores a clip), and `generator_frechet`, the
+    Fréchet distance between the mean-pooled tokens of samples and of the node's clips."""
+    rng = torch.Generator().manual_seed(seed)
+    tokens = torch.cat([g.sample(samples, rng) for g in generators.values()])
+    rows = torch.tensor([targets.names.index(c) for c in generators for _ in range(samples)])
+    sampled = EncodedSet(tokens, rows)
+    top1 = {k: v for k, v in evaluate_adapters(
+        adapters, sampled, targets.tensors, 64, torch.device("cpu"), prefix="generator").items()
+        if k.endswith("_top1")}
+    real = data.tokens.batch(list(range(len(data)))).mean(1)
+    return {**top1, "generator_frechet": frechet_distance(tokens.mean(1), real)}
+
+
 def generator_reply(config: Config, msg: Message, node_key: str, node_index: int,
-                    server_round: int, data: EncodedSet, targets: Targets) -> dict[str, Any]:
+                    server_round: int, data: EncodedSet, targets: Targets,
+                    adapters: dict[str, nn.Module]) -> tuple[dict[str, Any], dict[str, float]]:
     """What a train reply adds for KD and generator training: the node's class counts; its
     generators when the server asks for them; saved under upstream's names when the config
     says so (`generator_save_checkpoint`, or `generator_training_mode` in its first and last
-    round)."""
+    round); and, from a round that fits them, their validation metrics
+    (`generator_validation_frequency`)."""
     cfg = config.feda2v
     kd = cfg.adapter_aggregation_mode == "kd"
     asked = GENERATOR_REQUEST in msg.content and node_key not in json.loads(
         str(msg.content[GENERATOR_REQUEST]["have"]))
     save = cfg.generator_training_mode and server_round in (1, config.federation.global_rounds)
     if not (asked or save or kd):
-        return {}
+        return {}, {}
     out: dict[str, Any] = {CLASS_COUNTS: class_counts_record(data, targets)}
+    metrics: dict[str, float] = {}
     if asked or save:
         generators = node_generators(data, targets, cfg)
         if asked:
@@ -108,7 +132,12 @@ def generator_reply(config: Config, msg: Message, node_key: str, node_index: int
                                      cfg.generator_granularity, server_round,
                                      cfg.generator_class_groups)
             log.info("saved %d generator file(s) to %s", len(paths), cfg.generator_checkpoint_dir)
-    return out
+        every = cfg.generator_validation_frequency
+        if every and (server_round == 1 or server_round % every == 0
+                      or server_round == config.federation.global_rounds):
+            metrics = validate_generators(generators, adapters, data, targets,
+                                          cfg.kd_samples_per_class, server_round)
+    return out, metrics
 
 
 # The server's side.

@@ -446,7 +446,8 @@ class FedA2VStrategy(FedAvg):
         name, with the Flower node id it has now (`flower_node_id`)."""
         metrics = next(iter(msg.content.metric_records.values()))
         own = {k: float(v) for k, v in metrics.items()
-               if k.startswith(("train_", "eval_", "val_")) and isinstance(v, (int, float))}
+               if k.startswith(("train_", "eval_", "val_", "generator_"))
+               and isinstance(v, (int, float))}
         nodes = self.node_metrics.setdefault(server_round, {})
         nodes.setdefault(self.node_name(msg), {}).update(
             {FLOWER_NODE_ID: msg.metadata.src_node_id, **own})

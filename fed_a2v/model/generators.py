@@ -264,3 +264,20 @@ def iter_samples(generator: ClassGenerator, total: int, seed: int, chunk: int = 
     rng = torch.Generator().manual_seed(seed)
     for start in range(0, total, chunk):
         yield generator.sample(min(chunk, total - start), rng)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to the rows of `a` and `b` `(n, d)`:
+    `|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)`."""
+    a, b = a.double(), b.double()
+
+    def sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh((m + m.T) / 2)
+        return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+    ca, cb = torch.cov(a.T, correction=0).reshape(a.shape[1], -1), torch.cov(
+        b.T, correction=0).reshape(b.shape[1], -1)
+    root = sqrt_psd(ca)
+    cross = torch.trace(sqrt_psd(root @ cb @ root))
+    return float((a.mean(0) - b.mean(0)).pow(2).sum() + torch.trace(ca) + torch.trace(cb)
+                 - 2 * cross)

@@ -45,7 +45,11 @@ def round_keys(config: Config) -> tuple[str, ...]:
             # KD aggregation (fed_a2v.federation.distillation): the distillation's last-epoch
             # loss per adapter, the classes it taught (null in a round without a teacher)
             *((*(f"kd_{a}_loss" for a in names), "kd_classes")
-              if config.feda2v.adapter_aggregation_mode == "kd" else ()))
+              if config.feda2v.adapter_aggregation_mode == "kd" else ()),
+            # the nodes' generators, in the rounds they fit them (fed_a2v.federation.distillation)
+            *((*(f"generator_{a}_top1" for a in names), "generator_frechet")
+              if config.feda2v.adapter_aggregation_mode == "kd"
+              or config.feda2v.generator_training_mode else ()))
 
 
 def eval_keys(config: Config) -> tuple[str, ...]:
