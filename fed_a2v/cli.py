@@ -38,6 +38,11 @@ from fed_a2v.data.node_corpora import (
 from fed_a2v.encode.text_targets import compute_targets, target_prompts
 from fed_a2v.extras import EXIT_CODE as EXIT_MISSING_EXTRA
 from fed_a2v.extras import MissingExtra, require
+from fed_a2v.generate.from_generators import (
+    DEFAULT_BASE,
+    DEFAULT_PER_CLASS,
+    generate_from_generators,
+)
 from fed_a2v.generate.from_sound import GenerateSettings, embed, generate
 from fed_a2v.launch.app_dir import default_config, flower_app_dir
 from fed_a2v.launch.host import (
@@ -273,16 +278,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Images from audio clips with the adapters and a FLUX pipeline (no text encoder)."""
+    """Images from audio clips, or from the nodes' generators (`--generators`), with the
+    adapters and a FLUX pipeline (no text encoder)."""
     require("generate", what="`fed-a2v generate`")
-
+    if args.audio and (args.generator_base is not None or args.per_class is not None):
+        raise ConfigError("--generator-base and --per-class go with --generators, not --audio")
     settings = GenerateSettings(
         pipeline=args.pipeline, steps=args.steps, guidance=args.guidance,
         height=args.height or args.size, width=args.width or args.size, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        batch_size=1 if args.low_memory else args.batch_size, device=args.device,
+        dtype="bf16" if args.low_memory else args.dtype,
         cpu_offload=args.cpu_offload, compare_text=args.compare_text,
         score_with=args.score_with, cache_dir=args.cache_dir)
-    report = generate(args.adapters, args.audio, args.out, settings)
+    if args.generators:
+        report = generate_from_generators(
+            args.adapters, args.generators, args.out, settings,
+            base=args.generator_base or DEFAULT_BASE,
+            per_class=DEFAULT_PER_CLASS if args.per_class is None else args.per_class)
+    else:
+        report = generate(args.adapters, args.audio, args.out, settings)
     totals = report["totals"]
     print(f"{Path(args.out).resolve()}: {totals['images']} images, gallery.png, gallery.md, "
           f"generate.json; {totals['seconds_per_image']:.3f} s per image on {args.device}"
@@ -305,14 +319,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_audio_args(p: argparse.ArgumentParser) -> None:
+AUDIO_HELP = ("audio files, folders (searched recursively) or CSV manifests (path,label); a "
+              "clip's class is its label in a manifest given, else in a CSV manifest or ESC-50 "
+              "metadata in or up to two folders above its folder or the folder given")
+
+
+def _add_audio_args(p: argparse.ArgumentParser,
+                    audio: argparse._MutuallyExclusiveGroup | None = None) -> None:
+    """The adapters, the audio (`--audio`, added to `audio`: a group, or `p` itself, then
+    required), the device and the token cache."""
     p.add_argument("adapters", help="a run directory, its final/ folder, an adapters package "
                                     "folder or a hub id")
-    p.add_argument("--audio", nargs="+", required=True, metavar="PATH",
-                   help="audio files, folders (searched recursively) or CSV manifests "
-                        "(path,label); a clip's class is its label in a manifest given, else "
-                        "in a CSV manifest or ESC-50 metadata in or up to two folders above "
-                        "its folder or the folder given")
+    (audio or p).add_argument("--audio", nargs="+", required=audio is None, metavar="PATH",
+                              help=AUDIO_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--cache-dir", help="token cache (default: $FEDA2V_CACHE_DIR or "
                                        "~/.cache/fed_a2v, as in training)")
@@ -384,9 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="PNG plots and report.md for a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("generate", help="images from audio clips with the trained adapters "
-                                        "and a FLUX pipeline")
-    _add_audio_args(p)
+    p = sub.add_parser("generate", help="images from audio clips, or from the nodes' "
+                                        "generators, with the trained adapters and a FLUX "
+                                        "pipeline")
+    drawn = p.add_mutually_exclusive_group(required=True)
+    _add_audio_args(p, drawn)
+    drawn.add_argument("--generators", metavar="DIR",
+                       help="instead of audio: the nodes' generator files "
+                            "(<base>_node<id>_class_<c>_round_<r>.pt; each node's latest "
+                            "round), merged per class; --per-class samples of each class")
+    p.add_argument("--generator-base", metavar="NAME",
+                   help="the generator files' prefix (default: generator, as "
+                        "feda2v.generator_checkpoint_base_name)")
+    p.add_argument("--per-class", type=int, metavar="N",
+                   help="with --generators: images per class (default: 2)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--pipeline", help="builtin:tiny-flux, a FLUX-layout folder or a hub id "
                                       "(default: the FLUX repository the T5 targets came from)")
@@ -402,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the pipeline's precision (default: fp32; bf16 on a GPU for FLUX.1)")
     p.add_argument("--cpu-offload", action="store_true",
                    help="keep each pipeline component on the CPU until it runs (CUDA only)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="upstream's generate_low_memomy_footprint: the pipeline in bf16 and one "
+                        "image per pipeline call (overrides --dtype and --batch-size)")
     p.add_argument("--compare-text", action="store_true",
                    help="also draw each clip's class prompt from the stored targets, same seed")
     p.add_argument("--score-with", metavar="CLIP_ID_OR_DIR",

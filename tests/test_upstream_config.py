@@ -106,7 +106,16 @@ def test_upstream_defaults_and_mappings():
     assert [n.dataset for n in mixed.nodes.values()] == ["esc50", "vegas", "vggsound"]
     vgg = mixed.nodes["2"]
     assert (vgg.train_ratio, vgg.val_ratio, vgg.test_ratio) == (0.7, 0.1, 0.2)
-    assert mixed.feda2v.adapter_aggregation_mode == "weighted_average"  # kd falls back
+    assert mixed.feda2v.adapter_aggregation_mode == "kd"
+    assert (mixed.feda2v.kd_training_epochs, mixed.feda2v.kd_learning_rate,
+            mixed.feda2v.kd_samples_per_class) == (10, 0.001, 100)  # synthetic_*: 100 wins
+    assert mixed.feda2v.generator_type == "gaussian"  # upstream's "vae"
+    assert mixed.feda2v.generator_load_checkpoint is True
+    assert mixed.feda2v.generator_training_mode is False
+    assert (mixed.feda2v.generator_checkpoint_dir, mixed.feda2v.generator_checkpoint_base_name) \
+        == ("checkpoints/generators/mixed", "vae_group")
+    assert mixed.feda2v.generator_class_groups == {"animals": ["dog"], "machines": ["chainsaw"]}
+    assert mixed.feda2v.generator_granularity == "per_class"  # the nodes differ
     assert mixed.training.batch_size == 2 and mixed.training.learning_rate == 0.005
     assert mixed.feda2v.clip_adapter_learning_rate == 1e-4  # upstream's defaults
     assert mixed.feda2v.t5_adapter_weight_decay == 1e-3
@@ -166,9 +175,57 @@ def test_one_warning_line_names_only_the_keys_that_ask(caplog):
 def test_the_warning_groups_many_keys_of_one_reason():
     _, t = resolve(FIXTURES / "mixed_generators_kd.json", quiet=True)
     line = t.warning_line()
-    assert "generator keys (17 keys:" in line and "not on the server, not from text" in line
-    assert "weighted_average is used instead" in line
+    assert "global_model_train* (5 keys:" in line and "not on the server, not from text" in line
+    assert "the server-side generator never trained" in line
     assert "rewind" not in line and "fedgfe" not in line and "img_pipe_name" not in line
+    # Generators and KD are FedA2V's own now: no generator or kd key is named.
+    named = [key for key, _, _ in t.unsupported]
+    assert not [k for k in named if "generator" in k.split(".")[-1] and "global" not in k
+                or k.split(".")[-1].startswith("kd_") or "synthetic" in k]
+    body = line.split(": not supported, ignored", 1)[1]  # the file's name has "kd" in it
+    assert "adapter_aggregation_mode" not in body and "kd" not in body
+
+
+def test_generator_and_kd_keys_translate_to_feda2v_own(tmp_path):
+    data = _upstream(feda2v={
+        "diffusion_type": "flux", "adapter_aggregation_mode": "kd", "use_generator": True,
+        "generator_type": "gan", "generator_only_mode": True, "generator_training_mode": False,
+        "use_pretrained_generators": True, "synthetic_samples_per_class": 12,
+        "generator_class_groups": None, "generator_training_epochs": 100,
+        "generator_training_sequence_length": 1214},
+        nodes={"0": {"dataset": "ESC50", "generator_granularity": "unified",
+                     "generator_train_classes": ["dog"]},
+               "1": {"dataset": "ESC50", "generator_granularity": "unified"}})
+    config, t = resolve(_write(tmp_path, data), quiet=True)
+    fa = config.feda2v
+    assert not t.unsupported
+    assert fa.adapter_aggregation_mode == "kd" and fa.generator_type == "gaussian"
+    assert fa.generator_training_mode is True  # generator_only_mode wins over the false
+    assert fa.generator_load_checkpoint is True and fa.kd_samples_per_class == 12
+    assert fa.generator_granularity == "unified" and fa.generator_class_groups == {}
+    why = {c.key: (c.to, c.result, c.why) for c in t.mapped}
+    assert why["feda2v.generator_type"][:2] == ("feda2v.generator_type", "gaussian")
+    assert "low-rank Gaussians fitted in closed form" in why["feda2v.generator_type"][2]
+    assert why["feda2v.generator_only_mode"][:2] == ("feda2v.generator_training_mode", True)
+    assert why["feda2v.use_pretrained_generators"][:2] == (
+        "feda2v.generator_load_checkpoint", True)
+    assert why["feda2v.synthetic_samples_per_class"][:2] == ("feda2v.kd_samples_per_class", 12)
+    assert why["nodes.1.generator_granularity"][:2] == ("feda2v.generator_granularity",
+                                                        "unified")
+    assert why["feda2v.use_generator"][0] == "" and "closed form" in why[
+        "feda2v.generator_training_epochs"][2]
+
+    # Nodes that differ: per_class for every node, the values named; "auto" asks nothing.
+    data["nodes"]["1"]["generator_granularity"] = "per_group"
+    data["feda2v"].update(synthetic_samples_per_class="auto", generator_only_mode=False)
+    config, t = resolve(_write(tmp_path, data), quiet=True)
+    assert config.feda2v.generator_granularity == "per_class" and not t.unsupported
+    assert config.feda2v.kd_samples_per_class == 32 and config.feda2v.generator_training_mode \
+        is False
+    (note,) = [c.why for c in t.mapped if c.key == "nodes.1.generator_granularity"]
+    assert "the nodes differ (0: unified, 1: per_group): per_class" in note
+    assert [k for k, _, _ in t.dropped if "synthetic" in k] == [
+        "feda2v.synthetic_samples_per_class"]
 
 
 def test_strict_turns_the_named_keys_into_an_error():
@@ -294,7 +351,10 @@ def test_convert_keeps_the_defaults_that_differ_and_says_what_it_did(tmp_path, m
     notes = (tmp_path / "mixed_generators_kd.fed-a2v.json.notes.md").read_text()
     assert "`feda2v.project`" not in notes  # the fixture has none
     assert '- `nodes.1.dataset` = "VEGAS" -> "vegas"' in notes
-    assert "`feda2v.use_generator` = true: server-side VAE embedding generators" in notes
+    assert '- `feda2v.generator_type` = "vae" -> "gaussian": FedA2V\'s node generators are ' \
+        "per-class low-rank Gaussians" in notes
+    assert "- `feda2v.use_pretrained_generators` = true -> `feda2v.generator_load_checkpoint` " \
+        "= true" in notes
     assert '`rewind.epochs` = 1: never read by upstream\'s FedA2V' in notes
     assert main(["convert", str(FIXTURES / "mixed_generators_kd.json"), "--out", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["dataset"]["name"] == "mixed"
@@ -378,7 +438,7 @@ def test_the_check_script_reports_files_and_keys(tmp_path):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"{len(ALL)} files: {len(ALL)} ok, 0 failed")
-    assert "feda2v.use_generator" in result.stdout
+    assert "feda2v.global_model_train" in result.stdout and "generator_type" not in result.stdout
     bad = _write(tmp_path, _upstream(feda2v={"nope": 1}), "a2v_bad.json")
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_upstream_configs.py"),
                              str(bad.parent)], capture_output=True, text=True, check=False)

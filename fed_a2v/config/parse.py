@@ -115,10 +115,11 @@ def build(cls: type, data: Any, path: str, source: str) -> Any:
 
 
 def _build_map(data: Any, value_tp: type, path: str, source: str) -> dict[str, Any]:
-    if not isinstance(data, dict) or not all(isinstance(v, value_tp) for v in data.values()):
+    checked = [_matches(v, value_tp) for v in data.values()] if isinstance(data, dict) else []
+    if not isinstance(data, dict) or not all(ok for ok, _ in checked):
         raise ConfigError(f"{source}: '{path}' must be a JSON object of {_describe(value_tp)} "
                           "values")
-    return dict(data)
+    return {k: v for k, (_, v) in zip(data, checked, strict=True)}
 
 
 def _build_nodes(data: Any, path: str, source: str) -> dict[str, NodeConfig]:

@@ -365,7 +365,7 @@ class FedA2VConfig:
         "which classes share a generator's directions: `per_class` none, `unified` all of a "
         "node's, `per_group` those of one `generator_class_groups` group",
         choices=GENERATOR_GRANULARITIES))
-    generator_class_groups: dict[str, list] = field(default_factory=dict, metadata=_rule(
+    generator_class_groups: dict[str, list[str]] = field(default_factory=dict, metadata=_rule(
         "`per_group`: group name -> its classes; a class in no group is its own"))
     generator_rank: int = field(default=8, metadata=_rule(
         "directions a generator keeps (at most its clips minus one)", min=0))

@@ -18,11 +18,21 @@ import re
 import typing
 from typing import Any
 
-from fed_a2v.config.schema import DATASETS, SCHEMA_KEY, Config, ConfigError, suggest
+from fed_a2v.config.schema import (
+    DATASETS,
+    GENERATOR_GRANULARITIES,
+    GENERATOR_KINDS,
+    SCHEMA_KEY,
+    Config,
+    ConfigError,
+    suggest,
+)
 from fed_a2v.config.translation import Change, Translation
 from fed_a2v.config.upstream_keys import (
     ALWAYS,
+    GAUSSIAN,
     IMPLEMENTED,
+    KD_DOC,
     MAPPED,
     METADATA_KEYS,
     REASONS,
@@ -156,6 +166,9 @@ class _Translator:
         self.raw, self.t = raw, Translation(source, upstream)
         self.device: dict[str, Any] = {}
         self.dropouts: dict[str, Any] = {}
+        self.granularities: dict[str, Any] = {}  # nodes.*.generator_granularity, by node
+        self.node_ids: list[str] = []
+        self.switches: list[str] = []  # feda2v bool keys that upstream's synonyms turn on
         self.folds: list[tuple[str, list[Any]]] = []
         self.num_clients: list[Any] = []  # the file's federation.num_clients, if it has one
 
@@ -186,6 +199,7 @@ class _Translator:
             else:
                 raise unknown_key(section, self.t.source)
         self.finish_device()
+        self.finish_generators()
         if self.t.upstream:
             self.finish_upstream()
         return self.t
@@ -200,6 +214,7 @@ class _Translator:
                 out[node_id] = entry
                 continue
             out[node_id] = {}
+            self.node_ids.append(node_id)
             for key, value in entry.items():
                 if is_metadata(key):
                     self.t.metadata += 1
@@ -280,9 +295,60 @@ class _Translator:
 
     def map_aggregation(self, path: str, value: Any, row: Key) -> None:
         if value == "kd":
-            self.t.unsupported.append((path, value, "kd_mode"))
-            value = "weighted_average"
+            self.t.mapped.append(Change(path, value, path, value, "FedAvg, then distilled on "
+                                        "samples of the nodes' per-class generators; a class's "
+                                        "teacher: the nodes that hold it (upstream's, every "
+                                        f"node: `feda2v.kd_teacher` \"all_nodes\"; {KD_DOC})"))
         self.put(path, value)
+
+    def map_generator_type(self, path: str, value: Any, row: Key) -> None:
+        if value in GENERATOR_KINDS:  # FedA2V's own (a --set on an upstream file)
+            self.put(path, value)
+            return
+        self.put(path, "gaussian")
+        self.t.mapped.append(Change(path, value, path, "gaussian", GAUSSIAN))
+
+    def _switch(self, path: str, value: Any, target: str, why: str) -> None:
+        """Upstream's synonym of a FedA2V switch: true turns `target` on (whatever the file
+        says of `target`, as upstream read either); false asks nothing."""
+        if not isinstance(value, bool) and value is not None:
+            raise ConfigError(f"{self.t.source}: '{path}' must be true or false")
+        if value:
+            self.switches.append(target)  # set in finish_generators, after the file's own
+            self.t.mapped.append(Change(path, value, target, True, why))
+
+    def map_only_mode(self, path: str, value: Any, row: Key) -> None:
+        self._switch(path, value, "feda2v.generator_training_mode",
+                     "nodes fit their generators and train no adapters")
+
+    def map_pretrained(self, path: str, value: Any, row: Key) -> None:
+        self._switch(path, value, "feda2v.generator_load_checkpoint",
+                     "the server starts from the generators saved in "
+                     "`feda2v.generator_checkpoint_dir`")
+
+    def map_class_groups(self, path: str, value: Any, row: Key) -> None:
+        self.put(path, {} if value is None else value)  # upstream's null: no groups
+
+    def map_synthetic_samples(self, path: str, value: Any, row: Key) -> None:
+        target = "feda2v.kd_samples_per_class"
+        if value is None or value == "auto":
+            self.t.dropped.append((path, value, "upstream's default (the nodes chose a count "
+                                   f"from their data); FedA2V distils on `{target}`"))
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{self.t.source}: '{path}' must be an integer or \"auto\"")
+        elif _get(self.raw, target) is not None:
+            self.t.mapped.append(Change(path, value, "", None, f"the file's own `{target}` "
+                                        f"({json.dumps(_get(self.raw, target))}) wins"))
+        else:
+            self.put(target, value)
+            self.t.mapped.append(Change(path, value, target, value, "generated samples of "
+                                        "each class the server distils on"))
+
+    def map_node_granularity(self, path: str, value: Any, row: Key) -> None:
+        if value not in GENERATOR_GRANULARITIES:
+            raise ConfigError(f"{self.t.source}: '{path}' must be one of "
+                              f"{', '.join(GENERATOR_GRANULARITIES)}, not {json.dumps(value)}")
+        self.granularities[path.split(".")[1]] = value  # recorded in finish_generators
 
     def map_dataset_name(self, path: str, value: Any, row: Key) -> None:
         # Upstream's files: recorded in finish_dataset, once the nodes have named their corpora.
@@ -343,6 +409,31 @@ class _Translator:
         for node_id, value in self.dropouts.items():
             self.t.mapped.append(Change(f"nodes.{node_id}.adapter_dropout", value,
                                         "feda2v.adapter_dropout", own, why))
+
+    def finish_generators(self) -> None:
+        """Upstream's synonyms turned on, and its per-node generator granularities: FedA2V has
+        one granularity for every node."""
+        for target in self.switches:
+            self.put(target, True)
+        if not self.granularities:
+            return
+        key = "feda2v.generator_granularity"
+        own = _get(self.raw, key)
+        fallback = Config().feda2v.generator_granularity if own is None else own
+        values = {n: self.granularities.get(n, fallback) for n in self.node_ids}
+        same = len(set(values.values())) == 1
+        result = next(iter(values.values())) if same else "per_class"
+        self.put(key, result)
+        why = ("FedA2V's key for it (one value for every node)" if same else
+               "the nodes differ (" + ", ".join(f"{n}: {v}" for n, v in values.items())
+               + "): per_class for every node (no class shares a generator's directions)")
+        for node_id, value in self.granularities.items():
+            self.t.mapped.append(Change(f"nodes.{node_id}.generator_granularity", value, key,
+                                        result, why))
+        if own is not None and own != result:
+            self.t.mapped.append(Change(key, own, key, result, "the nodes' own "
+                                        "generator_granularity decide (upstream: a node's "
+                                        "wins for that node)"))
 
     def finish_device(self) -> None:
         if not self.device:

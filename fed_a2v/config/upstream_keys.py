@@ -17,13 +17,11 @@ UNSET = object()  # `default`: upstream had none
 
 # Why a group of keys is not supported: a short label for the warning line, and the reason.
 REASONS: dict[str, tuple[str, str]] = {
-    "generators": ("generator keys", "server-side VAE embedding generators are not part of "
-                                     "FedA2V"),
-    "kd": ("kd_*", "knowledge-distillation aggregation needs the generators"),
-    "global_train": ("global_model_train*", "server-side training of a global model from the "
-                                            "nodes' outputs is not part of FedA2V"),
-    "per_class": ("per-class means", "the server's per-class output means only fed the "
-                                     "generators and global training"),
+    "global_train": ("global_model_train*", "no-ops or crashed upstream; the server-side "
+                                            "generator never trained"),
+    "per_class": ("per-class means", "the server's per-class output means fed only its global "
+                                     "training: no-ops or crashed upstream; the server-side "
+                                     "generator never trained"),
     "image": ("image-generation keys", "FedA2V renders images on the nodes from their audio "
                                        "(feda2v.generate_nodes_images_frequency) and after a "
                                        "run (`fed-a2v generate`); not on the server, not from "
@@ -38,8 +36,6 @@ REASONS: dict[str, tuple[str, str]] = {
                                              "when the key was absent)"),
     "optimizer": ("training.optimizer", "upstream built no adapter optimizer for it, so its "
                                         "adapters never trained; FedA2V trains with AdamW"),
-    "kd_mode": ("adapter_aggregation_mode", "server-side distillation (kd) needs the "
-                                            "generators; weighted_average is used instead"),
     "standalone_load": ("adapter_load_checkpoint", "standalone nodes each loading their own "
                                                    "saved adapters: FedA2V loads saved global "
                                                    "adapters only (avg or weighted_average); "
@@ -48,8 +44,6 @@ REASONS: dict[str, tuple[str, str]] = {
     "memory": ("memory tricks", "upstream's GPU-memory workarounds for holding a diffusion "
                                 "pipeline; FedA2V trains without one"),
 }
-GENERATOR_ON = ("feda2v.use_generator", "feda2v.generator_training_mode",
-                "feda2v.generator_only_mode", "feda2v.use_pretrained_generators")
 IMAGES_ON = ("feda2v.generate_nodes_images_frequency", "feda2v.generate_global_images_frequency")
 
 
@@ -108,6 +102,15 @@ FOLDS = ("FedA2V numbers folds as the corpus does: each upstream fold k becomes 
 PFL = "legacy PFLlib argument; no effect on the A2V adapters"
 SINESTESIA = "argument of the earlier Audio2Visual scripts; no effect in FedA2V's runs"
 GEN = "VAE generators of audio embeddings"
+KD_DOC = "see docs/kd.md"
+GAUSSIAN = ("FedA2V's node generators are per-class low-rank Gaussians fitted in closed form "
+            f"({KD_DOC}), not upstream's VAE")
+CLOSED_FORM = ("the generators are fitted in closed form (one SVD): no epochs and no input "
+               "augmentation")
+OWN_FIT = ("each class of each node gets its own fit; no generator is shared between nodes "
+           "(the server merges each class's generators over the nodes that hold it)")
+EVERY_CLASS = ("nodes fit a generator for every class they hold (for a group: "
+               "feda2v.generator_class_groups)")
 
 KEYS: tuple[Key, ...] = (
     # --- metadata ------------------------------------------------------------------------
@@ -237,8 +240,8 @@ KEYS: tuple[Key, ...] = (
          "nodes' adapters; `none`: standalone nodes; `kd`: server-side distillation from "
          "generator samples; `weighted_average` or absent: nothing aggregated (standalone)",
          "`avg` and `none` as upstream; `weighted_average`: FedAvg weighted by examples; "
-         "`kd`: not supported, weighted_average instead (named in the warning); absent in an "
-         "upstream file: none"),
+         "`kd`: FedAvg, then server-side distillation on samples of the nodes' per-class "
+         f"generators ({KD_DOC}); absent in an upstream file: none"),
     _legacy("feda2v.adapter_aggregation_method", "dead (the code reads adapter_aggregation_mode)",
             "none"),
     _impl("feda2v.adapter_checkpoint_dir", "folder of the adapter checkpoints (.pt)",
@@ -347,55 +350,67 @@ KEYS: tuple[Key, ...] = (
     _no("feda2v.compute_global_mean_from_class_means", "per_class", "one global mean from the "
         "per-class means", default=False,
         when=("federation.model_aggregation=per_class_average",)),
-    # --- feda2v: generators --------------------------------------------------------------
-    _no("feda2v.use_generator", "generators", f"enables per-node and server {GEN}",
-        default=False),
-    _no("feda2v.generator_training_mode", "generators", "rounds train only the generators",
-        default=False),
-    _no("feda2v.generator_only_mode", "generators", "no diffusion, no round-end hooks",
-        default=False),
-    _no("feda2v.use_pretrained_generators", "generators", "skip the AST; samples come from "
-        "loaded generators", default=False),
-    _no("feda2v.generator_type", "generators", "`vae` (or `gan`)", default="vae",
-        when=GENERATOR_ON),
-    _no("feda2v.generator_checkpoint_dir", "generators", "folder of generator checkpoints",
-        default="checkpoints/generators", when=GENERATOR_ON),
-    _no("feda2v.generator_checkpoint_base_name", "generators", "their file-name prefix",
-        default="generator", when=GENERATOR_ON),
-    _no("feda2v.generator_save_checkpoint", "generators", "save generators", default=False,
-        when=GENERATOR_ON),
-    _no("feda2v.generator_load_checkpoint", "generators", "load generators", default=False,
-        when=GENERATOR_ON),
-    _no("feda2v.generator_checkpoint_frequency", "generators", "rounds between generator "
-        "checkpoints", default=5, when=GENERATOR_ON),
-    _no("feda2v.generator_granularity", "generators", "unified / per_class / per_group",
-        default="unified", when=GENERATOR_ON),
-    _no("feda2v.generator_class_groups", "generators", "groups of classes for per_group",
-        default=None, when=GENERATOR_ON),
-    _no("feda2v.synthetic_samples_per_class", "generators", "synthetic samples per class",
-        default="auto", when=GENERATOR_ON),
-    _no("feda2v.reset_generator_on_class_change", "generators", "reset a generator between "
-        "classes", default=True, when=GENERATOR_ON),
-    _no("feda2v.shared_generator_in_only_mode", "generators", "one generator for all nodes",
-        default=True, when=GENERATOR_ON),
-    _no("feda2v.generator_training_epochs", "generators", "generator epochs",
-        when=GENERATOR_ON),
-    _no("feda2v.generator_augmentation", "generators", "augment generator inputs",
-        when=GENERATOR_ON),
-    _no("feda2v.generator_augmentation_noise", "generators", "noise of that augmentation",
-        when=GENERATOR_ON),
-    _no("feda2v.generator_validation_frequency", "generators", "rounds between generator "
-        "validations", when=GENERATOR_ON),
-    _no("feda2v.generator_training_sequence_length", "generators", "token length the "
-        "generators learn (1214 = the AST's)", when=GENERATOR_ON),
-    _no("feda2v.generator_target_sequence_length", "generators", "never read",
-        inert=ALWAYS),
-    _no("feda2v.kd_training_epochs", "kd", "server distillation epochs",
-        when=("feda2v.adapter_aggregation_mode=kd",)),
-    _no("feda2v.kd_learning_rate", "kd", "server distillation rate",
-        when=("feda2v.adapter_aggregation_mode=kd",)),
-    _no("feda2v.kd_samples_per_class", "kd", "synthetic samples per class for distillation",
-        when=("feda2v.adapter_aggregation_mode=kd",)),
+    # --- feda2v: generators and knowledge distillation ------------------------------------
+    _map("feda2v.use_generator", "@drop", f"enables per-node and server {GEN}",
+         "nodes fit generators whenever KD (adapter_aggregation_mode kd) or "
+         "generator_training_mode asks for them; alone it asks for nothing more", default=False),
+    _impl("feda2v.generator_training_mode", "rounds train only the generators",
+          "nodes fit and save their generators and train no adapters (upstream's first phase)",
+          default=False),
+    _map("feda2v.generator_only_mode", "@only_mode", "no diffusion, no round-end hooks",
+         "true: `feda2v.generator_training_mode` true (nodes fit their generators and train "
+         "no adapters)", default=False),
+    _map("feda2v.use_pretrained_generators", "@pretrained", "skip the AST; samples come from "
+         "loaded generators", "true: `feda2v.generator_load_checkpoint` true (the server starts "
+         "from the saved generators)", default=False),
+    _map("feda2v.generator_type", "@generator_type", "`vae` (or `gan`)", "any value: "
+         f"\"gaussian\" ({GAUSSIAN}); FedA2V's own kinds stay", default="vae"),
+    _impl("feda2v.generator_checkpoint_dir", "folder of generator checkpoints",
+          "where nodes save their generators and the server loads them",
+          default="checkpoints/generators"),
+    _impl("feda2v.generator_checkpoint_base_name", "their file-name prefix",
+          "the same, in upstream's names `{base}_node{id}_class_{c}_round_{r}.pt`",
+          default="generator"),
+    _impl("feda2v.generator_save_checkpoint", "save generators",
+          "nodes save their generators when they fit them", default=False),
+    _impl("feda2v.generator_load_checkpoint", "load generators", "the server starts from the "
+          "saved generators (each node's latest round) instead of asking the nodes",
+          default=False),
+    _map("feda2v.generator_checkpoint_frequency", "@drop", "rounds between generator "
+         "checkpoints", "nodes save generators when they fit them (generator_save_checkpoint), "
+         "and in generator_training_mode in their first and last round", default=5),
+    _impl("feda2v.generator_granularity", "unified / per_class / per_group",
+          "`per_class`: no class shares a generator's directions; `unified`: all of a node's "
+          "classes do; `per_group`: those of one generator_class_groups group. Absent: "
+          "per_class", default="unified"),
+    _map("feda2v.generator_class_groups", "@class_groups", "groups of classes for per_group",
+         "the same; null: {} (no groups)", default=None),
+    _map("feda2v.synthetic_samples_per_class", "@synthetic_samples", "synthetic samples per "
+         "class", "an integer: `feda2v.kd_samples_per_class`, unless the file sets that "
+         "itself; \"auto\": dropped (FedA2V's default)", default="auto"),
+    _map("feda2v.reset_generator_on_class_change", "@drop", "reset a generator between "
+         "classes", OWN_FIT, default=True),
+    _map("feda2v.shared_generator_in_only_mode", "@drop", "one generator for all nodes",
+         OWN_FIT, default=True),
+    _map("feda2v.generator_training_epochs", "@drop", "generator epochs", CLOSED_FORM),
+    _map("feda2v.generator_augmentation", "@drop", "augment generator inputs", CLOSED_FORM),
+    _map("feda2v.generator_augmentation_noise", "@drop", "noise of that augmentation",
+         CLOSED_FORM),
+    _impl("feda2v.generator_validation_frequency", "rounds between generator validations",
+          "every N rounds in which a node fits its generators, it reports how they do "
+          "(generator_own_top1, generator_frechet); 0: never"),
+    _map("feda2v.generator_training_sequence_length", "@drop", "token length the generators "
+         "learn (1214 = the AST's)", "the generators learn the encoder's token sequences "
+         "whole, at its own token count (upstream files without this key could not run "
+         "upstream; FedA2V takes the encoder's token count)"),
+    _legacy("feda2v.generator_target_sequence_length", "never read"),
+    _impl("feda2v.kd_training_epochs", "server distillation epochs",
+          "the server's distillation epochs each round (adapter_aggregation_mode kd)"),
+    _impl("feda2v.kd_learning_rate", "passed on, never used (the distillation stepped the "
+          "server's own adapter optimizers)", "the distillation's AdamW rate (upstream never "
+          "used it)"),
+    _impl("feda2v.kd_samples_per_class", "synthetic samples per class for distillation",
+          "generated samples of each class the server distils on"),
     # --- wandb ---------------------------------------------------------------------------
     _impl("wandb.disabled", "false: log to Weights & Biases (project FedA2V)",
           "the same (`pip install fed-a2v[wandb]`); upstream files default to false",
@@ -448,12 +463,13 @@ KEYS: tuple[Key, ...] = (
     _legacy("nodes.*.class_remapping", "custom label remapping, copied and unused", None),
     _legacy("nodes.*.limit_samples", "unused", None),
     _legacy("nodes.*.balance_classes", "unused", False),
-    _no("nodes.*.generator_class_group", "generators", "the node's generator group",
-        when=GENERATOR_ON),
-    _no("nodes.*.generator_granularity", "generators", "the node's generator granularity",
-        when=GENERATOR_ON),
-    _no("nodes.*.generator_train_classes", "generators", "classes the node's generator "
-        "learns", when=GENERATOR_ON),
+    _map("nodes.*.generator_class_group", "@drop", "the node's generator group", EVERY_CLASS),
+    _map("nodes.*.generator_granularity", "@node_granularity", "overrides "
+         "feda2v.generator_granularity for the node", "`feda2v.generator_granularity` when every "
+         "node gives the same value (nodes without it: the file's feda2v value, else per_class); "
+         "differing values: per_class for every node, named in the mapping note"),
+    _map("nodes.*.generator_train_classes", "@drop", "classes the node's generator learns",
+         EVERY_CLASS),
 )
 
 TABLE: dict[str, Key] = {k.path: k for k in KEYS if k.status != METADATA}

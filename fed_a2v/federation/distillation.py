@@ -33,9 +33,9 @@ from fed_a2v.model.generators import (
     ClassGenerator,
     fit_generators,
     frechet_distance,
-    latest_checkpoints,
-    load_checkpoint,
+    load_latest,
     merge_generators,
+    merge_parts,
     save_checkpoints,
 )
 
@@ -163,21 +163,12 @@ class KDAggregation:
 
     def load(self, folder: Path) -> None:
         """Start from the generators saved in `folder`: each node's latest round."""
-        found = latest_checkpoints(folder, self.cfg.generator_checkpoint_base_name)
-        if not found:
-            raise FileNotFoundError(
-                f"'feda2v.generator_load_checkpoint': no generator files "
-                f"'{self.cfg.generator_checkpoint_base_name}_node<id>_..._round_<r>.pt' in "
-                f"{folder} (the nodes save them with generator_save_checkpoint or "
-                "generator_training_mode)")
-        for node, paths in sorted(found.items()):
-            for path in paths:
-                for name, gen in load_checkpoint(path).items():
-                    self.pending.setdefault(name, []).append(gen)
-            self.have.add(f"checkpoint node{node}")
-        self.merge_pending()
+        parts = load_latest(folder, self.cfg.generator_checkpoint_base_name)
+        self.generators = merge_parts(parts, self.cfg.generator_rank)
+        nodes = sorted({p.node for ps in parts.values() for p in ps})
+        self.have.update(f"checkpoint node{n}" for n in nodes)
         log.info("KD: %d class generators loaded from %s (%d nodes)", len(self.generators),
-                 folder, len(found))
+                 folder, len(nodes))
 
     def records(self, kind: str) -> dict[str, Any]:
         """Train instructions ask every node whose generators the server lacks."""

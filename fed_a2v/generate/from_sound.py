@@ -187,45 +187,53 @@ def _scores(score_with: str, device: str, adapters: FedA2VAdapters, images: dict
     return out
 
 
-def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
-             settings: GenerateSettings) -> dict[str, Any]:
-    """Images for the clips `audio` names into `out_dir`: `<stem>.png` (and `<stem>.text.png`
-    with `compare_text`), `gallery.png`, `gallery.md` and `generate.json`, whose content is
-    returned."""
-    # Deferred: these need the `generate` extra (diffusers, PIL), which `embed` does without.
-    from fed_a2v.generate import flux
-    from fed_a2v.generate.gallery import GalleryItem, write_gallery
-
+def check_settings(settings: GenerateSettings) -> None:
+    """A ConfigError for a step count, batch size or image size under 1."""
     for name in ("steps", "batch_size", "height", "width"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got "
                               f"{getattr(settings, name)}")
+
+
+@dataclass
+class TokenInputs:
+    """What `render_tokens` draws: one token sequence `(T, d_audio)` per image, each with the
+    name its record's `file` gives, its image's file stem and its label (None: none)."""
+
+    tokens: list[torch.Tensor]
+    files: list[str]
+    stems: list[str]
+    labels: list[str | None]
+
+
+def render_tokens(adapters: FedA2VAdapters, adapters_source: str | Path, pipeline_name: str,
+                  inputs: TokenInputs, out_dir: str | Path, settings: GenerateSettings, *,
+                  skipped: list[str] | None = None, encode_seconds: float = 0.0,
+                  noun: str = "clips", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Image i from the adapters' conditioning of `inputs.tokens[i]` (seed `settings.seed + i`)
+    into `out_dir`: `<stem>.png` (and `<stem>.text.png` with `compare_text`), `gallery.png`,
+    `gallery.md` and `generate.json` (with `extra`'s keys added), whose content is returned.
+    `noun` names the inputs in the gallery's title."""
+    # Deferred: these need the `generate` extra (diffusers, PIL), which `embed` does without.
+    from fed_a2v.generate import flux
+    from fed_a2v.generate.gallery import GalleryItem, write_gallery
+
     out = Path(out_dir)
-    adapters = FedA2VAdapters.from_pretrained(adapters_source, device=settings.device)
-    pipeline_name = settings.pipeline or default_pipeline(adapters)
-    inputs = read_inputs(audio)
-    labels = {item.path: item.label for item in inputs}
-    started = time.perf_counter()
-    clips, tokens, skipped = encode_clips(adapters, [item.path for item in inputs],
-                                          settings.cache_dir, settings.device)
-    encode_seconds = time.perf_counter() - started
-    if not clips:
-        raise ConfigError(f"none of the {len(inputs)} audio files could be read: {skipped[:3]}")
     pipeline = flux.load_flux_pipeline(pipeline_name, settings.device, settings.dtype,
                                        settings.cpu_offload)
     flux.check_widths(pipeline, adapters.adapters, adapters.diffusion_type)
     out.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems(clips)
+    tokens, stems = inputs.tokens, inputs.stems
     size = {"steps": settings.steps, "guidance": settings.guidance,
             "height": settings.height, "width": settings.width}
     records: list[dict[str, Any]] = []
-    for start in tqdm(range(0, len(clips), settings.batch_size), desc="generating",
+    for start in tqdm(range(0, len(tokens), settings.batch_size), desc="generating",
                       unit="batch", disable=None, leave=False):
-        idx = list(range(start, min(start + settings.batch_size, len(clips))))
+        idx = list(range(start, min(start + settings.batch_size, len(tokens))))
         seeds = [settings.seed + i for i in idx]
         cond = adapters.conditioning(torch.stack([tokens[i] for i in idx]))
         nearest = adapters.nearest(cond)
-        targets = [_clip_target(adapters, labels[clips[i]], n)
+        targets = [_clip_target(adapters, inputs.labels[i], n)
                    for i, (n, _) in zip(idx, nearest, strict=True)]
         cosines = _cosines(cond["pooled_prompt_embeds"], adapters.targets.tensors["clip"],
                            [row for row, _ in targets])
@@ -237,8 +245,8 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
                 [row for row, _ in targets]), seeds, **size)
         for j, i in enumerate(idx):
             _save(images[j], out / f"{stems[i]}.png")
-            record = {"file": str(clips[i]), "image": f"{stems[i]}.png", "seed": seeds[j],
-                      "label": labels[clips[i]],
+            record = {"file": inputs.files[i], "image": f"{stems[i]}.png", "seed": seeds[j],
+                      "label": inputs.labels[i],
                       "nearest_class": adapters.class_names[nearest[j][0]],
                       "nearest_cosine": nearest[j][1],
                       "target_class": adapters.class_names[targets[j][0]],
@@ -267,22 +275,45 @@ def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
              for r in records]
     metrics = ({k: {m: v for m, v in s.items() if m != "predicted"}
                 for k, s in scores.items() if isinstance(s, dict)} if scores else None)
-    write_gallery(out, items, f"{Path(str(adapters_source)).name}: {len(records)} clips, "
+    write_gallery(out, items, f"{Path(str(adapters_source)).name}: {len(records)} {noun}, "
                   f"{pipeline_name}, {settings.steps} steps", metrics, names=GALLERY_NAMES)
     report = {
         "adapters": str(adapters_source), "pipeline": pipeline_name,
         "settings": {**asdict(settings), "pipeline": pipeline_name},
-        "seeds": [r["seed"] for r in records], "clips": records, "skipped": skipped,
+        "seeds": [r["seed"] for r in records], "clips": records, "skipped": skipped or [],
         "totals": {"images": len(records), "encode_seconds": encode_seconds,
                    "render_seconds": render_seconds,
                    "seconds_per_image": render_seconds / len(records),
                    "device": settings.device},
         "scores": scores,
+        **(extra or {}),
     }
     (out / "generate.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     log.info("%d images in %s (%.3f s per image)", len(records), out,
              render_seconds / len(records))
     return report
+
+
+def generate(adapters_source: str, audio: list[str | Path], out_dir: str | Path,
+             settings: GenerateSettings) -> dict[str, Any]:
+    """Images for the clips `audio` names into `out_dir`: `<stem>.png` (and `<stem>.text.png`
+    with `compare_text`), `gallery.png`, `gallery.md` and `generate.json`, whose content is
+    returned."""
+    check_settings(settings)
+    adapters = FedA2VAdapters.from_pretrained(adapters_source, device=settings.device)
+    pipeline_name = settings.pipeline or default_pipeline(adapters)
+    inputs = read_inputs(audio)
+    labels = {item.path: item.label for item in inputs}
+    started = time.perf_counter()
+    clips, tokens, skipped = encode_clips(adapters, [item.path for item in inputs],
+                                          settings.cache_dir, settings.device)
+    encode_seconds = time.perf_counter() - started
+    if not clips:
+        raise ConfigError(f"none of the {len(inputs)} audio files could be read: {skipped[:3]}")
+    drawn = TokenInputs(tokens, [str(c) for c in clips], unique_stems(clips),
+                        [labels[c] for c in clips])
+    return render_tokens(adapters, adapters_source, pipeline_name, drawn, out_dir, settings,
+                         skipped=skipped, encode_seconds=encode_seconds)
 
 
 def embed(adapters_source: str, audio: list[str | Path], out_file: str | Path,

@@ -258,6 +258,43 @@ def latest_checkpoints(folder: Path, base: str) -> dict[int, list[Path]]:
     return {node: rounds[max(rounds)] for node, rounds in found.items()}
 
 
+@dataclass(frozen=True)
+class NodePart:
+    """One node's generator of one class, and the file it came from."""
+
+    node: int
+    path: Path
+    generator: ClassGenerator
+
+
+def load_latest(folder: Path, base: str) -> dict[str, list[NodePart]]:
+    """Class -> its generators in each node's latest files in `folder` under `base`;
+    FileNotFoundError where there are none, ValueError for a file FedA2V cannot read."""
+    found = latest_checkpoints(folder, base) if folder.is_dir() else {}
+    if not found:
+        raise FileNotFoundError(
+            f"{folder}: no generator files '{base}_node<id>_class_<c>_round_<r>.pt' (the nodes "
+            "save them with feda2v.generator_save_checkpoint or generator_training_mode)")
+    parts: dict[str, list[NodePart]] = {}
+    for node, paths in sorted(found.items()):
+        for path in paths:
+            for name, generator in load_checkpoint(path).items():
+                parts.setdefault(name, []).append(NodePart(node, path, generator))
+    return parts
+
+
+def merge_parts(parts: Mapping[str, Sequence[NodePart]], rank: int | None = None
+                ) -> dict[str, ClassGenerator]:
+    """One generator per class (sorted), merged over its nodes (`merge_generators`) keeping
+    `rank` directions (None: the most any part has)."""
+    merged = {}
+    for name in sorted(parts):
+        generators = [p.generator for p in parts[name]]
+        keep = max(len(g.basis) for g in generators) if rank is None else rank
+        merged[name] = merge_generators(generators, keep)
+    return merged
+
+
 def iter_samples(generator: ClassGenerator, total: int, seed: int, chunk: int = 32
                  ) -> Iterator[torch.Tensor]:
     """`total` samples of `generator` in chunks, the same for the same seed."""
