@@ -189,6 +189,19 @@ def test_distillation_changes_both_adapters_towards_the_teacher() -> None:
         assert gap()[name] < 0.5 * start[name]
 
 
+def test_distillation_repeats_whatever_the_global_rng_did_before() -> None:
+    transfer = transfer_set()
+    teacher = TeacherSums(transfer)
+    teacher.add(small_adapters(1), {"a": 1.0, "b": 1.0}, "teacher")
+    states = []
+    for draws in (0, 5):
+        torch.rand(draws)  # another user of torch's global RNG ran before
+        student = small_adapters(2)
+        distill(student, teacher, epochs=2, lr=1e-3, batch_size=4, seed=9)
+        states.append(adapters_state(student))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_kd_federation_in_process(tmp_path: Path) -> None:
     """ServerApp and node code on an in-process grid: 3 nodes with one class each; the server
     asks for generators until it holds every node's, then distils from round 2 on."""

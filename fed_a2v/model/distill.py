@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fed_a2v.model.adapters import SpanAdapter
 from fed_a2v.model.generators import ClassGenerator, iter_samples
+from fed_a2v.model.train import seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,16 @@ def distill(student: Mapping[str, nn.Module], teacher: TeacherSums, epochs: int,
     optimizers = {k: torch.optim.AdamW(a.parameters(), lr=lr, weight_decay=0.0)
                   for k, a in student.items()}
     rng = torch.Generator().manual_seed(seed)
-    losses: dict[str, float] = {}
     for a in student.values():
         a.train()
+    with seeded_rng(seed, torch.device("cpu")):  # dropout draws from torch's global RNG
+        return _epochs(student, optimizers, tokens, targets, epochs, batch_size, rng)
+
+
+def _epochs(student: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+            tokens: torch.Tensor, targets: Mapping[str, torch.Tensor], epochs: int,
+            batch_size: int, rng: torch.Generator) -> dict[str, float]:
+    losses: dict[str, float] = {}
     for _ in tqdm(range(epochs), desc="distillation", unit="epoch", disable=None, leave=False):
         order = torch.randperm(len(tokens), generator=rng)
         sums = dict.fromkeys(student, 0.0)
