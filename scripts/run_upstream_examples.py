@@ -7,7 +7,8 @@ UPSTREAM_CONFIGS_DIR holds upstream's `configs/a2v*.json` (the public `lucapalaz
 repository). For each chosen file the classes its nodes select are generated, per corpus kind
 (ESC-50 in upstream's fold layout, VEGAS, VGGSound), with the built-in sound generator; then
 `fed-a2v simulate` runs the file unchanged, with `--set` pointing it at that data, at the CPU and
-the built-in models (nothing is downloaded) and, with --rounds, at another number of rounds.
+the built-in models (nothing is downloaded, no W&B run is started) and, with --rounds, at another
+number of rounds.
 Prints a table of what each run reached and writes it to DIR/results.md and DIR/results.json.
 """
 
@@ -31,7 +32,9 @@ OFFLINE = ("experiment.device=cpu", "feda2v.audio_model_name=builtin:tiny-ast",
            "feda2v.clip_model_name=builtin:tiny-clip", "feda2v.t5_model_name=builtin:tiny-t5",
            "feda2v.clip_model_subfolder=null", "feda2v.t5_model_subfolder=null",
            # Files asking for node images render with builtin:tiny-flux: small, on the CPU.
-           "feda2v.generation_size=32")
+           "feda2v.generation_size=32",
+           # Nothing goes online: no W&B run (upstream files default to logging one).
+           "wandb.disabled=true")
 
 
 def classes_by_kind(paths: list[Path]) -> dict[str, list[str]]:

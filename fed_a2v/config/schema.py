@@ -603,12 +603,14 @@ class Config:
                 f"{ds.clips_per_class}-{ds.clip_seconds:g}s-{ds.sample_rate}hz")
 
     def make_paths_absolute(self) -> None:
-        """Resolve the output, dataset and adapter checkpoint paths against this process's
-        working directory, so processes started elsewhere (nodes, the ServerApp) read the
-        same places."""
+        """Resolve the output, dataset, adapter and generator checkpoint paths against this
+        process's working directory, so processes started elsewhere (nodes, the ServerApp)
+        read the same places."""
         self.experiment.output_dir = str(Path(self.experiment.output_dir).resolve())
         self.feda2v.adapter_checkpoint_dir = str(Path(self.feda2v.adapter_checkpoint_dir)
                                                  .expanduser().resolve())
+        self.feda2v.generator_checkpoint_dir = str(Path(self.feda2v.generator_checkpoint_dir)
+                                                   .expanduser().resolve())
         if self.feda2v.images_output_dir:
             self.feda2v.images_output_dir = str(Path(self.feda2v.images_output_dir)
                                                 .expanduser().resolve())

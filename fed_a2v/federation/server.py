@@ -25,6 +25,7 @@ from fed_a2v.federation.flower_strategies import build_strategy
 from fed_a2v.federation.privacy import privacy_record, with_privacy
 from fed_a2v.federation.rounds import check_simulated_federation
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, adapters_state
+from fed_a2v.model.generators import load_latest
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 from fed_a2v.runs.checkpoints import AdapterCheckpoints
 from fed_a2v.runs.report import write_report
@@ -107,6 +108,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     standalone = mode == "none"
     if standalone:  # every node builds the same init from the seed and keeps its own adapters
         initial, payload = ArrayRecord(), 0
+    generators_found = found_generators(config) if mode != "kd" else None
     log.info("run directory: %s", run_dir)
     log.info("%d targets (%s); adapters (%s): %.2f MB per node per round each way",
              len(targets.names), targets.source, mode, payload / 2**20)
@@ -189,6 +191,8 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         "eval_gap": fed.eval_gap,
         # Differential privacy (fed_a2v.federation.privacy): mechanism, settings, the (ε, δ) spent.
         "privacy": privacy_record(runner),
+        # generator_load_checkpoint outside KD: the generators the run found (phase 2)
+        "generators_found": generators_found,
         # KD aggregation: the class generators the server held, what the nodes sent of them.
         "kd": {"classes_with_generators": sorted(strategy.kd.generators),
                "generator_bytes_received": strategy.kd.generator_bytes,
@@ -220,6 +224,22 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         log.warning(skipped)
     log.info("report: %s", write_report(run_dir))
     return summary
+
+
+def found_generators(config: Config) -> dict[str, Any] | None:
+    """Upstream's second phase outside KD (`generator_load_checkpoint`): the saved generators
+    must be there (FileNotFoundError naming the folder otherwise); images are drawn from them
+    with `fed-a2v generate --generators`."""
+    fa = config.feda2v
+    if not fa.generator_load_checkpoint:
+        return None
+    parts = load_latest(Path(fa.generator_checkpoint_dir), fa.generator_checkpoint_base_name)
+    nodes = sorted({p.node for held in parts.values() for p in held})
+    log.info("generator_load_checkpoint: generators of %d classes from %d nodes in %s; images "
+             "from them: fed-a2v generate <run dir> --generators %s --generator-base %s",
+             len(parts), len(nodes), fa.generator_checkpoint_dir, fa.generator_checkpoint_dir,
+             fa.generator_checkpoint_base_name)
+    return {"dir": fa.generator_checkpoint_dir, "classes": sorted(parts), "nodes": nodes}
 
 
 def round_lr(base_lr: float, schedule: str, server_round: int, num_rounds: int,
