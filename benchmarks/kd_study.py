@@ -1,7 +1,7 @@
 """KD aggregation against FedAvg where FedAvg is weakest: nodes that hold disjoint classes.
 
-For each corpus, its first `--classes` classes dealt to `--nodes` nodes, each node its own
-(class j on node j mod N), run in-process (`federated_runs.py`) under these arms, 3 seeds:
+For each corpus, its first `--classes` classes dealt to `--nodes` nodes, each node every clip of
+its own (class j on node j mod N), run in-process (`federated_runs.py`) under these arms, 3 seeds:
 
 - `fedavg`: FedAvg by examples (`weighted_average`);
 - `kd`: FedAvg, then distilled on samples of the nodes' generators (the default `gaussian`),
@@ -48,7 +48,9 @@ def experiment(corpus: str, classes: int, nodes: int, local_epochs: int,
         "experiment": {"name": corpus, "seed": 0, "output_dir": "runs", "device": "cpu"},
         "federation": {"global_rounds": 10, "num_clients": len(groups),
                        "min_clients": len(groups), "local_epochs": local_epochs},
-        "dataset": {"name": corpus},
+        # every node holds every clip of its classes (the default "nodes" would give each a
+        # stratified shard: a fifth of its classes' clips with 5 nodes)
+        "dataset": {"name": corpus, "partition": "classes"},
         "nodes": {str(i): {"selected_classes": g} for i, g in enumerate(groups)},
     }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from fed_a2v.model.generators import (
     save_checkpoints,
 )
 
-from drills import experiment_dict
+from drills import experiment_dict, small_experiment
 
 T, D = 6, 16
 
@@ -269,3 +271,23 @@ def test_a_first_phase_saves_generators_that_a_second_phase_distils_from(tmp_pat
                                  "generator_checkpoint_dir": str(tmp_path / "none")})
     with pytest.raises(FileNotFoundError, match="no generator files 'vae_node<id>"):
         run_in_process(empty, tmp_path / "phase2b.json", LoopbackGrid(2))
+
+
+@pytest.mark.slow
+def test_a_kd_federation_on_the_simulation_engine(tmp_path: Path) -> None:
+    """Two KD rounds on Flower's simulation engine (Ray, `fed-a2v simulate`): the generators
+    travel through Flower's messages and the second round distils on them."""
+    experiment = small_experiment(tmp_path, "kd", feda2v={"adapter_aggregation_mode": "kd"},
+                                  global_rounds=2, num_clients=2, min_clients=2)
+    config = json.loads(experiment.read_text())
+    config["nodes"] = {"0": {"selected_classes": ["dog"]},
+                       "1": {"selected_classes": ["rooster", "siren"]}}
+    experiment.write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--config",
+                           str(experiment)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["kd"]["classes_with_generators"] == ["dog", "rooster", "siren"]
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[0]["kd_classes"] is None and rounds[1]["kd_classes"] == 3
