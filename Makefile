@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/encode_cache.py
 	$(BIN)/python benchmarks/encode_cache.py --full-size-ast --max-clips 8 --epochs 3 --name encode_cache_full_ast
 	$(BIN)/python benchmarks/server_memory.py
+	$(BIN)/python benchmarks/server_memory.py --kd --nodes 3 30
 	$(BIN)/python benchmarks/transport.py
 	$(BIN)/python benchmarks/flower_overhead.py
 	if $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then \

@@ -32,11 +32,13 @@ from fed_a2v.model.evaluation import evaluate_adapters
 from fed_a2v.model.generators import (
     ClassGenerator,
     fit_generators,
+    flatten,
     frechet_distance,
     load_latest,
     merge_generators,
     merge_parts,
     save_checkpoints,
+    unflatten,
 )
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,10 @@ def node_generators(data: EncodedSet, targets: Targets, cfg: FedA2VConfig
 
 
 def generators_records(generators: dict[str, ClassGenerator]) -> dict[str, Any]:
-    """A node's generators as its reply carries them: one ArrayRecord (`<i>.<field>`) and
-    the class of each `<i>`."""
-    arrays = ArrayRecord({f"{i}.{k}": Array(np.ascontiguousarray(v))
-                          for i, g in enumerate(generators.values())
-                          for k, v in g.arrays().items()})
+    """A node's generators as its reply carries them: one ArrayRecord (`flatten`) and the
+    class of each entry."""
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                          for k, v in flatten(generators).items()})
     return {GENERATORS: arrays,
             f"{GENERATORS}-classes": ConfigRecord({"classes": json.dumps(list(generators))})}
 
@@ -76,15 +77,8 @@ def generators_records(generators: dict[str, ClassGenerator]) -> dict[str, Any]:
 def generators_from_records(arrays: ArrayRecord, classes: ConfigRecord, where: str
                             ) -> dict[str, ClassGenerator]:
     """The inverse of `generators_records`; ValueError naming `where`."""
-    names = json.loads(str(classes["classes"]))
-    fields: dict[int, dict[str, np.ndarray]] = {}
-    for key, value in arrays.items():
-        index, _, field = key.partition(".")
-        if not index.isdigit() or int(index) >= len(names):
-            raise ValueError(f"{where}: unexpected generator array '{key}'")
-        fields.setdefault(int(index), {})[field] = value.numpy()
-    return {name: ClassGenerator.from_arrays(fields.get(i, {}), f"{where}, class {name}")
-            for i, name in enumerate(names)}
+    return unflatten({k: v.numpy() for k, v in arrays.items()},
+                     json.loads(str(classes["classes"])), where)
 
 
 @torch.no_grad()

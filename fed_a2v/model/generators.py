@@ -192,6 +192,26 @@ def merge_generators(parts: Sequence[ClassGenerator], rank: int) -> ClassGenerat
     return ClassGenerator(mean.float()[None], vh[:kept].float(), s[:kept].float(), noise, total)
 
 
+def flatten(generators: Mapping[str, ClassGenerator]) -> dict[str, np.ndarray]:
+    """Generators as one flat dict of arrays, `<i>.<field>` for the i-th class (their order
+    is the class list that goes with them): how they travel and how they are saved."""
+    return {f"{i}.{k}": v for i, g in enumerate(generators.values())
+            for k, v in g.arrays().items()}
+
+
+def unflatten(arrays: Mapping[str, np.ndarray], classes: Sequence[str], where: str
+              ) -> dict[str, ClassGenerator]:
+    """The inverse of `flatten` for `classes`; ValueError naming `where`."""
+    fields: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        index, _, field = key.partition(".")
+        if not index.isdigit() or int(index) >= len(classes):
+            raise ValueError(f"{where}: unexpected generator array '{key}'")
+        fields.setdefault(int(index), {})[field] = value
+    return {name: ClassGenerator.from_arrays(fields.get(i, {}), f"{where}, class {name}")
+            for i, name in enumerate(classes)}
+
+
 # Files under upstream's names: {dir}/{base}_node{id}_class_{c}_round_{r}.pt (per_class),
 # ..._group_{g}_round_{r}.pt (per_group), {base}_node{id}_round_{r}.pt (unified).
 
@@ -223,8 +243,8 @@ def save_checkpoints(generators: Mapping[str, ClassGenerator], folder: Path, bas
         path = folder / checkpoint_name(base, node, granularity, key, round_num)
         payload = {"format": "fed_a2v.generators/1", "granularity": granularity,
                    "round": round_num, "node": node, "classes": json.dumps(members),
-                   **{f"{i}.{k}": torch.from_numpy(v)
-                      for i, c in enumerate(members) for k, v in generators[c].arrays().items()}}
+                   **{k: torch.from_numpy(v)
+                      for k, v in flatten({c: generators[c] for c in members}).items()}}
         atomic_write(path, lambda tmp, payload=payload: torch.save(payload, tmp))
         paths.append(path)
     return paths
@@ -240,11 +260,9 @@ def load_checkpoint(path: Path) -> dict[str, ClassGenerator]:
     if not isinstance(payload, dict) or payload.get("format") != "fed_a2v.generators/1":
         raise ValueError(f"{path}: not a FedA2V generator checkpoint (upstream's VAE "
                          "checkpoints cannot be read: train the generators again with FedA2V)")
-    classes = json.loads(payload["classes"])
-    return {c: ClassGenerator.from_arrays(
-        {k.split(".", 1)[1]: v.numpy() for k, v in payload.items()
-         if isinstance(k, str) and k.startswith(f"{i}.")}, f"{path} (class {c})")
-        for i, c in enumerate(classes)}
+    arrays = {k: v.numpy() for k, v in payload.items()
+              if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return unflatten(arrays, json.loads(payload["classes"]), str(path))
 
 
 def latest_checkpoints(folder: Path, base: str) -> dict[int, list[Path]]:
