@@ -205,9 +205,11 @@ def train_reply(msg: Message, context: Context) -> Message:
     ridge = (stats_reply(msg.content[RIDGE_REQUEST], rnd.ident.key, rnd.data.train,
                          len(rnd.targets.names)) if RIDGE_REQUEST in msg.content else {})
     # KD: the node's class counts, its generators once (fed_a2v.federation.distillation)
+    # its number in generator file names: its shard, else (a whole corpus each) its Flower id
+    sharded = rnd.ident.num_nodes > 1 or "partition-id" in context.node_config
     generators, generator_metrics = generator_reply(
-        cfg, msg, rnd.ident.key, rnd.ident.index, rnd.server_round, rnd.data.train, rnd.targets,
-        rnd.adapters)
+        cfg, msg, rnd.ident.key, rnd.ident.index if sharded else context.node_id,
+        rnd.server_round, rnd.data.train, rnd.targets, rnd.adapters)
     metrics.update(generator_metrics)
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport, **ridge,
                                **generators,
