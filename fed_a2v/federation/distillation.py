@@ -95,7 +95,8 @@ def validate_generators(generators: dict[str, ClassGenerator], adapters: dict[st
     top1 = {k: v for k, v in evaluate_adapters(
         adapters, sampled, targets.tensors, 64, torch.device("cpu"), prefix="generator").items()
         if k.endswith("_top1")}
-    real = data.tokens.batch(list(range(len(data)))).mean(1)
+    real = torch.cat([data.tokens.batch(list(range(i, min(i + 64, len(data))))).mean(1)
+                      for i in range(0, len(data), 64)])
     return {**top1, "generator_frechet": frechet_distance(tokens.mean(1), real)}
 
 

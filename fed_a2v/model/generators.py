@@ -99,8 +99,10 @@ def _spread(residuals: torch.Tensor, dof: int, rank: int
     width = residuals.shape[1]
     if dof < 1:
         return torch.zeros(0, width), torch.zeros(0), 0.0
-    x = residuals.double()
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    # float32: at the AST's width a clip's residual is 932k values; its singular values are
+    # summed in float64 below
+    _, s, vh = torch.linalg.svd(residuals.float(), full_matrices=False)
+    s = s.double()
     variances = s.pow(2) / dof
     kept = min(rank, int((s > s.max() * 1e-6).sum()) if s.numel() else 0, width - 1)
     rest = float(variances.sum() - variances[:kept].sum())
