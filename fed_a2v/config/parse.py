@@ -115,11 +115,11 @@ def build(cls: type, data: Any, path: str, source: str) -> Any:
 
 
 def _build_map(data: Any, value_tp: type, path: str, source: str) -> dict[str, Any]:
-    checked = [_matches(v, value_tp) for v in data.values()] if isinstance(data, dict) else []
-    if not isinstance(data, dict) or not all(ok for ok, _ in checked):
+    # values as given: `float | int` options keep their ints (_matches would make them floats)
+    if not isinstance(data, dict) or not all(_matches(v, value_tp)[0] for v in data.values()):
         raise ConfigError(f"{source}: '{path}' must be a JSON object of {_describe(value_tp)} "
                           "values")
-    return {k: v for k, (_, v) in zip(data, checked, strict=True)}
+    return dict(data)
 
 
 def _build_nodes(data: Any, path: str, source: str) -> dict[str, NodeConfig]:
