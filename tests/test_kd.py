@@ -108,6 +108,8 @@ def test_bad_generator_settings_give_a_clear_error() -> None:
         config_from_dict({"feda2v": {"generator_rank": -1}}, "exp.json")
     with pytest.raises(ConfigError, match="'feda2v.kd_samples_per_class'"):
         config_from_dict({"feda2v": {"kd_samples_per_class": 0}}, "exp.json")
+    with pytest.raises(ConfigError, match="'feda2v.generator_class_groups' must be a JSON object"):
+        config_from_dict({"feda2v": {"generator_class_groups": {"birds": [1, 2]}}}, "exp.json")
     tokens, labels = two_classes()
     with pytest.raises(ValueError, match="generator_granularity 'per_node'"):
         fit_generators(tokens, labels, granularity="per_node")
