@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,11 @@ class TokenStore:
         # Slicing a memory map reads only the rows kept.
         return torch.from_numpy(np.stack([self.arrays[i][:self.keep_tokens]
                                           for i in idx])).float()
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        """Every clip in order, `size` clips (one `batch`) at a time."""
+        for start in range(0, len(self), size):
+            yield self.batch(list(range(start, min(start + size, len(self)))))
 
     def first_tokens(self, n: int) -> TokenStore:
         """The same arrays, batched to each clip's first `n` tokens."""

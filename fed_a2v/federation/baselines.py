@@ -56,9 +56,7 @@ def pooled_features(tokens: torch.Tensor) -> torch.Tensor:
 
 def encoded_features(data: EncodedSet, batch_size: int = 64) -> torch.Tensor:
     """`pooled_features` of every clip of `data`, `(N, F)`, reading `batch_size` clips at once."""
-    return torch.cat([pooled_features(data.tokens.batch(list(range(i, min(i + batch_size,
-                                                                              len(data))))))
-                      for i in range(0, len(data), batch_size)])
+    return torch.cat([pooled_features(chunk) for chunk in data.tokens.chunks(batch_size)])
 
 
 def _triu(size: int) -> torch.Tensor:

@@ -95,8 +95,7 @@ def validate_generators(generators: dict[str, ClassGenerator], adapters: dict[st
     top1 = {k: v for k, v in evaluate_adapters(
         adapters, sampled, targets.tensors, 64, torch.device("cpu"), prefix="generator").items()
         if k.endswith("_top1")}
-    real = torch.cat([data.tokens.batch(list(range(i, min(i + 64, len(data))))).mean(1)
-                      for i in range(0, len(data), 64)])
+    real = torch.cat([chunk.mean(1) for chunk in data.tokens.chunks(64)])
     return {**top1, "generator_frechet": frechet_distance(tokens.mean(1), real)}
 
 
@@ -152,6 +151,7 @@ class KDAggregation:
         self.have: set[str] = set()  # node keys whose generators the server holds
         self.teacher: TeacherSums | None = None
         self.counts: dict[int, dict[str, int]] = {}  # reply id -> its classes' clip counts
+        self.names: dict[int, str] = {}  # reply id -> its node's name in the run's records
         self.generator_bytes = 0
         if self.cfg.generator_load_checkpoint:
             self.load(Path(self.cfg.generator_checkpoint_dir))
@@ -171,15 +171,20 @@ class KDAggregation:
             return {}
         return {GENERATOR_REQUEST: ConfigRecord({"have": json.dumps(sorted(self.have))})}
 
+    def round_seed(self, server_round: int) -> int:
+        """The seed of a round's transfer samples and of its distillation."""
+        return self.seed * 100_003 + server_round
+
     def open_round(self, server_round: int) -> None:
-        self.counts = {}
+        self.counts, self.names = {}, {}
         self.teacher = (TeacherSums(TransferSet(self.generators, self.cfg.kd_samples_per_class,
-                                                self.seed * 100_003 + server_round))
+                                                self.round_seed(server_round)))
                         if self.generators else None)
 
     def take(self, reply: Message, node_key: str, name: str) -> None:
         """A train reply's class counts and generators (refused ones are logged)."""
         content = reply.content
+        self.names[id(reply)] = name
         if CLASS_COUNTS in content:
             try:
                 counts = json.loads(str(content[CLASS_COUNTS]["counts"]))
@@ -209,18 +214,18 @@ class KDAggregation:
                 self.pending.setdefault(c, []).append(gen)
         self.have.add(node_key)
 
-    def teach(self, update: Any, key: int, examples: float, name: str) -> None:
-        """Add one accepted update's adapters to the teacher sums, then drop them."""
+    def teach(self, update: Any, key: int, examples: float) -> None:
+        """Add the adapters of one accepted update (of the reply with id `key`, `take`n
+        before) to the teacher sums, then drop them."""
         if self.teacher is None:
             return
-        counts = self.counts.get(key, {})
         if self.cfg.kd_teacher == "all_nodes":
-            weights = dict.fromkeys(self.teacher.transfer.classes, float(examples))
+            weights = dict.fromkeys(self.teacher.transfer.classes, examples)
         else:
-            weights = {c: float(n) for c, n in counts.items()}
+            weights = {c: float(n) for c, n in self.counts.get(key, {}).items()}
         load_adapters_state(self.template, {k: torch.from_numpy(np.asarray(update[k]))
                                             for k in update})
-        self.teacher.add(self.template, weights, name)
+        self.teacher.add(self.template, weights, self.names.get(key, str(key)))
 
     def finish(self, arrays: ArrayRecord, server_round: int) -> tuple[ArrayRecord,
                                                                      dict[str, float]]:
@@ -232,7 +237,7 @@ class KDAggregation:
                                                 for k, a in arrays.items()})
             losses = distill(self.template, self.teacher, self.cfg.kd_training_epochs,
                              self.cfg.kd_learning_rate, self.batch_size,
-                             self.seed * 100_003 + server_round)
+                             self.round_seed(server_round))
             metrics = {f"kd_{k}_loss": v for k, v in losses.items()}
             metrics["kd_classes"] = float(len(self.teacher.weights))
             state = adapters_state(self.template)

@@ -315,15 +315,14 @@ class FedA2VStrategy(FedAvg):
                                                    self.max_update_norm)
         if problem:
             return problem
-        weight = (float(metrics[0][self.weighted_by_key])
-                  if self.aggregation_mode in ("weighted_average", "kd") else 1.0)
+        examples = float(metrics[0][self.weighted_by_key])
+        weight = examples if self.aggregation_mode in ("weighted_average", "kd") else 1.0
         try:
             self._add(key, update, weight)
         except ValueError as err:  # e.g. a negative example count; the sum is untouched
             return str(err)
         if self.kd:  # the node's adapters teach the classes it holds
-            self.kd.teach(update, key, float(metrics[0][self.weighted_by_key]),
-                          str(content[NODE]["name"]) if NODE in content else str(key))
+            self.kd.teach(update, key, examples)
         return None
 
     def _add(self, key: int, update: WireUpdate, weight: float) -> None:

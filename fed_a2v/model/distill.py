@@ -9,7 +9,6 @@ other adapter's output. Teacher outputs are added up as each node's adapters arr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import torch
@@ -19,8 +18,6 @@ from tqdm import tqdm
 from fed_a2v.model.adapters import SpanAdapter
 from fed_a2v.model.generators import ClassGenerator, iter_samples
 from fed_a2v.model.train import seeded_rng
-
-log = logging.getLogger(__name__)
 
 
 def taught(adapter: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,12 @@ class ClassGenerator:
         return cls(points, basis, scales, noise, count)
 
 
+def _leading(s: torch.Tensor, rank: int, width: int) -> int:
+    """How many of the singular values `s` (descending) to keep as directions: at most `rank`,
+    none that is zero next to the largest, fewer than `width`."""
+    return min(rank, int((s > s.max() * 1e-6).sum()) if s.numel() else 0, width - 1)
+
+
 def _spread(residuals: torch.Tensor, dof: int, rank: int
             ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Probabilistic PCA of `(n, D)` residuals with `dof` degrees of freedom: the leading
@@ -104,7 +110,7 @@ def _spread(residuals: torch.Tensor, dof: int, rank: int
     _, s, vh = torch.linalg.svd(residuals.float(), full_matrices=False)
     s = s.double()
     variances = s.pow(2) / dof
-    kept = min(rank, int((s > s.max() * 1e-6).sum()) if s.numel() else 0, width - 1)
+    kept = _leading(s, rank, width)
     rest = float(variances.sum() - variances[:kept].sum())
     noise = math.sqrt(max(rest, 0.0) / (width - kept)) if width > kept else 0.0
     scales = (variances[:kept] - noise**2).clamp_min(0).sqrt()
@@ -189,7 +195,7 @@ def merge_generators(parts: Sequence[ClassGenerator], rank: int) -> ClassGenerat
     width = mean.numel()
     noise_var = sum(w * p.noise**2 for w, p in zip(weights, parts, strict=True))
     _, s, vh = torch.linalg.svd(torch.cat(factors), full_matrices=False)
-    kept = min(rank, int((s > s.max() * 1e-6).sum()) if s.numel() else 0, width - 1)
+    kept = _leading(s, rank, width)
     noise = math.sqrt(noise_var + float(s[kept:].pow(2).sum()) / width)
     return ClassGenerator(mean.float()[None], vh[:kept].float(), s[:kept].float(), noise, total)
 
