@@ -167,7 +167,6 @@ class _Translator:
         self.device: dict[str, Any] = {}
         self.dropouts: dict[str, Any] = {}
         self.granularities: dict[str, Any] = {}  # nodes.*.generator_granularity, by node
-        self.node_ids: list[str] = []
         self.switches: list[str] = []  # feda2v bool keys that upstream's synonyms turn on
         self.folds: list[tuple[str, list[Any]]] = []
         self.num_clients: list[Any] = []  # the file's federation.num_clients, if it has one
@@ -214,7 +213,6 @@ class _Translator:
                 out[node_id] = entry
                 continue
             out[node_id] = {}
-            self.node_ids.append(node_id)
             for key, value in entry.items():
                 if is_metadata(key):
                     self.t.metadata += 1
@@ -420,7 +418,8 @@ class _Translator:
         key = "feda2v.generator_granularity"
         own = _get(self.raw, key)
         fallback = Config().feda2v.generator_granularity if own is None else own
-        values = {n: self.granularities.get(n, fallback) for n in self.node_ids}
+        nodes = [n for n, e in self.t.native.get("nodes", {}).items() if isinstance(e, dict)]
+        values = {n: self.granularities.get(n, fallback) for n in nodes}
         same = len(set(values.values())) == 1
         result = next(iter(values.values())) if same else "per_class"
         self.put(key, result)
