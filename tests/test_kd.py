@@ -269,6 +269,15 @@ def test_a_first_phase_saves_generators_that_a_second_phase_distils_from(tmp_pat
     assert summary["kd"]["classes_with_generators"] == ["dog", "rooster"]
     assert summary["kd"]["generator_bytes_received"] == 0
 
+    # outside KD (upstream's files that only render from the generators): found, not loaded
+    images = dict(second, feda2v={**second["feda2v"], "adapter_aggregation_mode": "none"})
+    images["experiment"] = {**second["experiment"], "name": "phase2-images"}
+    run_dir = run_in_process(images, tmp_path / "phase2-images.json", LoopbackGrid(2))
+    found = json.loads((run_dir / "summary.json").read_text())["generators_found"]
+    assert found["nodes"] == [0, 1]
+    assert found["files"] == ["vae_node0_class_dog_round_2.pt",
+                              "vae_node1_class_rooster_round_2.pt"]
+
     empty = dict(second, feda2v={**second["feda2v"],
                                  "generator_checkpoint_dir": str(tmp_path / "none")})
     with pytest.raises(FileNotFoundError, match="no generator files 'vae_node<id>"):

@@ -25,7 +25,7 @@ from fed_a2v.federation.flower_strategies import build_strategy
 from fed_a2v.federation.privacy import privacy_record, with_privacy
 from fed_a2v.federation.rounds import check_simulated_federation
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, adapters_state
-from fed_a2v.model.generators import load_latest
+from fed_a2v.model.generators import required_checkpoints
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 from fed_a2v.runs.checkpoints import AdapterCheckpoints
 from fed_a2v.runs.report import write_report
@@ -229,17 +229,19 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
 def found_generators(config: Config) -> dict[str, Any] | None:
     """Upstream's second phase outside KD (`generator_load_checkpoint`): the saved generators
     must be there (FileNotFoundError naming the folder otherwise); images are drawn from them
-    with `fed-a2v generate --generators`."""
+    with `fed-a2v generate --generators`. The run itself does not use them, so only their
+    names are read, not their tensors."""
     fa = config.feda2v
     if not fa.generator_load_checkpoint:
         return None
-    parts = load_latest(Path(fa.generator_checkpoint_dir), fa.generator_checkpoint_base_name)
-    nodes = sorted({p.node for held in parts.values() for p in held})
-    log.info("generator_load_checkpoint: generators of %d classes from %d nodes in %s; images "
-             "from them: fed-a2v generate <run dir> --generators %s --generator-base %s",
-             len(parts), len(nodes), fa.generator_checkpoint_dir, fa.generator_checkpoint_dir,
+    found = required_checkpoints(Path(fa.generator_checkpoint_dir),
+                                 fa.generator_checkpoint_base_name)
+    files = sorted(p.name for paths in found.values() for p in paths)
+    log.info("generator_load_checkpoint: %d generator files of %d nodes in %s; images from "
+             "them: fed-a2v generate <run dir> --generators %s --generator-base %s",
+             len(files), len(found), fa.generator_checkpoint_dir, fa.generator_checkpoint_dir,
              fa.generator_checkpoint_base_name)
-    return {"dir": fa.generator_checkpoint_dir, "classes": sorted(parts), "nodes": nodes}
+    return {"dir": fa.generator_checkpoint_dir, "nodes": sorted(found), "files": files}
 
 
 def round_lr(base_lr: float, schedule: str, server_round: int, num_rounds: int,

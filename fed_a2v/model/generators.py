@@ -293,16 +293,21 @@ class NodePart:
     generator: ClassGenerator
 
 
-def load_latest(folder: Path, base: str) -> dict[str, list[NodePart]]:
-    """Class -> its generators in each node's latest files in `folder` under `base`;
-    FileNotFoundError where there are none, ValueError for a file FedA2V cannot read."""
+def required_checkpoints(folder: Path, base: str) -> dict[int, list[Path]]:
+    """`latest_checkpoints`, or FileNotFoundError naming the folder where there are none."""
     found = latest_checkpoints(folder, base) if folder.is_dir() else {}
     if not found:
         raise FileNotFoundError(
             f"{folder}: no generator files '{base}_node<id>_class_<c>_round_<r>.pt' (the nodes "
             "save them with feda2v.generator_save_checkpoint or generator_training_mode)")
+    return found
+
+
+def load_latest(folder: Path, base: str) -> dict[str, list[NodePart]]:
+    """Class -> its generators in each node's latest files in `folder` under `base`;
+    FileNotFoundError where there are none, ValueError for a file FedA2V cannot read."""
     parts: dict[str, list[NodePart]] = {}
-    for node, paths in sorted(found.items()):
+    for node, paths in sorted(required_checkpoints(folder, base).items()):
         for path in paths:
             for name, generator in load_checkpoint(path).items():
                 parts.setdefault(name, []).append(NodePart(node, path, generator))
