@@ -56,7 +56,7 @@ from fed_a2v.launch.host import (
     write_connection,
 )
 from fed_a2v.runs.report import write_report
-from fed_a2v.runs.run_dir import finished_rounds, new_run_dir, run_to_resume
+from fed_a2v.runs.run_dir import last_round, new_run_dir, run_to_resume
 from fed_a2v.runs.wandb_log import require_wandb
 from fed_a2v.studies.batch_size import default_arms, run_study, write_study
 from fed_a2v.studies.federation import ARMS as FEDERATION_ARMS
@@ -190,8 +190,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             superlink.stop(timeout=15 if entry else 1)
     if interrupted:
-        done = finished_rounds(run_dir)
-        print(f"stopped after round {done[-1]['round'] if done else 0} of "
+        print(f"stopped after round {last_round(run_dir)} of "
               f"{config.federation.global_rounds}; resume with: fed-a2v simulate --resume "
               f"{run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED

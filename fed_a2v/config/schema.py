@@ -48,6 +48,8 @@ DEVICE_PATTERN = r"cpu|auto|cuda(:[0-9]+)?"
 # Corpora generated on first use (fed_a2v.data.node_corpora); the others are read from disk.
 # federation.transport_dtype: how adapters travel back to the server (fed_a2v.federation.transport)
 TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")
+# federation.round_protocol: message stages per round (fed_a2v.federation.feda2v_strategy)
+ROUND_PROTOCOLS = ("one_stage", "two_stage")
 # Their classes: fed_a2v.data.node_corpora checks that its generators agree.
 BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16, "italian_speech": 12,
                    "german_speech": 12}
@@ -99,8 +101,8 @@ class FederationConfig:
     join_ratio: float = field(default=1.0, metadata=_rule(
         "fraction of the nodes sampled for training each round", min_exclusive=0.0, max=1.0))
     min_clients: int | None = field(default=None, metadata=_rule(
-        "usable updates a round needs to change the adapters; training waits (at most a round "
-        "timeout) for this many connected nodes",
+        "usable updates a round needs to change the adapters; a round is sent only when this "
+        "many nodes are connected (it waits at most `quorum_timeout`)",
         shown_default="2 (fewer nodes: all)", min=1))
     eval_gap: int = field(default=1, metadata=_rule(
         "nodes evaluate the global adapters after every `eval_gap`-th round and after the last",
@@ -108,6 +110,19 @@ class FederationConfig:
     max_update_norm: float | None = field(default=None, metadata=_rule(
         "a node's update is dropped for the round if an adapter moved further than this (L2)",
         shown_default="none: no limit", min_exclusive=0.0))
+    round_protocol: str = field(default="one_stage", metadata=_rule(
+        "message stages per round (docs/rounds.md): `one_stage`, the nodes evaluate the global "
+        "adapters they receive at the start of the next round's train message and reply with "
+        "that evaluation beside their update (the last round has an evaluate stage of its own); "
+        "`two_stage`, a train stage then an evaluate stage every round (Flower's `start`)",
+        choices=ROUND_PROTOCOLS))
+    quorum_timeout: float | None = field(default=None, metadata=_rule(
+        "seconds a round waits for `min_clients` connected nodes before the run stops, failed, "
+        "after its last checkpoint (`--resume` goes on once the nodes are back); a round that "
+        "got fewer than `min_clients` usable updates is run again once they are connected",
+        shown_default="the round timeout (an hour before the first round, then 4x the slowest "
+                      "round so far, at least 300 s)",
+        min_exclusive=0.0))
     round_timeout: float | None = field(default=None, metadata=_rule(
         "seconds a round waits for the nodes' replies; the replies in by then are aggregated (a "
         "dead node is not waited for)",

@@ -31,6 +31,8 @@ from fed_a2v.federation.baselines import RidgeBaselines
 from fed_a2v.federation.distillation import KDAggregation
 from fed_a2v.federation.overlap_check import OverlapCheck
 from fed_a2v.federation.protocol import (
+    EVALUATE_ROUND,
+    EVALUATION,
     IMAGES,
     NODE,
     SIDE_ARRAYS,
@@ -42,7 +44,13 @@ from fed_a2v.federation.protocol import (
     VAL_EXAMPLES,
 )
 from fed_a2v.federation.round_loop import run_rounds
-from fed_a2v.federation.rounds import RoundGrid, RoundTimeout, sample_nodes
+from fed_a2v.federation.rounds import (
+    RoundGrid,
+    RoundTimeout,
+    ShortRound,
+    quorum_nodes,
+    sample_nodes,
+)
 from fed_a2v.federation.transport import WireUpdate
 from fed_a2v.runs.node_records import FLOWER_NODE_ID
 
@@ -54,7 +62,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     (`val_*`: the node's val clips, `VAL_EXAMPLES`; the rest: `weight_key`), as Flower's
     `aggregate_metricrecords` computes it; clip counts add up over nodes. A node without val
     clips reports no `val_*` keys, so the nodes' keys may differ."""
-    metrics = [next(iter(r.metric_records.values())) for r in records]
+    metrics = [reply_metrics(r) for r in records]
     out = MetricRecord()
     for key in dict.fromkeys(k for m in metrics for k in m):
         if key in (weight_key, VAL_EXAMPLES):
@@ -72,6 +80,15 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     return out
 
 
+def reply_metrics(content: RecordDict) -> MetricRecord | None:
+    """A reply's own MetricRecord: "metrics", or its only one; a one-stage train reply also
+    holds the evaluation of the adapters it received (`EVALUATION`)."""
+    records = content.metric_records
+    if "metrics" in records:
+        return records["metrics"]
+    return next(iter(records.values())) if len(records) == 1 else None
+
+
 class FedA2VStrategy(FedAvg):
     """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
     node has answered once, the targets. Each round's aggregated train and evaluate metrics are
@@ -83,9 +100,16 @@ class FedA2VStrategy(FedAvg):
     ArrayRecord and so do the replies. Nodes evaluate after every `eval_gap`-th round and after
     the last one.
 
-    `min_train_nodes` is the quorum: a round's adapters are averaged only from that many usable
-    updates. Training waits (at most a round timeout) for that many nodes to be connected, then
-    goes on with those that are; evaluation takes the nodes connected.
+    `round_protocol` (`federation.round_protocol`): `one_stage`, one message per node per
+    round: round r+1's train instruction asks the node to evaluate the global adapters of
+    round r (`EVALUATE_ROUND`) before it trains, and round r's metrics line waits for those
+    replies (`awaiting_eval`, `lines_due`); the last round has its own evaluate stage.
+    `two_stage`: Flower's train stage, then an evaluate stage, every round.
+
+    `min_train_nodes` is the quorum: a stage is sent only once that many nodes are connected
+    (waiting at most `quorum_timeout`, else a QuorumError naming the missing nodes stops the
+    run), and a round's adapters are averaged only from that many usable updates (fewer: a
+    QuorumError from `aggregate_train`; `run_rounds` runs the round again once).
 
     Train updates are aggregated as they arrive (`take_update`, called by the `RoundGrid` for
     each reply): screened, decoded from `transport_dtype` one tensor at a time, added to a
@@ -96,6 +120,7 @@ class FedA2VStrategy(FedAvg):
                  aggregation_mode: str = "weighted_average", eval_gap: int = 1,
                  render_every: int = 0, transport_dtype: str = "fp32",
                  baselines: RidgeBaselines | None = None, kd: KDAggregation | None = None,
+                 round_protocol: str = "one_stage", quorum_timeout: float | None = None,
                  **fedavg_kwargs) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics,
                          evaluate_metrics_aggr_fn=aggregate_metrics, **fedavg_kwargs)
@@ -126,6 +151,13 @@ class FedA2VStrategy(FedAvg):
         self.aggregation_mode = aggregation_mode
         self.standalone = aggregation_mode == "none"
         self.eval_gap = eval_gap
+        self.one_stage = round_protocol == "one_stage"
+        self.quorum_timeout = quorum_timeout  # None: the stage's round timeout
+        # one stage: the round whose global adapters the next train instruction has the nodes
+        # evaluate (its metrics line waits for them), and a round whose evaluation came in with
+        # the last train replies (its line is due)
+        self.awaiting_eval: int | None = None
+        self.evaluated: int | None = None
         # Nodes render images every `render_every` rounds (0: never), in the evaluate stage.
         self.render_every = render_every
         self.node_images: list[dict[str, Any]] = []  # {"round", "node", "count", "dir"}
@@ -211,9 +243,12 @@ class FedA2VStrategy(FedAvg):
         fraction = self.fraction_train if train else self.fraction_evaluate
         if fraction == 0.0:
             return []
-        minimum = self.min_train_nodes if train else self.min_evaluate_nodes
-        nodes = sample_nodes(grid, fraction, minimum, minimum if train else 1,
-                             self.timeouts.seconds(kind))
+        minimum = max(self.min_train_nodes if train else self.min_evaluate_nodes, 1)
+        wait = (self.quorum_timeout if self.quorum_timeout is not None
+                else self.timeouts.seconds(kind))
+        connected = quorum_nodes(grid, minimum, wait, self.flower_names,
+                                 f"round {server_round}'s {kind} stage")
+        nodes = sample_nodes(connected, fraction, minimum)
         log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
         if self.standalone:
             arrays = ArrayRecord()  # each node holds its own adapters
@@ -231,14 +266,17 @@ class FedA2VStrategy(FedAvg):
 
     def _open_train_round(self, server_round: int, arrays: ArrayRecord,
                           config: ConfigRecord) -> ConfigRecord:
-        """Start taking the round's updates; its train config, with each adapter's LR."""
+        """Start taking the round's updates; its train config, with each adapter's LR and, in
+        one-stage rounds, the round whose global adapters the nodes evaluate first."""
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         self.train_round, self.average, self.taken = server_round, None, {}
         if self.kd:
             self.kd.open_round(server_round)
         lrs = self.lr_for_round(server_round)
         self.round_metrics[server_round] = {f"{name}_lr": lr for name, lr in lrs.items()}
-        return ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()}})
+        evaluate = {} if self.awaiting_eval is None else {EVALUATE_ROUND: self.awaiting_eval}
+        return ConfigRecord({**config, **{f"{name}-lr": lr for name, lr in lrs.items()},
+                             **evaluate})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -246,6 +284,8 @@ class FedA2VStrategy(FedAvg):
         if not self.evaluates(server_round):
             log.info("round %d: no evaluation (eval_gap %d)", server_round, self.eval_gap)
             return []
+        if self.one_stage and server_round != self.last_round:
+            return []  # the next round's train instructions have the nodes evaluate
         return self._instructions(server_round, arrays, config, grid, MessageType.EVALUATE)
 
     def _note_replies(self, server_round: int, replies: list[Message]) -> None:
@@ -262,9 +302,10 @@ class FedA2VStrategy(FedAvg):
                 name = self.node_name(msg)
                 if SKIPPED in msg.content:
                     self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
-                if IMAGES in msg.content:
+                if IMAGES in msg.content:  # rendered with the adapters of its "round"
                     images = msg.content[IMAGES]
-                    self.node_images.append({"round": server_round, "node": name,
+                    self.node_images.append({"round": int(images.get("round", server_round)),
+                                             "node": name,
                                              "count": int(images["count"]),
                                              "dir": str(images["dir"])})
                 if self.standalone and STANDALONE in msg.content:
@@ -300,8 +341,8 @@ class FedA2VStrategy(FedAvg):
     def _take(self, content: RecordDict, key: int) -> str | None:
         """Add a reply's adapters to the running average; why not, if they cannot be."""
         arrays = [a for k, a in content.array_records.items() if k not in SIDE_ARRAYS]
-        metrics = list(content.metric_records.values())
-        if len(arrays) != 1 or len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
+        metrics = reply_metrics(content)
+        if len(arrays) != 1 or metrics is None or self.weighted_by_key not in metrics:
             return f"expected one ArrayRecord and one MetricRecord with '{self.weighted_by_key}'"
         if self.standalone:
             return (f"a standalone node keeps its adapters, yet sent {len(arrays[0])} arrays"
@@ -315,7 +356,7 @@ class FedA2VStrategy(FedAvg):
                                                    self.max_update_norm)
         if problem:
             return problem
-        examples = float(metrics[0][self.weighted_by_key])
+        examples = float(metrics[self.weighted_by_key])
         weight = examples if self.aggregation_mode in ("weighted_average", "kd") else 1.0
         try:
             self._add(key, update, weight)
@@ -350,12 +391,22 @@ class FedA2VStrategy(FedAvg):
                 self._note_node(server_round, msg)
         self.round_metrics.setdefault(server_round, {})["train_nodes"] = len(accepted)
         if len(accepted) < max(self.min_train_nodes, 1):
-            log.warning("round %d: %d usable updates, fewer than min_clients (%d): the global "
-                        "adapters stay as they were", server_round, len(accepted),
-                        self.min_train_nodes)
+            unusable = [*(f"{self.node_name(m)} ({m.error.reason})" for m in replies
+                          if m.has_error()),
+                        *(f"{self.node_name(m)} ({self.taken[id(m)][1]})" for m in valid
+                          if self.taken[id(m)][1])]
             self.average, self.taken = None, {}
-            return None, None
+            raise ShortRound(
+                f"round {server_round}: {len(accepted)} usable updates, fewer than the "
+                f"{self.min_train_nodes} it needs (federation.min_clients); not usable: "
+                f"{', '.join(unusable) or 'none (too few nodes were sent the round)'}")
         self.nodes_seen.update(node_key(m) for m in accepted)
+        if self.awaiting_eval is not None:  # one stage: the evaluation these replies carry
+            self._aggregate_evaluation(self.awaiting_eval, [
+                (m, m.content.metric_records.get(EVALUATION)) for m in valid], final=False)
+            self.evaluated = self.awaiting_eval
+        self.awaiting_eval = (server_round if self.one_stage and self.evaluates(server_round)
+                              and server_round != self.last_round else None)
         # nothing to aggregate for standalone nodes: they keep their own adapters
         arrays = ArrayRecord() if self.standalone else self._new_global(local_round, accepted)
         self.average, self.taken = None, {}
@@ -380,27 +431,49 @@ class FedA2VStrategy(FedAvg):
         self._note_replies(server_round, replies)
         # Not Flower's consistency check: nodes without val clips report no val_* keys.
         valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        return self._aggregate_evaluation(
+            server_round, [(m, reply_metrics(m.content)) for m in valid], final=True)
+
+    def _aggregate_evaluation(self, server_round: int,
+                              replies: list[tuple[Message, MetricRecord | None]],
+                              final: bool) -> MetricRecord | None:
+        """The nodes' evaluation of round `server_round`'s global adapters (each reply with its
+        evaluation MetricRecord): recorded for the round and returned. `final`: an evaluate
+        stage's replies, which may carry the ridge baselines' hits."""
         usable = []
-        for msg in valid:
-            metrics = list(msg.content.metric_records.values())
-            if len(metrics) != 1 or self.weighted_by_key not in metrics[0]:
-                log.warning("round %d: %s's evaluate reply has no MetricRecord with '%s'",
+        for msg, metrics in replies:
+            if metrics is None or self.weighted_by_key not in metrics:
+                log.warning("round %d: %s's evaluation has no MetricRecord with '%s'",
                             server_round, self.node_name(msg), self.weighted_by_key)
                 continue
-            usable.append(msg)
-            self._note_node(server_round, msg)
-            if self.baselines:
+            usable.append(metrics)
+            self._note_node(server_round, msg, metrics)
+            if final and self.baselines:
                 self.baselines.note_hits(msg)
+        if len(usable) < self.min_evaluate_nodes:
+            log.warning("round %d: %d nodes evaluated, fewer than min_clients (%d)",
+                        server_round, len(usable), self.min_evaluate_nodes)
         if not usable:
             return None
-        metrics = self.evaluate_metrics_aggr_fn([m.content for m in usable],
+        metrics = self.evaluate_metrics_aggr_fn([RecordDict({"metrics": m}) for m in usable],
                                                 self.weighted_by_key)
         self._record(server_round, metrics)
         return metrics
 
+    def lines_due(self) -> list[int]:
+        """One stage: the round whose evaluation came in with the last train replies, so its
+        metrics line can be written now (once)."""
+        due, self.evaluated = self.evaluated, None
+        return [] if due is None else [due]
+
     def progress(self) -> dict[str, Any]:
-        """What the summary adds up over the whole run, for a resumed run to go on from."""
-        return {"totals": self.totals, "nodes": sorted(self.nodes_seen),
+        """What the summary adds up over the whole run, for a resumed run to go on from; one
+        stage: the round whose line waits for its evaluation (`held`), with what it has."""
+        held = self.awaiting_eval
+        return {**({"held": {"round": held, "metrics": self.round_metrics.get(held, {}),
+                             "nodes": self.node_metrics.get(held, {})}}
+                   if held is not None else {}),
+                "totals": self.totals, "nodes": sorted(self.nodes_seen),
                 "node_names": self.node_names,
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
@@ -428,6 +501,11 @@ class FedA2VStrategy(FedAvg):
         self.node_adapters.update(progress.get("node_adapters", {}))
         self.node_images.extend(progress.get("node_images", []))
         self.privacy = progress.get("privacy", {})
+        if "held" in progress:  # the first train instruction evaluates the checkpoint's adapters
+            held = progress["held"]
+            self.awaiting_eval = int(held["round"])
+            self.round_metrics[self.awaiting_eval] = dict(held["metrics"])
+            self.node_metrics[self.awaiting_eval] = dict(held["nodes"])
         if self.baselines:
             self.baselines.restore(progress.get("baselines", {}))
 
@@ -440,10 +518,12 @@ class FedA2VStrategy(FedAvg):
         """Adapter bytes the train replies of each of rounds 1..`rounds` held, all nodes."""
         return [self.update_bytes.get(r, 0) for r in range(1, rounds + 1)]
 
-    def _note_node(self, server_round: int, msg: Message) -> None:
-        """Keep one node's own train or eval metrics for the round (per-node curves), under its
-        name, with the Flower node id it has now (`flower_node_id`)."""
-        metrics = next(iter(msg.content.metric_records.values()))
+    def _note_node(self, server_round: int, msg: Message,
+                   metrics: MetricRecord | None = None) -> None:
+        """Keep one node's own train or eval metrics (`metrics`, else its reply's) for the
+        round (per-node curves), under its name, with the Flower node id it has now
+        (`flower_node_id`)."""
+        metrics = metrics if metrics is not None else reply_metrics(msg.content)
         own = {k: float(v) for k, v in metrics.items()
                if k.startswith(("train_", "eval_", "val_", "generator_"))
                and isinstance(v, (int, float))}

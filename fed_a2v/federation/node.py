@@ -8,7 +8,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +31,8 @@ from fed_a2v.federation.overlap_check import digests_record
 from fed_a2v.federation.protocol import (
     DIGESTS,
     DIGESTS_REQUEST,
+    EVALUATE_ROUND,
+    EVALUATION,
     IMAGES,
     NODE,
     RIDGE_MAPS,
@@ -44,14 +45,11 @@ from fed_a2v.federation.protocol import (
     VAL_EXAMPLES,
 )
 from fed_a2v.federation.standalone import load_own_adapters, own_adapters_path, save_own_adapters
+from fed_a2v.federation.transport import encode_update
 from fed_a2v.generate.node_images import images_dir, render_held_out, renders
 from fed_a2v.model.adapters import adapters_for_targets, adapters_state, load_adapters_state
 from fed_a2v.model.evaluation import evaluate_adapters
 from fed_a2v.model.train import LocalTrainConfig, train_local
-
-if TYPE_CHECKING:
-    pass
-from fed_a2v.federation.transport import encode_update
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +163,19 @@ class NodeRound:
 def train_reply(msg: Message, context: Context) -> Message:
     """Local training; besides the losses, the node reports its own seconds: `train_seconds`
     in training, `train_setup_seconds` before it (config, targets, data, adapters), and how the
-    message reached it (`train_delivery_seconds`, `train_startup_seconds`: `delivery_seconds`)."""
+    message reached it (`train_delivery_seconds`, `train_startup_seconds`: `delivery_seconds`).
+    In one-stage rounds the instruction names the round whose global adapters it carries
+    (`EVALUATE_ROUND`): the node evaluates them first, and the reply holds that evaluation
+    (`EVALUATION`, as an evaluate reply's metrics) beside the update."""
     delivered = delivery_seconds(msg.metadata.created_at, "train")
     started = time.perf_counter()
     rnd = NodeRound(msg, context)
     setup = time.perf_counter() - started
+    evaluated: dict = {}
+    if EVALUATE_ROUND in rnd.record:
+        record, records = evaluation(rnd, msg, int(rnd.record[EVALUATE_ROUND]))
+        evaluated = {EVALUATION: record, **records}
+    started_training = time.perf_counter()
     cfg = rnd.config
     local = LocalTrainConfig(
         epochs=cfg.federation.local_epochs,
@@ -189,7 +195,7 @@ def train_reply(msg: Message, context: Context) -> Message:
     history = ({} if cfg.feda2v.generator_training_mode else
                train_local(rnd.adapters, rnd.data.train, rnd.targets.tensors, local, rnd.device))
     seconds = {**delivered, "train_setup_seconds": setup,
-               "train_seconds": time.perf_counter() - started - setup}
+               "train_seconds": time.perf_counter() - started_training}
     if rnd.standalone:  # the adapters stay here: on this node's disk, for its next message
         rnd.own_rounds += 1
         save_own_adapters(rnd.adapters, rnd.own_path, rnd.own_rounds)
@@ -211,21 +217,32 @@ def train_reply(msg: Message, context: Context) -> Message:
         cfg, msg, rnd.ident.key, rnd.ident.index if sharded else context.node_id,
         rnd.server_round, rnd.data.train, rnd.targets, rnd.adapters)
     metrics.update(generator_metrics)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **transport, **ridge,
-                               **generators,
-                               **rnd.reports(msg)}), reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **evaluated, **transport,
+                               **ridge, **generators, **rnd.reports(msg)}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context) -> Message:
-    """`eval_*` metrics on the held-out clips and, if the node has val clips, `val_*` on
-    those (with their count, `VAL_EXAMPLES`); on rendering rounds, images of the first
-    held-out clips, kept on the node (`fed_a2v.generate.node_images`). Its own seconds, as in
-    `train_reply`: `eval_setup_seconds`, `eval_seconds` (evaluation, not rendering),
-    `eval_delivery_seconds`, `eval_startup_seconds`."""
+    """The node's `evaluation` of the adapters the instruction carries, with its own seconds,
+    as in `train_reply`: `eval_setup_seconds`, `eval_delivery_seconds`, `eval_startup_seconds`."""
     delivered = delivery_seconds(msg.metadata.created_at, "eval")
     started = time.perf_counter()
     rnd = NodeRound(msg, context)
     setup = time.perf_counter() - started
+    record, records = evaluation(rnd, msg, rnd.server_round)
+    record.update({**rnd.counts, **delivered, "eval_setup_seconds": setup})
+    return Message(RecordDict({"metrics": record, **records, **rnd.reports(msg)}),
+                   reply_to=msg)
+
+
+def evaluation(rnd: NodeRound, msg: Message, server_round: int
+               ) -> tuple[MetricRecord, dict[str, ConfigRecord]]:
+    """The node's evaluation of the adapters it holds (round `server_round`'s global ones, or
+    a standalone node's own): `eval_*` metrics on the held-out clips and, if the node has val
+    clips, `val_*` on those (with their count, `VAL_EXAMPLES`), `eval_seconds` (evaluation, not
+    rendering); the ridge baselines' hits when the instruction carries their maps; on
+    rendering rounds, images of the first held-out clips, kept on the node
+    (`fed_a2v.generate.node_images`)."""
+    started = time.perf_counter()
     batch = rnd.config.training.eval_batch_size
     metrics = evaluate_adapters(rnd.adapters, rnd.data.test, rnd.targets.tensors, batch,
                                 rnd.device)
@@ -233,20 +250,19 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
         metrics |= {VAL_EXAMPLES: len(rnd.data.val),
                     **evaluate_adapters(rnd.adapters, rnd.data.val, rnd.targets.tensors, batch,
                                         rnd.device, prefix="val")}
-    metrics |= {**delivered, "eval_setup_seconds": setup,
-                "eval_seconds": time.perf_counter() - started - setup}
-    record = MetricRecord({"num-examples": len(rnd.data.test), **rnd.counts, **metrics})
-    records = rnd.reports(msg)
+    metrics["eval_seconds"] = time.perf_counter() - started
+    records: dict[str, ConfigRecord] = {}
     if RIDGE_MAPS in msg.content:  # the final evaluation: the ridge baselines' maps too
         records |= hits_reply(msg.content[RIDGE_MAPS], rnd.data.test, rnd.targets.tensors)
-    if renders(rnd.config, rnd.server_round):
+    if renders(rnd.config, server_round):
         folder = images_dir(rnd.config, rnd.ident.settings, rnd.ident.name,
                             node_cache_root(rnd.config, rnd.ident), msg.metadata.run_id,
-                            rnd.server_round)
+                            server_round)
         count = render_held_out(rnd.adapters, rnd.data.test, rnd.data.test_stems, rnd.config,
                                 rnd.ident.settings, rnd.device, folder)
-        records[IMAGES] = ConfigRecord({"count": count, "dir": str(folder)})
-    return Message(RecordDict({"metrics": record, **records}), reply_to=msg)
+        records[IMAGES] = ConfigRecord({"count": count, "dir": str(folder),
+                                        "round": server_round})
+    return MetricRecord({"num-examples": len(rnd.data.test), **metrics}), records
 
 
 def process_age() -> float | None:

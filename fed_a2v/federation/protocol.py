@@ -34,3 +34,8 @@ GENERATORS = "generators"
 CLASS_COUNTS = "class-counts"  # ConfigRecord {"counts": JSON {class: training clips}}: KD
 # Reply ArrayRecords that are not the adapter update
 SIDE_ARRAYS = (RIDGE_STATS, GENERATORS)
+# One-stage rounds (federation.round_protocol): a train instruction's config key naming the
+# round whose global adapters the node evaluates before training, and the reply's MetricRecord
+# with that evaluation (as an evaluate reply's "metrics")
+EVALUATE_ROUND = "evaluate-round"
+EVALUATION = "evaluation"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import Error, Message, MessageType
 from flwr.common.constant import ErrorCode
@@ -51,6 +51,46 @@ class RoundTimeout:
 
     def observe(self, kind: str, seconds: float) -> None:
         self.slowest[kind] = max(seconds, self.slowest.get(kind, 0.0))
+
+
+class QuorumError(RuntimeError):
+    """The run stops: a round could not have `min_clients` nodes (connected, or with usable
+    replies); the message names the missing nodes and the settings."""
+
+
+class ShortRound(QuorumError):
+    """A round got fewer usable updates than `min_clients`: its adapters are not averaged, and
+    the round is run again once (`fed_a2v.federation.round_loop`)."""
+
+
+def missing_nodes(names: Mapping[int, str], connected: Iterable[int]) -> str:
+    """The names of the nodes that answered before (`names`: Flower node id -> name) and are
+    not connected now; a node back under a new Flower id is not missing."""
+    connected = set(connected)
+    here = {names[n] for n in connected if n in names}
+    gone = sorted({name for node, name in names.items()
+                   if node not in connected and name not in here})
+    return ", ".join(gone) if gone else "no node that answered before (none has yet)"
+
+
+def quorum_nodes(grid: Grid, wanted: int, seconds: float, names: Mapping[int, str],
+                 what: str) -> list[int]:
+    """The connected nodes, once `wanted` of them are; a QuorumError naming the missing ones
+    if they are not within `seconds`. The wait is logged with who is missing."""
+    nodes = list(grid.get_node_ids())
+    if len(nodes) >= wanted:
+        return nodes
+    log.warning("%s waits for %d connected nodes (federation.min_clients), %d are; missing: "
+                "%s; waiting at most %.0f s", what, wanted, len(nodes),
+                missing_nodes(names, nodes), seconds)
+    nodes = connected_nodes(grid, wanted, seconds)
+    if len(nodes) < wanted:
+        raise QuorumError(
+            f"{what}: {len(nodes)} of the {wanted} nodes it needs (federation.min_clients) "
+            f"were connected after {seconds:.0f} s (federation.quorum_timeout); missing: "
+            f"{missing_nodes(names, nodes)}")
+    log.info("%s: %d nodes connected, going on", what, len(nodes))
+    return nodes
 
 
 def connected_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
@@ -91,11 +131,8 @@ def check_simulated_federation(grid: Grid, num_clients: int, min_clients: int) -
                     "'nodes.i' entry", count, num_clients)
 
 
-def sample_nodes(grid: Grid, fraction: float, minimum: int, wait_for: int,
-                 seconds: float) -> list[int]:
-    """`fraction` of the connected nodes, at least `minimum` of them where connected; waits
-    (at most `seconds`) until `wait_for` nodes are connected."""
-    nodes = connected_nodes(grid, wait_for, seconds)
+def sample_nodes(nodes: list[int], fraction: float, minimum: int) -> list[int]:
+    """`fraction` of the connected `nodes`, at least `minimum` of them."""
     return random.sample(nodes, min(len(nodes), max(int(len(nodes) * fraction), minimum)))
 
 

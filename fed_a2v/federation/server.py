@@ -23,13 +23,19 @@ from fed_a2v.federation.baselines import RidgeBaselines
 from fed_a2v.federation.distillation import KDAggregation
 from fed_a2v.federation.flower_strategies import build_strategy
 from fed_a2v.federation.privacy import privacy_record, with_privacy
-from fed_a2v.federation.rounds import check_simulated_federation
+from fed_a2v.federation.rounds import QuorumError, check_simulated_federation
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, adapters_state
 from fed_a2v.model.generators import required_checkpoints
 from fed_a2v.model.pretrained import FedA2VAdapters, package_config
 from fed_a2v.runs.checkpoints import AdapterCheckpoints
 from fed_a2v.runs.report import write_report
-from fed_a2v.runs.run_dir import CONFIG_FILE, RunRecorder, new_run_dir, run_to_resume
+from fed_a2v.runs.run_dir import (
+    CONFIG_FILE,
+    RunRecorder,
+    last_round,
+    new_run_dir,
+    run_to_resume,
+)
 from fed_a2v.runs.wandb_log import require_wandb
 
 log = logging.getLogger(__name__)
@@ -122,6 +128,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         baselines=RidgeBaselines(fed.baseline_ridge_lambda, d_audio, len(targets.names),
                                  run_dir / RIDGE_FILE) if fed.baselines else None,
         kd=KDAggregation(config, targets, d_audio) if mode == "kd" else None,
+        round_protocol=fed.round_protocol, quorum_timeout=fed.quorum_timeout,
         fraction_train=fed.join_ratio, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
         min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_clients,
     )
@@ -139,13 +146,22 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         if server_round == 0:
             return None
         server_round += strategy.round_offset
+        write_due_lines()
         state = arrays.to_torch_state_dict()
         record = recorder.end_round(server_round, strategy.round_metrics.get(server_round, {}),
                                     state, strategy.node_metrics.get(server_round, {}),
-                                    strategy.progress())
+                                    strategy.progress(),
+                                    hold=strategy.awaiting_eval == server_round)
         checkpoints.save_if_due(server_round, state)
         round_ends.append(time.time())
         return MetricRecord({k: v for k, v in record.items() if v is not None})
+
+    def write_due_lines() -> None:
+        """One-stage rounds: the line of the round whose evaluation the last train replies
+        brought (before the next round's checkpoint, so a resume finds it)."""
+        for due in strategy.lines_due():
+            recorder.write_line(due, strategy.round_metrics.get(due, {}),
+                                strategy.node_metrics.get(due, {}))
 
     node_config = ConfigRecord({"experiment": json.dumps(config.to_dict()),
                                 "targets-key": targets.key})
@@ -154,13 +170,25 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     final = initial  # a resumed run with no round left only writes its final files
     runner = with_privacy(strategy, config)  # `strategy` itself without differential privacy
     if fed.global_rounds > strategy.round_offset:
-        result = runner.start(grid, initial, fed.global_rounds - strategy.round_offset,
-                              timeout=fed.round_timeout, train_config=node_config,
-                              evaluate_config=ConfigRecord(dict(node_config)),
-                              evaluate_fn=end_round)
+        try:
+            result = runner.start(grid, initial, fed.global_rounds - strategy.round_offset,
+                                  timeout=fed.round_timeout, train_config=node_config,
+                                  evaluate_config=ConfigRecord(dict(node_config)),
+                                  evaluate_fn=end_round)
+        except QuorumError as err:
+            raise QuorumError(
+                f"{err}. The run stops after round {last_round(run_dir)}, its last checkpoint; "
+                f"once the nodes are back, resume it: `flwr run . <federation> --run-config "
+                f"\"resume=true run-dir='{run_dir}'\"` (or `fed-a2v simulate --resume "
+                f"{run_dir}`)") from None
         if not strategy.nodes_seen:
             raise RuntimeError("no node completed a training round; see the errors above")
         final = result.arrays
+    if strategy.awaiting_eval is not None:  # resumed with no round left to carry it
+        log.warning("round %d was not evaluated: the run was resumed with no round left; its "
+                    "line has no eval metrics", strategy.awaiting_eval)
+        strategy.evaluated, strategy.awaiting_eval = strategy.awaiting_eval, None
+        write_due_lines()
     package = None if standalone else FedA2VAdapters.from_state(
         package_config(config, targets, dims, features, {
             "name": run_dir.name, "rounds": fed.global_rounds, "seed": config.experiment.seed,

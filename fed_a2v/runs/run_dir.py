@@ -107,6 +107,29 @@ def finished_rounds(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def checkpoint_progress(run_dir: Path, server_round: int) -> dict[str, Any]:
+    """The progress saved with the checkpoint of `server_round` (see `RunRecorder.end_round`)."""
+    with safe_open(str(checkpoint_path(run_dir, server_round)), "pt") as f:
+        return json.loads((f.metadata() or {}).get("progress", "{}"))
+
+
+def held_round(run_dir: Path, finished: int) -> int | None:
+    """One-stage rounds: the round after the `finished` ones if its checkpoint is there and its
+    metrics line waits for its evaluation (`held` in its progress), which the first train
+    instruction of a resumed run asks for; else None."""
+    after = finished + 1
+    if not checkpoint_path(run_dir, after).exists():
+        return None
+    held = checkpoint_progress(run_dir, after).get("held") or {}
+    return after if held.get("round") == after else None
+
+
+def last_round(run_dir: Path) -> int:
+    """The round a resume of the run in `run_dir` goes on after."""
+    finished = len(finished_rounds(run_dir))
+    return held_round(run_dir, finished) or finished
+
+
 class RunRecorder:
     """Writes everything a run leaves behind, round by round. A new run writes its config; a
     resumed one (`resume=True`) keeps the config its directory holds."""
@@ -140,17 +163,30 @@ class RunRecorder:
     def end_round(self, server_round: int, metrics: dict[str, float],
                   state: dict[str, torch.Tensor],
                   nodes: dict[str, dict[str, float]] | None = None,
-                  progress: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Record one finished round: a checkpoint, a metrics line, each node's own metrics
-        (`nodes`: node name -> metrics and `flower_node_id`; a line each in `nodes.jsonl`) and
-        scalars, global and per node ("node 0/train_clip_loss"), to TensorBoard and (if
-        enabled) W&B. `progress` (what the summary adds up over the run) is kept in the
-        checkpoint with the wall time so far."""
-        record = {"round": server_round, **{k: metrics.get(k) for k in round_keys(self.config)}}
+                  progress: dict[str, Any] | None = None, hold: bool = False) -> dict[str, Any]:
+        """Record one finished round: a checkpoint, then its line (`write_line`), unless `hold`
+        (one-stage rounds: the round's evaluation comes with the next round's replies, and
+        `write_line` is called then; `progress` holds what the line has so far). `progress`
+        (what the summary adds up over the run) is kept in the checkpoint with the wall time so
+        far."""
         progress = {**(progress or {}), "wall_seconds": self.seconds()}
         # Checkpoint first: a metrics line always has its checkpoint (what `resume` relies on).
         save_adapters(state, self.checkpoint(server_round),
                       {"round": str(server_round), "progress": json.dumps(progress)})
+        if hold:
+            return self.line(server_round, metrics)
+        return self.write_line(server_round, metrics, nodes)
+
+    def line(self, server_round: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """The round's `metrics.jsonl` line."""
+        return {"round": server_round, **{k: metrics.get(k) for k in round_keys(self.config)}}
+
+    def write_line(self, server_round: int, metrics: dict[str, float],
+                   nodes: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+        """A round's metrics line, each node's own metrics (`nodes`: node name -> metrics and
+        `flower_node_id`; a line each in `nodes.jsonl`) and scalars, global and per node
+        ("node 0/train_clip_loss"), to TensorBoard and (if enabled) W&B."""
+        record = self.line(server_round, metrics)
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         scalars = {key.replace("_", "/", 1): value for key, value in record.items()
@@ -178,19 +214,19 @@ class RunRecorder:
         """The last finished round, its global adapters and the progress saved with them (see
         `end_round`), or None if no round finished. The wall time goes on from there.
 
-        A round is finished when its metrics line is complete; anything after it (a torn
-        line, a later checkpoint written just before a crash) is dropped.
+        A round is finished when its metrics line is complete, or, in one-stage rounds, when
+        its checkpoint holds the line that waits for its evaluation (`held_round`); anything
+        after it (a torn line, a later checkpoint written just before a crash) is dropped.
         """
         records = finished_rounds(self.dir)
         atomic_write_text(self.dir / "metrics.jsonl",
                           "".join(json.dumps(r) + "\n" for r in records))
         self._keep_node_lines(len(records))
-        if not records:
+        self.last = records[-1] if records else {}
+        last = held_round(self.dir, len(records)) or len(records)
+        if not last:
             return None
-        self.last = records[-1]
-        last = records[-1]["round"]
-        with safe_open(str(self.checkpoint(last)), "pt") as f:
-            progress = json.loads((f.metadata() or {}).get("progress", "{}"))
+        progress = checkpoint_progress(self.dir, last)
         self.seconds_before = float(progress.get("wall_seconds", 0.0))
         return last, load_file(str(self.checkpoint(last))), progress
 
