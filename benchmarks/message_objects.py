@@ -77,16 +77,18 @@ def run_case(work: Path, arrays: int, total_bytes: int, rounds: int) -> dict:
     walls = [b - a for a, b in itertools.pairwise(ends)]
     stages = [s for r in json.loads(timings.read_text())[1:] for s in r]  # rounds 2..
     pulls = [p for s in stages for p in s["pulls"]]
-    slow = [p for p in pulls if p[1] >= BACKOFF_SECONDS]
-    fast = [p for p in pulls if p[1] < BACKOFF_SECONDS]
-    return {"arrays": arrays, "bytes": total_bytes, "walls": walls,
+    slow = [p for p in pulls if p["seconds"] >= BACKOFF_SECONDS]
+    fast = [p for p in pulls if p["seconds"] < BACKOFF_SECONDS]
+    return {"arrays": arrays, "bytes": total_bytes, "walls": walls, "root": root,
             "wall": statistics.median(walls[1:]),
             "push": statistics.median(s["push"] for s in stages),
-            "pull_per_stage": statistics.median(sum(p[1] for p in s["pulls"]) for s in stages),
-            "replies": sum(p[2] for p in pulls), "backoff_pulls": len(slow),
-            "backoff_replies": sum(p[2] for p in slow),
-            "slow_pull": statistics.median(p[1] for p in slow) if slow else None,
-            "fast_pull": statistics.median(p[1] / p[2] for p in fast) if fast else None}
+            "pull_per_stage": statistics.median(sum(p["seconds"] for p in s["pulls"])
+                                                for s in stages),
+            "replies": sum(len(p["nodes"]) for p in pulls), "backoff_pulls": len(slow),
+            "backoff_replies": sum(len(p["nodes"]) for p in slow),
+            "slow_pull": statistics.median(p["seconds"] for p in slow) if slow else None,
+            "fast_pull": statistics.median(p["seconds"] / len(p["nodes"]) for p in fast)
+            if fast else None}
 
 
 def describe(arrays: int, total_bytes: int) -> str:

@@ -107,8 +107,9 @@ def update_rows() -> list[Row]:
     poisoned = bad["NaN in an update"][0]
     seen = updates_aggregated(reference, [(12, poisoned, 50)], max_update_norm=100.0)
     rows.append(("update: every update of a round bad",
-                 "node 12 dropped (non-finite); global unchanged",
-                 f"{_dropped(seen['dropped'])}; {_global(seen['global'])}"))
+                 "node 12 dropped (non-finite); global unchanged; round run again",
+                 f"{_dropped(seen['dropped'])}; {_global(seen['global'])}"
+                 + ("; round run again" if seen["short"] else "")))
     return rows
 
 

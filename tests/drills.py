@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.rounds import ShortRound
 from fed_a2v.launch.host import (
     Process,
     flower_env,
@@ -291,15 +292,20 @@ def updates_aggregated(global_state: dict[str, np.ndarray],
                        max_update_norm: float | None) -> dict[str, Any]:
     """The server's strategy aggregates one round of train replies, `(node, adapters,
     examples)` each, against `global_state`. Returns the new global adapters (None: the round
-    left them as they were) and the updates it dropped, as `(node, why)`."""
+    left them as they were), the updates it dropped, as `(node, why)`, and, for a round short
+    of its quorum (`ShortRound`: it is run again), why."""
     dims = {"clip": torch.zeros(1, 2), "t5": torch.zeros(1, 1, 2)}  # targets: unused here
     strategy = FedA2VStrategy(Targets(["a"], ["a"], dims), lambda _: {"clip": 0.0, "t5": 0.0},
                               max_update_norm=max_update_norm)
     strategy.global_state = global_state  # what configure_train keeps of the round's adapters
+    short = None
     with server_identity():
-        arrays, _ = strategy.aggregate_train(1, [train_reply(*u) for u in updates])
+        try:
+            arrays, _ = strategy.aggregate_train(1, [train_reply(*u) for u in updates])
+        except ShortRound as err:
+            arrays, short = None, str(err)
     return {"global": None if arrays is None else {k: v.numpy() for k, v in arrays.items()},
-            "dropped": [(node, why) for _, node, why, _ in strategy.rejected]}
+            "dropped": [(node, why) for _, node, why, _ in strategy.rejected], "short": short}
 
 
 class NodesGrid(Grid):

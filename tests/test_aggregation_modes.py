@@ -23,6 +23,7 @@ from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.aggregation import aggregate_adapters, fedavg_per_adapter
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
+from fed_a2v.federation.rounds import ShortRound
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.model.pretrained import FedA2VAdapters
 
@@ -72,7 +73,8 @@ def test_weighted_average_is_todays_fedavg_bit_for_bit() -> None:
 def test_only_a_standalone_server_takes_replies_without_adapters(task_identity) -> None:
     empty = train_reply(11, {}, 4)
     federated = make_strategy("avg")
-    assert federated.aggregate_train(1, [empty]) == (None, None)
+    with pytest.raises(ShortRound, match="no adapters"):  # not counted: run again
+        federated.aggregate_train(1, [empty])
     assert "no adapters" in federated.rejected[0][2]
 
     standalone = make_strategy("none")

@@ -50,9 +50,12 @@ def test_one_bad_reply_is_dropped_and_the_others_averaged(bad: dict, why: str) -
         np.testing.assert_array_equal(value, 2.5)  # (1 * 1 + 3 * 3) / 4, by hand
 
 
-def test_a_round_of_only_bad_replies_keeps_the_global_adapters() -> None:
+def test_a_round_of_only_bad_replies_keeps_the_global_adapters_and_is_run_again() -> None:
     seen = updates_aggregated(REFERENCE, [(12, {"clip.w": ONES["clip.w"]}, 5)], None)
     assert seen["global"] is None and [n for n, _ in seen["dropped"]] == [12]
+    # not counted: the round is run again, and the reason names the node and why
+    assert "0 usable updates, fewer than the 2" in seen["short"]
+    assert "node 12 (" in seen["short"] and "keys differ" in seen["short"]
 
 
 def test_a_reply_without_its_records_is_named(task_identity) -> None:

@@ -16,6 +16,7 @@ from fed_a2v.config.schema import ConfigError, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.protocol import EVALUATE_ROUND
 from fed_a2v.generate import node_images
 from fed_a2v.generate.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
 
@@ -94,8 +95,12 @@ def _run(tmp_path: Path, frequency: int, rounds: int) -> tuple[Path, LoopbackGri
 
 def test_nodes_render_their_own_held_out_clips_each_round_in_process(tmp_path: Path) -> None:
     run_dir, grid = _run(tmp_path, frequency=1, rounds=2)
+    # one-stage rounds: round 1 is evaluated in round 2's train messages, round 2 (the last) in
+    # an evaluate stage of its own
     evaluated = sorted({int(m.content["config"]["server-round"]) for m in grid.sent
-                        if m.metadata.message_type == MessageType.EVALUATE})
+                        if m.metadata.message_type == MessageType.EVALUATE}
+                       | {int(m.content["config"][EVALUATE_ROUND]) for m in grid.sent
+                          if EVALUATE_ROUND in m.content["config"]})
     assert evaluated == [1, 2]  # eval_gap 10, yet rendering rounds are evaluation rounds
 
     folders = {0: tmp_path / "node0-images" / "1",

@@ -28,9 +28,11 @@ from fed_a2v.federation.rounds import (
     FIRST_ROUND_TIMEOUT,
     MIN_ROUND_TIMEOUT,
     TIMEOUT_FACTOR,
+    QuorumError,
     RoundGrid,
     RoundTimeout,
     connected_nodes,
+    missing_nodes,
 )
 
 RUN = 7
@@ -123,20 +125,51 @@ def test_waiting_for_nodes_ends_when_they_connect_or_after_the_timeout(link: Lin
     joining.join()
 
 
-def test_training_waits_for_the_quorum_but_a_dead_node_does_not_stall_it(link: Link) -> None:
-    """Three nodes, min_clients 3, one dies: the next round is configured with the two that are
-    connected once the wait for a third ends (FedAvg's sampling would wait without end)."""
-    nodes = [link.node(ALIVE), link.node(ALIVE), link.node(DYING)]
+def _strategy_after_one_round(nodes: list[int], min_clients: int) -> FedA2VStrategy:
+    """A strategy whose nodes answered as "node 0".. (the names it learns from replies)."""
     targets = Targets(["a"], ["a"], {"clip": torch.zeros(1, 2), "t5": torch.zeros(1, 1, 2)})
     strategy = FedA2VStrategy(targets, lambda _: {"clip": 1e-3, "t5": 1e-3},
-                              min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
-    strategy.timeouts = RoundTimeout(0.5)
+                              min_train_nodes=min_clients, min_evaluate_nodes=min_clients,
+                              min_available_nodes=min_clients, quorum_timeout=0.5)
+    strategy.flower_names = {node: f"node {i}" for i, node in enumerate(nodes)}
+    return strategy
+
+
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+def test_no_stage_goes_out_without_its_quorum(link: Link, kind: str) -> None:
+    """Three nodes, min_clients 3, one dies: the next stage is not sent to the two left; after
+    `quorum_timeout` the run stops, naming the missing node and the settings."""
+    nodes = [link.node(ALIVE), link.node(ALIVE), link.node(DYING)]
+    strategy = _strategy_after_one_round(nodes, 3)
+    strategy.last_round = 2
     while len(list(link.grid.get_node_ids())) == 3:  # the SuperLink notices the dead node
+        time.sleep(0.05)
+    configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
+    with pytest.raises(QuorumError) as stopped:
+        configure(2, ArrayRecord({"clip.w": torch.zeros(2)}), ConfigRecord(), link.grid)
+    message = str(stopped.value)
+    assert f"round 2's {kind} stage" in message and "missing: node 2" in message
+    assert "federation.min_clients" in message and "federation.quorum_timeout" in message
+
+
+def test_a_stage_goes_out_to_the_nodes_left_when_they_are_the_quorum(link: Link) -> None:
+    nodes = [link.node(ALIVE), link.node(ALIVE), link.node(DYING)]
+    strategy = _strategy_after_one_round(nodes, 2)
+    while len(list(link.grid.get_node_ids())) == 3:
         time.sleep(0.05)
     sent = strategy.configure_train(2, ArrayRecord({"clip.w": torch.zeros(2)}),
                                     ConfigRecord(), link.grid)
     assert sorted(m.metadata.dst_node_id for m in sent) == sorted(nodes[:2])
     assert all(m.content["config"]["server-round"] == 2 for m in sent)
+
+
+def test_missing_nodes_are_those_that_answered_and_are_gone() -> None:
+    names = {11: "node 0", 12: "node 1", 13: "node 2"}
+    assert missing_nodes(names, [11, 12]) == "node 2"
+    assert missing_nodes(names, [11, 12, 14]) == "node 2"  # 14 has not answered yet
+    names[14] = "node 2"  # node 2 came back under a new Flower id
+    assert "node 2" not in missing_nodes(names, [11, 12, 14])
+    assert missing_nodes({}, []) == "no node has answered yet"
 
 
 def test_the_default_timeout_follows_the_rounds_observed() -> None:

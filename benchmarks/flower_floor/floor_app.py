@@ -66,36 +66,38 @@ def _instruction(arrays: int, total_bytes: int, server_round: int) -> RecordDict
 
 
 class TimedGrid:
-    """The grid RoundGrid drives, timing its pushes and its pulls that brought replies."""
+    """The grid RoundGrid drives, timing its pushes and its pulls that brought replies (Unix
+    seconds, to line them up with the nodes' logs)."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self.push = 0.0
-        self.pulls: list[list[float]] = []  # [start (s after the push began), seconds, replies]
-        self.empty_pulls = 0
-        self.started = time.monotonic()
+        self.pushed_at, self.push, self.empty_pulls = 0.0, 0.0, 0
+        self.pulls: list[dict] = []
 
     def __getattr__(self, name: str):
         return getattr(self.grid, name)
 
     def push_messages(self, messages):
-        self.started = time.monotonic()
+        self.pushed_at = time.time()
         ids = self.grid.push_messages(messages)
-        self.push = time.monotonic() - self.started
+        self.push = time.time() - self.pushed_at
         return ids
 
     def pull_messages(self, message_ids):
-        start = time.monotonic()
+        start = time.time()
         replies = list(self.grid.pull_messages(message_ids))
         if replies:
-            self.pulls.append([start - self.started, time.monotonic() - start, len(replies)])
+            self.pulls.append({"start": start, "seconds": time.time() - start,
+                               "nodes": [r.metadata.src_node_id for r in replies]})
         else:
             self.empty_pulls += 1
         return replies
 
     def take(self) -> dict:
-        out = {"push": self.push, "pulls": self.pulls, "empty_pulls": self.empty_pulls}
-        self.push, self.pulls, self.empty_pulls = 0.0, [], 0
+        """What was timed since the last take, and a fresh start."""
+        out = {"pushed_at": self.pushed_at, "push": self.push, "pulls": self.pulls,
+               "empty_pulls": self.empty_pulls}
+        self.pushed_at, self.push, self.pulls, self.empty_pulls = 0.0, 0.0, [], 0
         return out
 
 

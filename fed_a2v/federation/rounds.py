@@ -70,7 +70,9 @@ def missing_nodes(names: Mapping[int, str], connected: Iterable[int]) -> str:
     here = {names[n] for n in connected if n in names}
     gone = sorted({name for node, name in names.items()
                    if node not in connected and name not in here})
-    return ", ".join(gone) if gone else "no node that answered before (none has yet)"
+    if gone:
+        return ", ".join(gone)
+    return "none of the nodes that answered before" if names else "no node has answered yet"
 
 
 def quorum_nodes(grid: Grid, wanted: int, seconds: float, names: Mapping[int, str],
