@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.protocol import EVALUATE_ROUND
 from fed_a2v.federation.rounds import ShortRound
 from fed_a2v.launch.host import (
     Process,
@@ -208,41 +209,57 @@ class Federation:
         return wait_for_run(run_id, "fed", self.user_env, timeout=timeout)
 
 
+def checkpoints(outputs: Path) -> int:
+    """The rounds the run under `outputs` has checkpointed (finished)."""
+    return len(list(outputs.glob("*/checkpoints/round-*.safetensors")))
+
+
+def train_messages(process: Process) -> int:
+    """The train instructions a SuperNode received (from its log)."""
+    return process.log_path.read_text(errors="replace").count("Receiving: train message")
+
+
 def supernode_killed_mid_round(root: Path, rounds: int = 4, nodes: int = 3,
-                               experiment: Path | None = None) -> dict:
+                               experiment: Path | None = None,
+                               run_config: dict[str, Any] | None = None,
+                               resume: bool = False) -> dict:
     """A deployment of `nodes` SuperNodes; the last one is killed as soon as round 1 is
-    recorded (its round is under way) and started again once that round is recorded: the
-    server goes on without it when the SuperLink reports it offline, and, as every round needs
-    all nodes (`min_clients`), training waits for it to be back. `experiment`: an experiment
-    JSON with `nodes` entries (default: a small one made here; its round timeout is left to
-    the default). Returns the run's status entry, its per-round and per-node records, its
-    summary, the round the node died in and its node ids before and after."""
+    checkpointed (round 2 is under way) and stays dead while the run goes on. With `resume`,
+    once the run has ended, the node is started again and the run resumed (`resume`,
+    `run-dir`). `experiment`: an experiment JSON with `nodes` entries (default: a small one made
+    here, every round needing all nodes); `run_config`: more run config for both runs. Returns
+    the runs' status entries (`entry`, `resumed`), the records (per round, per node), the
+    summary, the node's ids before and after, the rounds checkpointed when the first run ended
+    and the train instructions each surviving node had received by then."""
     if experiment is None:
         experiment = small_experiment(root, "killed-node", num_clients=nodes,
                                       min_clients=nodes, local_epochs=3)
     entries = list(json.loads(experiment.read_text()).get("nodes", {}).values())
     files = node_files(root, nodes, entries)
     outputs = root / "outputs"
+    config = {"config": str(experiment), "rounds": rounds, "output-dir": str(outputs),
+              **(run_config or {})}
     seen: dict[str, Any] = {}
     with Federation(root) as federation:
-        last = [federation.supernode(f) for f in files][-1]
+        *survivors, last = [federation.supernode(f) for f in files]
 
-        def kill_and_restart() -> None:
-            wait_until(lambda: len(read_rounds(outputs)) >= 1, HANG, "round 1")
+        def kill() -> None:
+            wait_until(lambda: checkpoints(outputs) >= 1, HANG, "round 1's checkpoint")
             seen["killed_id"] = supernode_id(last)
             last.stop(timeout=0)
-            seen["killed_in"] = len(read_rounds(outputs)) + 1  # the round under way
-            wait_until(lambda: len(read_rounds(outputs)) >= seen["killed_in"], HANG,
-                       f"round {seen['killed_in']} without the killed node")
+
+        seen["entry"] = federation.run(config, during=kill)
+        seen["checkpointed"] = checkpoints(outputs)
+        seen["train_messages"] = [train_messages(p) for p in survivors]
+        if resume:
             again = federation.supernode(files[-1], tag="again")
             wait_until(lambda: supernode_id(again) is not None, HANG, "the restarted node")
             seen["restarted_id"] = supernode_id(again)
-
-        entry = federation.run({"config": str(experiment), "rounds": rounds,
-                                "output-dir": str(outputs)}, during=kill_and_restart)
+            (run_dir,) = [p.parent for p in outputs.glob("*/config.json")]
+            seen["resumed"] = federation.run({**config, "resume": True,
+                                              "run-dir": str(run_dir)})
     summary = list(outputs.glob("*/summary.json"))
-    return {"entry": entry, "rounds": read_rounds(outputs),
-            "nodes": read_rounds(outputs, "nodes.jsonl"),
+    return {"rounds": read_rounds(outputs), "nodes": read_rounds(outputs, "nodes.jsonl"),
             "summary": json.loads(summary[0].read_text()) if summary else {}, **seen}
 
 
@@ -274,6 +291,15 @@ def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
             "config_kept": (run_dir / "config.json").read_bytes() == config_before,
             "rounds": read_rounds(outputs),
             "checkpoints": len(list((run_dir / "checkpoints").glob("round-*.safetensors")))}
+
+
+def evaluated_rounds(sent: Sequence[Message]) -> list[int]:
+    """The rounds whose global adapters the nodes were sent to evaluate: in an evaluate stage,
+    or (one-stage rounds) in the next round's train instructions."""
+    return sorted({int(m.content["config"]["server-round"]) for m in sent
+                   if m.metadata.message_type == MessageType.EVALUATE}
+                  | {int(m.content["config"][EVALUATE_ROUND]) for m in sent
+                     if EVALUATE_ROUND in m.content["config"]})
 
 
 def train_reply(node: int, state: dict[str, np.ndarray], examples: int) -> Message:

@@ -22,12 +22,19 @@ from fed_a2v.encode.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, descri
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.aggregation import aggregate_adapters, fedavg_per_adapter
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
-from fed_a2v.federation.protocol import DIGESTS_REQUEST, NODE, VAL_EXAMPLES
+from fed_a2v.federation.protocol import DIGESTS_REQUEST, EVALUATE_ROUND, NODE, VAL_EXAMPLES
 from fed_a2v.federation.rounds import ShortRound
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.model.pretrained import FedA2VAdapters
 
-from drills import LoopbackGrid, experiment_dict, run_in_process, small_experiment, train_reply
+from drills import (
+    LoopbackGrid,
+    evaluated_rounds,
+    experiment_dict,
+    run_in_process,
+    small_experiment,
+    train_reply,
+)
 
 REFERENCE = {"clip.w": np.zeros((2, 2), np.float32), "t5.w": np.zeros(3, np.float32)}
 
@@ -102,13 +109,32 @@ def test_adapter_bytes_sent_and_the_overlap_request(task_identity, mode: str) ->
         assert all(DIGESTS_REQUEST in m.content for m in sent)
 
 
-def test_nodes_evaluate_every_eval_gap_rounds_and_after_the_last(task_identity) -> None:
-    strategy = make_strategy(eval_gap=3)
+@pytest.mark.parametrize("protocol", ["one_stage", "two_stage"])
+def test_nodes_evaluate_every_eval_gap_rounds_and_after_the_last(task_identity,
+                                                                 protocol: str) -> None:
+    strategy = make_strategy(eval_gap=3, round_protocol=protocol)
     strategy.last_round = 7
     assert [r for r in range(1, 8) if strategy.evaluates(r)] == [3, 6, 7]
-    assert strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), LoopbackGrid(2)) == []
-    assert len(list(strategy.configure_evaluate(3, ArrayRecord(), ConfigRecord(),
-                                                LoopbackGrid(2)))) == 2
+
+    def evaluate_stage(server_round: int) -> int:
+        return len(list(strategy.configure_evaluate(server_round, ArrayRecord(),
+                                                    ConfigRecord(), LoopbackGrid(2))))
+
+    def asks_to_evaluate(server_round: int) -> set:
+        """The round whose adapters `server_round`'s train instructions have evaluated."""
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in REFERENCE.items()})
+        sent = strategy.configure_train(server_round, arrays, ConfigRecord(), LoopbackGrid(2))
+        asked = {m.content["config"].get(EVALUATE_ROUND) for m in sent}
+        strategy.aggregate_train(server_round, [train_reply(11, filled(1.0), 1)])
+        return asked
+
+    asked = [asks_to_evaluate(r) for r in range(1, 8)]
+    if protocol == "two_stage":
+        assert [evaluate_stage(r) for r in range(1, 8)] == [0, 0, 2, 0, 0, 2, 2]
+        assert asked == [{None}] * 7
+    else:  # rounds 3 and 6 in the next round's train instructions, the last in its own stage
+        assert [evaluate_stage(r) for r in range(1, 8)] == [0, 0, 0, 0, 0, 0, 2]
+        assert asked == [{None}, {None}, {None}, {3}, {None}, {None}, {6}]
 
 
 def eval_answer(node: int, key: str, metrics: dict[str, float]) -> Message:
@@ -165,9 +191,7 @@ def test_standalone_nodes_with_eval_gap_and_val_clips_in_process(tmp_path: Path)
     grid = SnapshotGrid(2, tmp_path / "cache")
     run_dir = run_in_process(experiment, tmp_path / "modes.json", grid)
 
-    sent = [(m.metadata.message_type, int(m.content["config"]["server-round"]))
-            for m in grid.sent]
-    assert sorted({r for kind, r in sent if kind == MessageType.EVALUATE}) == [2, 3]
+    assert evaluated_rounds(grid.sent) == [2, 3]
     assert all(len(m.content["arrays"]) == 0 for m in grid.sent)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["adapter_bytes_sent_per_round"] == [0, 0, 0]

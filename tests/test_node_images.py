@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import MessageType
 from PIL import Image
 
 from fed_a2v.config.load import resolve
@@ -16,11 +15,10 @@ from fed_a2v.config.schema import ConfigError, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
-from fed_a2v.federation.protocol import EVALUATE_ROUND
 from fed_a2v.generate import node_images
 from fed_a2v.generate.node_images import FLUX_SCHNELL, images_dir, pipeline_name, renders
 
-from drills import LoopbackGrid, experiment_dict, run_in_process
+from drills import LoopbackGrid, evaluated_rounds, experiment_dict, run_in_process
 
 
 def test_rendering_rounds_are_every_nth_and_are_evaluation_rounds() -> None:
@@ -97,11 +95,8 @@ def test_nodes_render_their_own_held_out_clips_each_round_in_process(tmp_path: P
     run_dir, grid = _run(tmp_path, frequency=1, rounds=2)
     # one-stage rounds: round 1 is evaluated in round 2's train messages, round 2 (the last) in
     # an evaluate stage of its own
-    evaluated = sorted({int(m.content["config"]["server-round"]) for m in grid.sent
-                        if m.metadata.message_type == MessageType.EVALUATE}
-                       | {int(m.content["config"][EVALUATE_ROUND]) for m in grid.sent
-                          if EVALUATE_ROUND in m.content["config"]})
-    assert evaluated == [1, 2]  # eval_gap 10, yet rendering rounds are evaluation rounds
+    # eval_gap 10, yet rendering rounds are evaluation rounds
+    assert evaluated_rounds(grid.sent) == [1, 2]
 
     folders = {0: tmp_path / "node0-images" / "1",
                1: tmp_path / "cache" / "images" / "1" / "node_1"}
