@@ -47,6 +47,7 @@ from fed_a2v.launch.host import (
 )
 from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process, server_identity  # noqa: F401 (tests)
 from fed_a2v.model.adapters import ADAPTERS_BY_DIFFUSION
+from fed_a2v.runs.run_dir import last_round
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -281,7 +282,7 @@ def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
     (run_dir,) = outputs.glob("resume-*")
-    stopped_after = len(read_rounds(outputs))
+    stopped_after = last_round(run_dir)  # one-stage: a held round's checkpoint counts
     stopped_with_summary = (run_dir / "summary.json").exists()
     config_before = (run_dir / "config.json").read_bytes()
     resumed = subprocess.run([sys.executable, "-m", "fed_a2v.cli", "simulate", "--resume",

@@ -9,19 +9,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context, MessageType, RecordDict
 from safetensors import safe_open
 
 from fed_a2v.cli import EXIT_CONFIG, main
 from fed_a2v.config.load import load_config
 from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.federation.protocol import EVALUATE_ROUND
 from fed_a2v.federation.server import lr_plan, run_federation
 from fed_a2v.model.adapters import save_adapters
 from fed_a2v.runs.node_records import read_nodes
 from fed_a2v.runs.report import nodes_figure
-from fed_a2v.runs.run_dir import RunRecorder, run_to_resume
+from fed_a2v.runs.run_dir import RunRecorder, checkpoint_progress, last_round, run_to_resume
 
-from drills import server_stopped_and_resumed
+from drills import (
+    LoopbackGrid,
+    experiment_dict,
+    run_in_process,
+    server_identity,
+    server_stopped_and_resumed,
+)
 
 ROUNDS = 5
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -42,6 +49,62 @@ def test_resume_point_ignores_torn_lines_and_orphan_checkpoints(tmp_path: Path) 
     assert torch.equal(restored["clip.w"], STATE["clip.w"] + 2)
     kept = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in kept] == [1, 2]
+
+
+class Stopped(Exception):
+    """The server process going away."""
+
+
+class StoppingGrid(LoopbackGrid):
+    """In-process nodes; the server stops as round `stop_at`'s train instructions go out."""
+
+    def __init__(self, num_nodes: int, stop_at: int | None = None) -> None:
+        super().__init__(num_nodes)
+        self.stop_at = stop_at
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if (messages and messages[0].metadata.message_type == MessageType.TRAIN
+                and messages[0].content["config"]["server-round"] == self.stop_at):
+            raise Stopped
+        return super().push_messages(messages)
+
+
+def test_a_resumed_one_stage_run_repeats_no_round_and_loses_no_metric(tmp_path: Path) -> None:
+    """Stopped as round 3 goes out: round 2 is checkpointed, its line waits for its evaluation.
+    The resumed run's first train instructions evaluate the checkpoint's adapters, and the run
+    writes exactly the lines of a run never stopped."""
+    experiment = experiment_dict(tmp_path, "held", federation={"global_rounds": 4,
+                                                               "num_clients": 2,
+                                                               "min_clients": 2})
+    whole = run_in_process(experiment, tmp_path / "whole.json", LoopbackGrid(2))
+    experiment["experiment"]["output_dir"] = str(tmp_path / "stopped")
+    path = tmp_path / "stopped.json"
+    with pytest.raises(Stopped):
+        run_in_process(experiment, path, StoppingGrid(2, stop_at=3))
+    (run_dir,) = (tmp_path / "stopped").glob("held-*")
+    assert [r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1]
+    assert checkpoint_progress(run_dir, 2)["held"]["round"] == 2
+    assert last_round(run_dir) == 2
+
+    grid = StoppingGrid(2)
+    with server_identity():
+        run_federation(grid, Context(run_id=2, node_id=0, node_config={}, state=RecordDict(),
+                                     run_config={"config": str(path), "resume": True,
+                                                 "run-dir": str(run_dir)}), APP_DIR)
+    trained = [(m.content["config"]["server-round"], m.content["config"].get(EVALUATE_ROUND))
+               for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert trained == [(3, 2), (3, 2), (4, 3), (4, 3)]  # round 2 evaluated first, once
+    lines = read_jsonl(run_dir / "metrics.jsonl")
+    assert lines == read_jsonl(whole / "metrics.jsonl")
+    assert all(r["eval_clip_top1"] is not None for r in lines)
+    nodes = read_jsonl(run_dir / "nodes.jsonl")
+    assert sorted((n["round"], n["node"]) for n in nodes if "eval_clip_mse" in n) == [
+        (r, f"node {i}") for r in range(1, 5) for i in range(2)]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_resume_without_a_run_is_an_error(tmp_path: Path) -> None:
@@ -105,12 +168,6 @@ def test_the_summary_of_a_resumed_run_covers_the_whole_run(tmp_path: Path) -> No
     assert summary["wall_seconds"] >= 1000.0
 
 
-def checkpoint_progress(run_dir: Path, server_round: int) -> dict:
-    with safe_open(str(run_dir / "checkpoints" / f"round-{server_round:04d}.safetensors"),
-                   "pt") as f:
-        return json.loads(f.metadata()["progress"])
-
-
 @pytest.mark.slow
 def test_a_stopped_server_resumes_without_repeating_or_losing_rounds(tmp_path: Path) -> None:
     seen = server_stopped_and_resumed(tmp_path, rounds=ROUNDS)
@@ -123,6 +180,7 @@ def test_a_stopped_server_resumes_without_repeating_or_losing_rounds(tmp_path: P
     assert Path(done.stdout.strip().splitlines()[-1]) == run_dir
     assert f"after round {stopped_after} of {ROUNDS}" in done.stderr
     assert [r["round"] for r in seen["rounds"]] == list(range(1, ROUNDS + 1))
+    assert all(r["eval_clip_top1"] is not None for r in seen["rounds"])  # no metric lost
     assert seen["checkpoints"] == ROUNDS
     assert seen["config_kept"]
     # The schedule saw absolute round numbers after the resume: the cosine schedule gives every
