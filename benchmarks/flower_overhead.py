@@ -7,7 +7,9 @@ and one token cache, encoded before either runs, so no round compared holds enco
 reports its own compute seconds (`train_seconds`, `eval_seconds`, in `nodes.jsonl`); a stage
 ends with its slowest node, so a round's compute is the slowest node's training plus the slowest
 node's evaluation, and the rest of the round is the engine's (messages, processes, polls).
-The same rounds of an app that does no work (benchmarks/flower_floor) give what each engine
+The deployment runs twice, with one message stage per round (the default) and with two
+(`federation.round_protocol` two_stage, docs/rounds.md). The same rounds of an app that does no
+work (benchmarks/flower_floor) give what each engine
 costs before FedA2V does anything, and a deployment whose nodes each keep one long-lived ClientApp
 runner (benchmarks/flower_floor/runner.py) what is left once no process starts per message.
 
@@ -70,12 +72,15 @@ def simulate(config_path: Path, *extra: str, env: dict[str, str] | None = None
     return Path(done.stdout.strip().splitlines()[-1]), started
 
 
-def deploy(config: dict[str, Any], work: Path, runner: bool = False) -> Path:
+def deploy(config: dict[str, Any], work: Path, runner: bool = False,
+           protocol: str = "one_stage") -> Path:
     """The experiment on a SuperLink and one SuperNode per `nodes` entry, each node reading
-    its own JSON (its entry, its shard, the shared corpus and cache); returns the run dir.
-    With `runner`, each SuperNode runs with `--isolation process` and one long-lived
-    `benchmarks/flower_floor/runner.py` runs its ClientApp tasks."""
-    root = work / ("deployment-runner" if runner else "deployment")
+    its own JSON (its entry, its shard, the shared corpus and cache), with
+    `federation.round_protocol` `protocol`; returns the run dir. With `runner`, each SuperNode
+    runs with `--isolation process` and one long-lived `benchmarks/flower_floor/runner.py` runs
+    its ClientApp tasks."""
+    config = {**config, "federation": {**config["federation"], "round_protocol": protocol}}
+    root = work / f"deployment-{protocol}{'-runner' if runner else ''}"
     root.mkdir(parents=True, exist_ok=True)
     outputs = root / "outputs"
     path = write_experiment(config, root / "experiment.json", outputs)
@@ -132,6 +137,7 @@ FLOOR_NOTE = ("Flower alone: benchmarks/flower_floor, a ServerApp and a ClientAp
               "per message.")
 
 
+TWO_STAGE = "deployment, two stages per round (round_protocol two_stage)"
 RUNNER = "deployment, one long-lived ClientApp runner per node"
 RUNNER_NOTE = ("One long-lived ClientApp runner per node: the same deployment with each SuperNode "
                "in `--isolation process` and benchmarks/flower_floor/runner.py in place of "
@@ -246,29 +252,42 @@ def main() -> int:
         sim_dir, _ = simulate(write_experiment(config, work / "simulation.json",
                                                work / "simulation"))
         dep_dir = deploy(config, work)
+        two_stage_dir = deploy(config, work, protocol="two_stage")
         runner_dir = deploy(config, work, runner=True)
         sim_rows, sim_wall = engine_rows("simulation", round_costs(sim_dir))
         dep_rows, dep_wall = engine_rows("deployment", round_costs(dep_dir))
+        two_rows, two_wall = engine_rows(TWO_STAGE, round_costs(two_stage_dir))
         runner_rows, runner_wall = engine_rows(RUNNER, round_costs(runner_dir))
         same = all(read_jsonl(sim_dir / "metrics.jsonl") == read_jsonl(d / "metrics.jsonl")
-                   for d in (dep_dir, runner_dir))
+                   for d in (dep_dir, two_stage_dir, runner_dir))
         nodes = len(config["nodes"])
         floor = {(engine, stages): floor_round(work, stages, args.rounds, nodes,
                                                engine == "simulation")
                  for engine in ("simulation", "deployment") for stages in (2, 1)}
+        compute = statistics.median(c["train"] + c["eval"] for c in round_costs(dep_dir)[1:])
         split_rows, split_notes = make_run_split(work)
     command = "python benchmarks/flower_overhead.py"
     notes = [f"configs/quickstart.json with {args.rounds} rounds, 3 nodes, on one corpus and "
              "one token cache encoded before the runs compared (a 1-round warm-up run).",
+             "Rounds are one-stage (the default: a node evaluates the adapters it received at "
+             "the start of the next round's train message; the last round has its own "
+             "evaluate stage) except in the two-stage row (docs/rounds.md).",
              "Round wall time: the server's round ends (summary.json `timings`); node compute: "
              "each node's own `train_seconds` / `eval_seconds` (nodes.jsonl), slowest node per "
              "stage.",
-             "All three runs did the same work: metrics.jsonl identical" if same else
+             "All four runs did the same work: metrics.jsonl identical" if same else
              "The runs' metrics.jsonl differ (same seeds; see the runs)"]
     write_fragment("flower_overhead", "Flower overhead: simulation vs deployment", command,
                    [*sim_rows, *dep_rows,
                     row("deployment / simulation, wall per round", dep_wall / sim_wall, "x",
                         "goal: at most 3x"),
+                    *two_rows,
+                    row("deployment, one stage / two stages, wall per round",
+                        dep_wall / two_wall, "x", "goal: at most 0.5x"),
+                    row("deployment, one stage: wall per round above Flower's one-stage floor "
+                        "and the slowest node's compute", dep_wall - floor["deployment", 1]
+                        - compute, "s", f"{dep_wall:.1f} s - floor "
+                        f"{floor['deployment', 1]:.1f} s - compute {compute:.1f} s"),
                     *floor_rows(floor, sim_wall, args.rounds), *runner_rows,
                     row(f"{RUNNER} / simulation, wall per round", runner_wall / sim_wall, "x")],
                    [*notes, FLOOR_NOTE, RUNNER_NOTE], args.out_dir)
