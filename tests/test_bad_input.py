@@ -11,6 +11,7 @@ from fed_a2v.data.audio import AudioError, load_audio
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.aggregation import update_problem
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
+from fed_a2v.federation.rounds import ShortRound
 
 from drills import DECODABLE, UNUSABLE, train_reply, write_audio_cases
 
@@ -80,5 +81,6 @@ def test_strategy_drops_bad_updates_and_averages_the_rest(task_identity) -> None
         [(3, 12, "node 12"), (3, 14, "node 14")]  # replies without a name: their Flower id
     assert "non-finite" in strategy.rejected[0][2] and "max_update_norm" in strategy.rejected[1][2]
     assert strategy.nodes_seen == {"flower node 11", "flower node 13"}  # replies without a key
-    # A round where every update is bad leaves the global adapters as they were.
-    assert strategy.aggregate_train(4, [train_reply(12, poisoned, 5)]) == (None, None)
+    # A round where every update is bad leaves the global adapters as they were, uncounted.
+    with pytest.raises(ShortRound, match="non-finite"):
+        strategy.aggregate_train(4, [train_reply(12, poisoned, 5)])

@@ -111,7 +111,10 @@ def arm_experiment(base: dict[str, Any], arm: FederationArm, seed: int, classes:
     fed.update(num_clients=nodes, min_clients=min(fed["min_clients"], nodes),
                strategy=arm.strategy, baselines=True,
                strategy_options={"proximal_mu": settings.proximal_mu}
-               if arm.strategy == "FedProx" else {})
+               if arm.strategy == "FedProx" else {},
+               # `HeldOutGrid` scores what evaluate instructions carry (a standalone node's
+               # file before the next round rewrites it); in one process a stage costs nothing
+               round_protocol="two_stage")
     ds["partition"] = arm.partition
     if arm.dirichlet_alpha is not None:
         ds["dirichlet_alpha"] = arm.dirichlet_alpha
