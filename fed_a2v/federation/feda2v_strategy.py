@@ -521,15 +521,17 @@ class FedA2VStrategy(FedAvg):
     def _note_node(self, server_round: int, msg: Message,
                    metrics: MetricRecord | None = None) -> None:
         """Keep one node's own train or eval metrics (`metrics`, else its reply's) for the
-        round (per-node curves), under its name, with the Flower node id it has now
-        (`flower_node_id`)."""
+        round (per-node curves), under its name, with the Flower node id it had when it first
+        reported in the round (`flower_node_id`; a one-stage round's evaluation may come from
+        the node restarted under a new id)."""
         metrics = metrics if metrics is not None else reply_metrics(msg.content)
         own = {k: float(v) for k, v in metrics.items()
                if k.startswith(("train_", "eval_", "val_", "generator_"))
                and isinstance(v, (int, float))}
         nodes = self.node_metrics.setdefault(server_round, {})
-        nodes.setdefault(self.node_name(msg), {}).update(
-            {FLOWER_NODE_ID: msg.metadata.src_node_id, **own})
+        entry = nodes.setdefault(self.node_name(msg), {})
+        entry.setdefault(FLOWER_NODE_ID, msg.metadata.src_node_id)
+        entry.update(own)
 
     def node_name(self, reply: Message) -> str:
         """The name of the node that sent `reply` in this run's records: the name it sent
