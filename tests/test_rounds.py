@@ -131,7 +131,7 @@ def _strategy_after_one_round(nodes: list[int], min_clients: int) -> FedA2VStrat
     strategy = FedA2VStrategy(targets, lambda _: {"clip": 1e-3, "t5": 1e-3},
                               min_train_nodes=min_clients, min_evaluate_nodes=min_clients,
                               min_available_nodes=min_clients, quorum_timeout=0.5)
-    strategy.flower_names = {node: f"node {i}" for i, node in enumerate(nodes)}
+    strategy.names.by_id = {node: f"node {i}" for i, node in enumerate(nodes)}
     return strategy
 
 

@@ -34,15 +34,14 @@ from fed_a2v.federation.protocol import (
     EVALUATE_ROUND,
     EVALUATION,
     IMAGES,
-    NODE,
     SIDE_ARRAYS,
     SKIPPED,
     STANDALONE,
     TARGET_NAMES,
     TARGETS,
     TRANSPORT,
-    VAL_EXAMPLES,
 )
+from fed_a2v.federation.replies import NodeNames, aggregate_metrics, node_key, reply_metrics
 from fed_a2v.federation.round_loop import run_rounds
 from fed_a2v.federation.rounds import (
     RoundGrid,
@@ -55,38 +54,6 @@ from fed_a2v.federation.transport import WireUpdate
 from fed_a2v.runs.node_records import FLOWER_NODE_ID
 
 log = logging.getLogger(__name__)
-
-
-def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Each metric's mean over the nodes that report it, weighted by the clips behind it
-    (`val_*`: the node's val clips, `VAL_EXAMPLES`; the rest: `weight_key`), as Flower's
-    `aggregate_metricrecords` computes it; clip counts add up over nodes. A node without val
-    clips reports no `val_*` keys, so the nodes' keys may differ."""
-    metrics = [reply_metrics(r) for r in records]
-    out = MetricRecord()
-    for key in dict.fromkeys(k for m in metrics for k in m):
-        if key in (weight_key, VAL_EXAMPLES):
-            continue
-        having = [m for m in metrics if key in m]
-        if key in COUNT_KEYS:
-            out[key] = sum(int(m[key]) for m in having)
-            continue
-        by = VAL_EXAMPLES if key.startswith("val_") else weight_key
-        weights = [float(m.get(by, 0)) for m in having]
-        total = sum(weights)
-        if total > 0:
-            out[key] = sum(float(m[key]) * (w / total) for m, w in zip(having, weights,
-                                                                       strict=True))
-    return out
-
-
-def reply_metrics(content: RecordDict) -> MetricRecord | None:
-    """A reply's own MetricRecord: "metrics", or its only one; a one-stage train reply also
-    holds the evaluation of the adapters it received (`EVALUATION`)."""
-    records = content.metric_records
-    if "metrics" in records:
-        return records["metrics"]
-    return next(iter(records.values())) if len(records) == 1 else None
 
 
 class FedA2VStrategy(FedAvg):
@@ -142,9 +109,7 @@ class FedA2VStrategy(FedAvg):
         self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
         # round -> node name -> its own metrics, and "flower_node_id" (see `_note_node`)
         self.node_metrics: dict[int, dict[str, dict[str, float]]] = {}
-        # node key -> its name in this run's records, unique (`node_name`); kept over resumes
-        self.node_names: dict[str, str] = {}
-        self.flower_names: dict[int, str] = {}  # Flower node id -> node name, from its replies
+        self.names = NodeNames()  # each node's name in this run's records; kept over resumes
         self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
@@ -246,7 +211,7 @@ class FedA2VStrategy(FedAvg):
         minimum = max(self.min_train_nodes if train else self.min_evaluate_nodes, 1)
         wait = (self.quorum_timeout if self.quorum_timeout is not None
                 else self.timeouts.seconds(kind))
-        connected = quorum_nodes(grid, minimum, wait, self.flower_names,
+        connected = quorum_nodes(grid, minimum, wait, self.names.by_id,
                                  f"round {server_round}'s {kind} stage")
         nodes = sample_nodes(connected, fraction, minimum)
         log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
@@ -474,7 +439,7 @@ class FedA2VStrategy(FedAvg):
                              "nodes": self.node_metrics.get(held, {})}}
                    if held is not None else {}),
                 "totals": self.totals, "nodes": sorted(self.nodes_seen),
-                "node_names": self.node_names,
+                "node_names": self.names.by_key,
                 "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
                 "failed": self.failed, "adapter_bytes": self.adapter_bytes,
                 "update_bytes": self.update_bytes,
@@ -486,8 +451,7 @@ class FedA2VStrategy(FedAvg):
         """Go on from `progress()` as saved by the stopped part of a resumed run."""
         self.totals.update(progress.get("totals", {}))
         self.nodes_seen.update(progress.get("nodes", []))
-        for key, name in progress.get("node_names", {}).items():
-            self._name_node(key, name)
+        self.names.restore(progress.get("node_names", {}))
         self.skipped_files.update(progress.get("skipped_files", []))
         # Runs recorded before nodes had names kept no name: theirs is "node <Flower id>".
         self.rejected.extend((*x[:3], x[3] if len(x) > 3 else f"node {x[1]}")
@@ -534,41 +498,12 @@ class FedA2VStrategy(FedAvg):
         entry.update(own)
 
     def node_name(self, reply: Message) -> str:
-        """The name of the node that sent `reply` in this run's records: the name it sent
-        (`identify` in fed_a2v.federation.node), unique in the run and the same after a resume
-        or a restart of the node (it goes with the node's key). A reply without one (an error)
-        takes its Flower node's name from an earlier reply, else "node <Flower node id>"."""
-        flower_id = reply.metadata.src_node_id
-        if not (reply.has_content() and NODE in reply.content):
-            return self.name_of(flower_id)
-        record = reply.content[NODE]
-        key = node_key(reply)
-        name = self.node_names.get(key) or self._name_node(
-            key, str(record.get("name", f"node {flower_id}")))
-        self.flower_names[flower_id] = name
-        return name
+        """The name in this run's records of the node that sent `reply` (`NodeNames.of`)."""
+        return self.names.of(reply)
 
     def name_of(self, flower_id: int) -> str:
-        """A Flower node's name in this run: from its replies so far, else "node <its id>"."""
-        return self.flower_names.get(flower_id, f"node {flower_id}")
-
-    def _name_node(self, key: str, wanted: str) -> str:
-        """Give the node with `key` the name `wanted`, or, if another node of the run has it,
-        the first free one of "<wanted> (2)", "<wanted> (3)", ... (with a warning)."""
-        if key in self.node_names:
-            return self.node_names[key]
-        taken = set(self.node_names.values())
-        name, n = wanted, 1
-        while name in taken:
-            n += 1
-            name = f"{wanted} ({n})"
-        if name != wanted:
-            holder = next(k for k, v in self.node_names.items() if v == wanted)
-            log.warning("two nodes call themselves %r (keys %r and %r): the second is %r in "
-                        "this run's records; give each node its own node_split_id or node JSON "
-                        "file name", wanted, holder, key, name)
-        self.node_names[key] = name
-        return name
+        """A Flower node's name in this run (`NodeNames.of_id`)."""
+        return self.names.of_id(flower_id)
 
     def _record(self, server_round: int, metrics: MetricRecord) -> None:
         """Clip counts add up over the run; everything else is this round's value."""
@@ -576,11 +511,3 @@ class FedA2VStrategy(FedAvg):
             self.totals[key] += int(metrics.get(key, 0))
         self.round_metrics.setdefault(server_round, {}).update(
             {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
-
-
-def node_key(reply: Message) -> str:
-    """The node's own key (the same after a restart, unlike its Flower node id); its name in
-    the run's records is `FedA2VStrategy.node_name`."""
-    if reply.has_content() and NODE in reply.content:  # error replies have none
-        return str(reply.content[NODE]["key"])
-    return f"flower node {reply.metadata.src_node_id}"
