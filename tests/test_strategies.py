@@ -80,6 +80,15 @@ def reply(node: int, state: dict, examples: int, reference: dict, dtype: str = "
                    reply_to=instruction)
 
 
+def flower_reply(node: int, state: dict, examples: int) -> Message:
+    """The same train reply as plain Flower strategies read it: one Array per tensor."""
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}),
+                          dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(RecordDict({"arrays": record(state),
+                               "metrics": MetricRecord({"num-examples": examples})}),
+                   reply_to=instruction)
+
+
 def one_round(s: FedA2VStrategy, reference: dict, updates: list[dict], weights: list[int],
               dtype: str = "fp32") -> dict[str, np.ndarray]:
     """configure_train on `reference`, then aggregate_train of the nodes' replies."""
@@ -129,7 +138,7 @@ def test_server_optimisers_are_flowers_own_step_from_fedA2Vs_mean(task_identity,
     ours = one_round(strategy(name, options), reference, updates, weights)
     flower = STRATEGIES[name](**options)
     list(flower.configure_train(1, record(reference), ConfigRecord(), Nodes([10, 11, 12])))
-    expected, _ = flower.aggregate_train(1, [reply(10 + i, u, w, reference) for i, (u, w)
+    expected, _ = flower.aggregate_train(1, [flower_reply(10 + i, u, w) for i, (u, w)
                                              in enumerate(zip(updates, weights, strict=True))])
     fedavg = one_round(strategy("FedAvg"), reference, updates, weights)
     for key in reference:
@@ -148,7 +157,7 @@ def test_fedadam_is_flowers_fedadam_step_from_the_rounds_global_adapters(
     adam = one_round(s, reference, updates, weights)
     flower = FedAdam(eta=0.01, tau=1e-3)
     flower.current_arrays = {k: v.copy() for k, v in reference.items()}
-    expected, _ = flower.aggregate_train(1, [reply(10 + i, u, w, reference) for i, (u, w)
+    expected, _ = flower.aggregate_train(1, [flower_reply(10 + i, u, w) for i, (u, w)
                                              in enumerate(zip(updates, weights, strict=True))])
     for key in reference:
         assert adam[key].dtype == np.float32  # FedAdam's own step is float64

@@ -27,7 +27,16 @@ from fed_a2v.federation.aggregation import RunningAverage
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy
 from fed_a2v.federation.protocol import TRANSPORT
 from fed_a2v.federation.rounds import RoundGrid, RoundTimeout
-from fed_a2v.federation.transport import WIRE_DTYPES, WireUpdate, decode_tensor, encode_update
+from fed_a2v.federation.transport import (
+    PACKED,
+    WIRE_DTYPES,
+    WireUpdate,
+    decode_tensor,
+    encode_update,
+    flat_view,
+    pack,
+    unpack,
+)
 
 from drills import LoopbackGrid, NodesGrid, experiment_dict, run_in_process, train_reply
 
@@ -186,12 +195,15 @@ def test_each_transport_dtype_round_trips_within_its_documented_error(dtype: str
             for i, (k, v) in enumerate(reference.items())}
     arrays, meta = encode_update(sent, reference, dtype)
     assert meta["dtype"] == dtype
-    update = WireUpdate(arrays, meta, reference, dtype)
-    assert update.problem is None
+    # packed: one flat Array in the wire dtype, its index beside it
+    assert list(arrays) == [PACKED] and json.loads(meta["names"]) == list(sent)
+    assert arrays[PACKED].numpy().dtype == WIRE_DTYPES[dtype]
     ratio, bound = BOUNDS[dtype]
+    assert arrays[PACKED].numpy().nbytes == sum(v.nbytes for v in sent.values()) * ratio
+    update = WireUpdate(arrays, meta, reference, dtype)
+    assert update.problem is None and list(update) == list(sent)
     for key, value in sent.items():
-        assert arrays[key].numpy().dtype == WIRE_DTYPES[dtype]
-        assert arrays[key].numpy().nbytes == value.nbytes * ratio
+        assert update.shape_of(key) == value.shape
         decoded = update[key]
         assert decoded.dtype == np.float32 and decoded.shape == value.shape
         scale = meta.get(f"scale.{key}", 0.0)
@@ -202,9 +214,48 @@ def test_each_transport_dtype_round_trips_within_its_documented_error(dtype: str
 
 def test_bf16_rounds_to_nearest_even() -> None:
     value = np.array([1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, -2.5], np.float32)
-    bits = encode_update({"w": value}, {}, "bf16")[0]["w"].numpy()
+    bits = encode_update({"w": value}, {}, "bf16")[0][PACKED].numpy()
     decoded = decode_tensor(bits, value, "bf16", None)
     assert decoded.tolist() == [1.0, 1.0 + 2.0 ** -6, -2.5]  # ties go to the even mantissa
+
+
+def test_the_server_reads_a_packed_update_in_place() -> None:
+    flat = np.arange(12, dtype=np.float32)
+    view = flat_view(Array(flat))
+    assert np.array_equal(view, flat) and not view.flags.owndata and not view.flags.writeable
+    packed, index = pack({"a": flat[:4].reshape(2, 2), "b": flat[4:]})
+    update = WireUpdate(packed, {"dtype": "fp32", **index},
+                        {"a": np.zeros((2, 2), np.float32), "b": np.zeros(8, np.float32)},
+                        "fp32")
+    assert update.problem is None and np.array_equal(update["a"], [[0, 1], [2, 3]])
+    assert update["b"].flags.writeable  # a copy of that tensor alone, not of the buffer
+    assert unpack(packed, index)["b"].tolist() == list(range(4, 12))
+    with pytest.raises(ValueError, match="one dtype"):
+        pack({"a": flat, "b": flat.astype(np.float16)})
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda arrays, meta: (arrays, {**meta, "shapes": json.dumps([[4, 3], [3]])}),
+     "do not pair up"),
+    (lambda arrays, meta: (arrays, {**meta, "shapes": json.dumps([[4, 3], [3], [2, 5, 8]])}),
+     "its index holds 95 values, its buffer 85"),
+    (lambda arrays, meta: (arrays, {**meta, "names": "not json"}), "cannot be read"),
+    (lambda arrays, meta: (ArrayRecord({**arrays, "extra": Array(np.zeros(1, np.float32))}),
+                           meta), "expected its one array and its index"),
+])
+def test_a_malformed_packed_update_is_refused_with_the_node_named(task_identity, change,
+                                                                  why: str, caplog) -> None:
+    a, b = states(2, seed=9)
+    strategy = make_strategy(a)
+    arrays, meta = change(*encode_update(b, a, "fp32"))
+    reply = Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 3}),
+                                TRANSPORT: ConfigRecord(dict(meta))}),
+                    reply_to=wrong_instruction(44))
+    strategy.take_update(reply)
+    ((_, node, reason, name),) = strategy.rejected
+    assert node == 44 and "malformed packed update" in reason and why in reason
+    assert f"dropped the update of {name}: malformed packed update" in caplog.text
+    assert strategy.average is None  # nothing was added
 
 
 def test_an_update_in_another_dtype_or_without_scales_is_refused(task_identity) -> None:
@@ -214,7 +265,8 @@ def test_an_update_in_another_dtype_or_without_scales_is_refused(task_identity) 
     strategy.take_update(wrong)
     arrays, meta = encode_update(b, a, "int8")
     unscaled = Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 3}),
-                                   TRANSPORT: ConfigRecord({"dtype": "int8"})}),
+                                   TRANSPORT: ConfigRecord({k: v for k, v in meta.items()
+                                                            if not k.startswith("scale.")})}),
                        reply_to=wrong_instruction(42))
     strategy.take_update(unscaled)
     mislabelled = Message(RecordDict({

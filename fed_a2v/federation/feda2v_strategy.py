@@ -31,6 +31,7 @@ from fed_a2v.federation.baselines import RidgeBaselines
 from fed_a2v.federation.distillation import KDAggregation
 from fed_a2v.federation.overlap_check import OverlapCheck
 from fed_a2v.federation.protocol import (
+    ARRAYS_INDEX,
     EVALUATE_ROUND,
     EVALUATION,
     IMAGES,
@@ -50,7 +51,7 @@ from fed_a2v.federation.rounds import (
     quorum_nodes,
     sample_nodes,
 )
-from fed_a2v.federation.transport import WireUpdate
+from fed_a2v.federation.transport import WireUpdate, pack
 from fed_a2v.runs.node_records import FLOWER_NODE_ID
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,9 @@ class FedA2VStrategy(FedAvg):
                                  f"round {server_round}'s {kind} stage")
         nodes = sample_nodes(connected, fraction, minimum)
         log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
-        if self.standalone:
-            arrays = ArrayRecord()  # each node holds its own adapters
-        record = RecordDict({self.arrayrecord_key: arrays,
+        # one Array for all adapters (fed_a2v.federation.transport); none for standalone nodes
+        packed, index = pack({} if self.standalone else {k: v.numpy() for k, v in arrays.items()})
+        record = RecordDict({self.arrayrecord_key: packed, ARRAYS_INDEX: ConfigRecord(index),
                              self.configrecord_key: ConfigRecord(
                                  {**config, "server-round": server_round})})
         return self._finish_messages(server_round,

@@ -29,6 +29,7 @@ from fed_a2v.federation.baselines import hits_reply, stats_reply
 from fed_a2v.federation.distillation import generator_reply
 from fed_a2v.federation.overlap_check import digests_record
 from fed_a2v.federation.protocol import (
+    ARRAYS_INDEX,
     DIGESTS,
     DIGESTS_REQUEST,
     EVALUATE_ROUND,
@@ -45,7 +46,7 @@ from fed_a2v.federation.protocol import (
     VAL_EXAMPLES,
 )
 from fed_a2v.federation.standalone import load_own_adapters, own_adapters_path, save_own_adapters
-from fed_a2v.federation.transport import encode_update
+from fed_a2v.federation.transport import encode_update, unpack
 from fed_a2v.generate.node_images import images_dir, render_held_out, renders
 from fed_a2v.model.adapters import adapters_for_targets, adapters_state, load_adapters_state
 from fed_a2v.model.evaluation import evaluate_adapters
@@ -140,7 +141,8 @@ class NodeRound:
                                               msg.metadata.run_id, self.ident.key)
             self.own_rounds = load_own_adapters(self.adapters, self.own_path, self.ident.name)
         else:
-            self.received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+            self.received = unpack(msg.content["arrays"],
+                                   msg.content.config_records.get(ARRAYS_INDEX))
             load_adapters_state(self.adapters, {k: torch.from_numpy(v)
                                                 for k, v in self.received.items()})
 

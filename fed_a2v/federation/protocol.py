@@ -12,6 +12,9 @@ RIDGE_REQUEST = "ridge-request"
 # ConfigRecord {"have": JSON list of node keys whose generators the server holds}: KD train
 # instructions; a node not in "have" replies with GENERATORS (fed_a2v.federation.distillation)
 GENERATOR_REQUEST = "generator-request"
+# ConfigRecord {"names", "shapes"}: how the instruction's packed adapters unpack
+# (fed_a2v.federation.transport)
+ARRAYS_INDEX = "arrays-index"
 RIDGE_MAPS = "ridge-maps"  # ArrayRecord {"central", "local.<i>"}: final evaluation only
 
 # Replies (node -> server)

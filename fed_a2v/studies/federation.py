@@ -37,8 +37,9 @@ from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.node_data import NodeIdentity, node_data
 from fed_a2v.encode.target_set import Targets
 from fed_a2v.encode.text_targets import targets_for
-from fed_a2v.federation.protocol import STANDALONE
+from fed_a2v.federation.protocol import ARRAYS_INDEX, STANDALONE
 from fed_a2v.federation.server import config_for_run
+from fed_a2v.federation.transport import unpack
 from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process
 from fed_a2v.model.adapters import adapter_names, adapters_for_targets, load_adapters_state
 from fed_a2v.model.evaluation import evaluate_adapters
@@ -180,7 +181,9 @@ class HeldOutGrid(LoopbackGrid):
         if STANDALONE in reply.content:
             state = load_file(str(reply.content[STANDALONE]["path"]))
         elif server_round not in self.scores:
-            state = message.content["arrays"].to_torch_state_dict()
+            state = {k: torch.from_numpy(v) for k, v in unpack(
+                message.content["arrays"],
+                message.content.config_records.get(ARRAYS_INDEX)).items()}
         else:
             return reply
         self.scores.setdefault(server_round, []).append(self.score(state))
