@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/server_memory.py --kd --nodes 3 30
 	$(BIN)/python benchmarks/transport.py
 	$(BIN)/python benchmarks/flower_overhead.py
+	$(BIN)/python benchmarks/message_objects.py
 	if $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then \
 		$(BIN)/python benchmarks/gpu.py; fi
 	$(BIN)/python benchmarks/collect.py

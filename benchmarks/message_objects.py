@@ -10,10 +10,13 @@ Fleet API call (`flwr.supercore.inflatable.inflatable_utils.push_objects` / `pul
 at a time). A receiver that asks for an object its sender has not finished uploading is told it
 is not yet available and tries again after 1 s, then 2, 4 ... (`pull_objects`, ±20% jitter).
 Besides each round's wall time, the server here times its push and each of its pulls that
-brought replies: a pull that met such an object lasts at least 0.8 s.
+brought replies (a pull that met such an object lasts at least 0.8 s, but so does a slow
+transfer of many objects). With --trace, Flower's processes log at DEBUG, which stamps their
+lines: each reply's way is split into legs from the SuperNodes' logs, and the retried object
+pulls are counted in the SuperLink's and SuperNodes' logs.
 
     python benchmarks/message_objects.py [--rounds 4] [--out-dir benchmarks/out]
-        [--cases 0:0,46:7500000] [--trace]
+        [--cases 0:0,46:7500000] [--trace] [--work-dir DIR [--reuse]]
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ TIMEOUT = 900.0
 NODES = 3
 ADAPTER_BYTES = 7_500_000  # FedA2V's adapters as one message carries them
 # (arrays, total bytes): no arrays (the floor), 1 .. 120 arrays at the adapters' size, and the
-# adapters' count at 1/160 of their size.
+# adapters' count at about 1/160 of their size.
 CASES = ((0, 0), (1, ADAPTER_BYTES), (8, ADAPTER_BYTES), (46, ADAPTER_BYTES),
          (120, ADAPTER_BYTES), (46, 46_000))
 # Flower's first retry of an object not yet available waits PULL_INITIAL_BACKOFF (1 s) ±20%.
@@ -59,23 +62,27 @@ def objects_per_message(arrays: int, total_bytes: int, chunk: int = 5_242_880) -
     return 3 + arrays * (1 + -(-per_array // chunk))
 
 
-def run_case(work: Path, arrays: int, total_bytes: int, rounds: int) -> dict:
+def run_case(work: Path, arrays: int, total_bytes: int, rounds: int,
+             reuse: bool = False) -> dict:
     """Rounds of the floor app with `arrays` arrays of `total_bytes` in all per message, one
-    train message per node per round; its round walls and the server's stage timings."""
+    train message per node per round; its round walls and the server's stage timings. With
+    `reuse`, a case whose run is already under `work` is read, not run again."""
     root = work / f"arrays-{arrays}-{total_bytes}"
     root.mkdir(parents=True, exist_ok=True)
     out, timings = root / "round_ends.json", root / "timings.json"
-    with Federation(root) as federation:
-        for i in range(NODES):
-            node_file = root / f"node-{i}.json"
-            node_file.write_text("{}")
-            federation.supernode(node_file)
-        status = federation.run({"rounds": rounds, "stages": 1, "nodes": NODES, "out": str(out),
-                                 "arrays": arrays, "array-bytes": total_bytes,
-                                 "timings": str(timings)}, timeout=TIMEOUT, app_dir=FLOOR_APP)
-    if status.get("status") != COMPLETED:
-        raise RuntimeError(f"{FLOOR_APP.name} with {arrays} arrays ended {status}; logs under "
-                           f"{root}")
+    if not (reuse and out.exists() and timings.exists()):
+        with Federation(root) as federation:
+            for i in range(NODES):
+                node_file = root / f"node-{i}.json"
+                node_file.write_text("{}")
+                federation.supernode(node_file)
+            status = federation.run({"rounds": rounds, "stages": 1, "nodes": NODES,
+                                     "out": str(out), "arrays": arrays,
+                                     "array-bytes": total_bytes, "timings": str(timings)},
+                                    timeout=TIMEOUT, app_dir=FLOOR_APP)
+        if status.get("status") != COMPLETED:
+            raise RuntimeError(f"{FLOOR_APP.name} with {arrays} arrays ended {status}; logs "
+                               f"under {root}")
     ends = json.loads(out.read_text())
     walls = [b - a for a, b in itertools.pairwise(ends)]
     stages = [s for r in json.loads(timings.read_text())[1:] for s in r]  # rounds 2..
@@ -116,13 +123,16 @@ LEGS = (("pushed", "receiving", "the node's poll finds the instruction (every 3 
 
 
 def node_marks(log: Path) -> tuple[int, list[dict[str, float]]]:
-    """A SuperNode's id and, per message in order, the Unix time of each of its marks."""
+    """A SuperNode's id and, per message in order, the Unix time of each of its marks and how
+    many objects its ClientApp pulled from it (`clientapp_pulls`)."""
     node_id, messages = 0, []
     for line in ANSI.sub("", log.read_text(errors="replace")).splitlines():
         if found := re.search(r"SuperNode ID: (\d+)", line):
             node_id = int(found.group(1))
         if not (m := LOG_LINE.match(line)):
             continue
+        if messages and m.group(2).startswith("Runtime.PullObject"):  # the ClientApp's
+            messages[-1]["clientapp_pulls"] = messages[-1].get("clientapp_pulls", 0) + 1
         mark = next((v for k, v in NODE_MARKS.items() if m.group(2).startswith(k)), None)
         if mark is None:
             continue
@@ -150,11 +160,40 @@ def trace_legs(root: Path) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in legs.items() if v}
 
 
+def pull_retries(root: Path, arrays: int, total_bytes: int) -> dict[str, float]:
+    """Median, over rounds 2.., of the object pulls per round beyond one per object, from the
+    DEBUG logs: each is a retry of an object that was not yet available, after a 1 s, 2 s ...
+    back-off. `server`: the ServerApp's pulls of the replies (the SuperLink's
+    Runtime.PullObject), `nodes`: the SuperNodes' pulls of the instructions (its
+    Fleet.PullObject), `clientapps`: the ClientApps' pulls from their SuperNodes."""
+    counts: list[dict[str, int]] = []
+    for line in ANSI.sub("", (root / "superlink.log").read_text(errors="replace")).splitlines():
+        if not (m := LOG_LINE.match(line)):
+            continue
+        if m.group(2).startswith("Runtime.PushMessages"):  # the server sends a round's stage
+            counts.append({"server": 0, "nodes": 0})
+        elif counts and m.group(2).startswith("Runtime.PullObject"):
+            counts[-1]["server"] += 1
+        elif counts and m.group(2).startswith("[Fleet.PullObject]"):
+            counts[-1]["nodes"] += 1
+    # Objects per reply: the instruction's, less its content's, plus a MetricRecord.
+    expected = {"server": NODES * (objects_per_message(arrays, total_bytes) + 1),
+                "nodes": NODES * objects_per_message(arrays, total_bytes)}
+    out = {k: statistics.median(c[k] - expected[k] for c in counts[1:]) for k in expected}
+    per_round = [0] * len(counts)
+    for log in root.glob("node-*-first.log"):
+        for r, marks in enumerate(node_marks(log)[1][: len(counts)]):
+            per_round[r] += marks.get("clientapp_pulls", 0)
+    out["clientapps"] = statistics.median(n - expected["nodes"] for n in per_round[1:])
+    return out
+
+
 def describe(arrays: int, total_bytes: int) -> str:
     if arrays == 0:
         return "no arrays (empty instruction, metrics-only reply)"
     size = f"{total_bytes / 1e6:.1f} MB" if total_bytes >= 1e6 else f"{total_bytes / 1e3:.0f} KB"
-    return f"{arrays} arrays, {size} ({objects_per_message(arrays, total_bytes)} objects)"
+    noun = "array" if arrays == 1 else "arrays"
+    return f"{arrays} {noun}, {size} ({objects_per_message(arrays, total_bytes)} objects)"
 
 
 def seconds(value: float | None, width: int) -> str:
@@ -167,7 +206,7 @@ def seconds(value: float | None, width: int) -> str:
 def table(results: list[dict]) -> str:
     floor = results[0]["wall"]
     head = ("arrays      bytes  objects  wall/round  - floor   push  pull/round  "
-            "replies in a pull >= 0.8 s")
+            "replies in a pull >= 0.8 s")  # a retry's back-off, or a slow transfer
     lines = [head]
     for r in results:
         lines.append(
@@ -176,11 +215,17 @@ def table(results: list[dict]) -> str:
             f"  {r['pull_per_stage']:>9.2f}s  {r['backoff_replies']} of {r['replies']}")
     if all("legs" in r for r in results):
         lines += ["", "Median seconds of each leg of a reply's way (rounds 2.., every node):"]
-        lines.append("arrays      bytes  " + "  ".join(f"{b[:8]:>8}" for _, b, _ in LEGS))
+        lines.append("arrays      bytes  " + "  ".join(f"{b[:8]:>8}" for _, b, _ in LEGS)
+                     + "  retries: server  nodes  clientapps")
         for r in results:
             lines.append(f"{r['arrays']:>6}  {r['bytes']:>9,}  " + "  ".join(
-                seconds(r["legs"].get(f"{a}-{b}"), 8) for a, b, _ in LEGS))
+                seconds(r["legs"].get(f"{a}-{b}"), 8) for a, b, _ in LEGS)
+                + f"  {r['retries']['server']:>15g}  {r['retries']['nodes']:>5g}"
+                f"  {r['retries']['clientapps']:>10g}")
         lines += [f"  {b}: {what}" for _, b, what in LEGS]
+        lines.append("  retries: object pulls per round beyond one per object (each after a "
+                     "1 s, 2 s ... back-off): the server's of the replies, the SuperNodes' and "
+                     "the ClientApps' of the instructions")
     return "\n".join(lines)
 
 
@@ -220,6 +265,8 @@ def main() -> int:
                         "reply's way into legs (DEBUG logging slows the processes: the legs "
                         "show where a round's time goes, the walls of a run without it what "
                         "it costs)")
+    parser.add_argument("--reuse", action="store_true", help="with --work-dir: read the cases "
+                        "already run there instead of running them again")
     args = parser.parse_args()
     if args.trace:
         os.environ["FLWR_LOG_LEVEL"] = "DEBUG"  # Federation's processes inherit it
@@ -228,9 +275,10 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         results = []
         for arrays, total_bytes in args.cases:
-            result = run_case(work, arrays, total_bytes, args.rounds)
+            result = run_case(work, arrays, total_bytes, args.rounds, args.reuse)
             if args.trace:
                 result["legs"] = trace_legs(result["root"])
+                result["retries"] = pull_retries(result["root"], arrays, total_bytes)
             results.append(result)
             print(f"{describe(arrays, total_bytes)}: rounds "
                   f"{', '.join(f'{w:.2f}' for w in result['walls'])} s", flush=True)
@@ -246,6 +294,11 @@ def main() -> int:
                         r["pull_per_stage"], "s",
                         f"{r['backoff_replies']} of {r['replies']} replies in a pull of "
                         f">= {BACKOFF_SECONDS} s"))
+        if "retries" in r:
+            rows.append(row(f"{what}: object pulls retried per round (after a back-off), the "
+                            "server's / the SuperNodes' / the ClientApps'",
+                            " / ".join(f"{r['retries'][k]:g}"
+                                       for k in ("server", "nodes", "clientapps"))))
         for a, b, leg in LEGS[1:]:
             if f"{a}-{b}" in r.get("legs", {}):
                 rows.append(row(f"{what}: {leg} (median)", r["legs"][f"{a}-{b}"], "s"))
@@ -263,7 +316,9 @@ def main() -> int:
              "The server pulls a reply as soon as the SuperLink holds the reply's metadata; an "
              "object the node has not finished uploading is retried after 1 s, then 2 s ... "
              "(flwr/supercore/inflatable/inflatable_utils.py pull_objects, "
-             "PULL_INITIAL_BACKOFF = 1, PULL_BACKOFF_CAP = 10): such a pull lasts >= 0.8 s."]
+             "PULL_INITIAL_BACKOFF = 1, PULL_BACKOFF_CAP = 10): a pull that met one lasts "
+             ">= 0.8 s, but so does a slow transfer of many objects; --trace counts the "
+             "retries themselves (the SuperLink's DEBUG log)."]
     if args.trace:
         notes.append("Legs: from the SuperNodes' own log lines (FLWR_LOG_LEVEL=DEBUG stamps them; "
                      "the runs above ran with it, which slows them) and the server's timings of "
