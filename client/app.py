@@ -3,8 +3,8 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fed_a2v.federation.clipping import clipping_mod
 from fed_a2v.federation.node import evaluate_reply, train_reply
-from fed_a2v.federation.privacy import clipping_mod
 from fed_a2v.launch.host import setup_process
 
 app = ClientApp()

@@ -24,7 +24,8 @@ from test_simulation import read_metrics, simulate
 
 from fed_a2v.config.schema import ConfigError
 from fed_a2v.config.validate import config_from_dict
-from fed_a2v.federation.privacy import NodeAccountant, clipping_mod
+from fed_a2v.federation.clipping import clipping_mod
+from fed_a2v.federation.privacy import NodeAccountant
 from fed_a2v.federation.server import run_federation
 from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process, server_identity
 

@@ -2,8 +2,8 @@
 
 Each node clips its update (its adapters after local training minus the global adapters it
 received, all adapters as one vector) to L2 norm `clipping_norm` with Flower's ClientApp mod
-(`fixedclipping_mod` / `adaptiveclipping_mod`, run by `clipping_mod`); the server averages the
-clipped updates (`adapter_aggregation_mode` avg) and Flower's strategy wrapper
+(`fixedclipping_mod` / `adaptiveclipping_mod`, run by `fed_a2v.federation.clipping`); the
+server averages the clipped updates (`adapter_aggregation_mode` avg) and Flower's strategy wrapper
 (`DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping`) adds Gaussian noise of stdev
 `noise_multiplier` x `clipping_norm` / (updates averaged) to the mean. Flower's RDP accountant
 (`flwr.serverapp.RdpAccountant`, `flwr[dp]`) composes the rounds into (ε, δ).
@@ -23,16 +23,12 @@ samples: set `join_ratio` 1 for a bound that claims no amplification.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import (
     GaussianPrivacyEvent,
     Grid,
@@ -59,7 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIXED, ADAPTIVE = "client_fixed_clipping", "client_adaptive_clipping"
-FLOWER_MODS = {FIXED: fixedclipping_mod, ADAPTIVE: adaptiveclipping_mod}
 
 
 class NodeAccountant:
@@ -168,7 +163,7 @@ class PrivateRounds:
                     raise AggregationError(
                         f"{self.strategy.node_name(reply)} sent no '{KEY_NORM_BIT}': it did "
                         "not clip its update (its ClientApp lacks "
-                        "fed_a2v.federation.privacy.clipping_mod)")
+                        "fed_a2v.federation.clipping.clipping_mod)")
         inner = self.strategy
         arrays, metrics = inner.aggregate_train(server_round, replies)
         round_metrics = inner.round_metrics.setdefault(inner.train_round, {})
@@ -240,56 +235,3 @@ def privacy_record(strategy: Strategy) -> dict[str, Any]:
     if isinstance(strategy, PrivateRounds):
         return strategy.privacy_record()
     return {"mechanism": "none"}
-
-
-def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """The node's side: Flower's clipping mod for the experiment's `privacy.mechanism` (read
-    from the instruction, as the node reads its whole config), else nothing.
-
-    Flower's mods want an instruction of one ArrayRecord and one ConfigRecord and a reply of
-    one ArrayRecord and one MetricRecord; FedA2V's also carry the targets, the overlap check's
-    request and the node's reports. The mod sees just the adapters, config and metrics; the
-    node's code gets the whole instruction, and the whole reply goes back with the adapters
-    and metrics the mod made (clipped, and for adaptive clipping with its norm bit)."""
-    mod = FLOWER_MODS.get(_mechanism(msg))
-    if mod is None:
-        return call_next(msg, context)
-    replies: list[Message] = []
-    received = msg.content["arrays"]
-
-    def answer(_view: Message, ctx: Context) -> Message:
-        reply = call_next(msg, ctx)
-        if reply.has_error():
-            return reply
-        replies.append(reply)
-        arrays = reply.content["arrays"]
-        if set(arrays) == set(received):  # the mod compares the key lists, order included
-            arrays = ArrayRecord({k: arrays[k] for k in received})
-        return _only(reply, {"arrays": arrays, "metrics": reply.content["metrics"]})
-
-    out = mod(_only(msg, {"arrays": received, "config": msg.content["config"]}),
-              context, answer)
-    if out.has_error():
-        # Flower's mods build some errors as replies to the node's reply, which the server
-        # cannot match to its instruction: answer the instruction itself
-        return Message(out.error, reply_to=msg)
-    if not replies:
-        return out
-    reply = replies[0]
-    reply.content["arrays"], reply.content["metrics"] = (out.content["arrays"],
-                                                         out.content["metrics"])
-    return reply
-
-
-def _only(msg: Message, records: dict[str, Any]) -> Message:
-    """`msg` (its metadata) holding only `records`."""
-    return Message(content=RecordDict(records), metadata=copy.copy(msg.metadata))
-
-
-def _mechanism(msg: Message) -> str:
-    if not msg.has_content() or "config" not in msg.content.config_records:
-        return "none"
-    experiment = msg.content["config"].get("experiment")
-    if experiment is None:
-        return "none"
-    return str(json.loads(str(experiment)).get("privacy", {}).get("mechanism", "none"))

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Mapping
 from flwr.app import Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.superlink.grid import InMemoryGrid  # the grid of Flower's simulation engine
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +112,10 @@ def check_simulated_federation(grid: Grid, num_clients: int, min_clients: int) -
     federation smaller than the experiment's quorum would wait a whole round timeout for nodes
     that never come: raise at once, naming the setting. Deployments are not checked (their
     nodes may connect later); the rounds wait for them."""
+    # the grid of Flower's simulation engine; imported here, as it imports the SuperLink's
+    # state (0.7 s), which a ClientApp process importing this module must not pay
+    from flwr.superlink.grid import InMemoryGrid
+
     if not isinstance(grid, InMemoryGrid):
         return
     # The engine registers its SuperNodes right after starting the ServerApp, in one loop.
