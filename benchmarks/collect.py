@@ -22,8 +22,10 @@ SECTIONS = {
     "encode_cache": "Token cache, built-in AST",
     "encode_cache_full_ast": "Token cache, full-size AST",
     "server_memory": "Server memory, batch against streaming aggregation",
+    "server_memory_kd": "Server memory with KD aggregation",
     "transport": "Compact transport",
     "flower_overhead": "Flower's share of a round, simulation against deployment",
+    "message_objects": "Flower's cost per array a message carries (why the adapters travel packed)",
     "make_run_split": "Where `make run` spends its time",
     "gpu": "On a GPU",
 }
