@@ -12,8 +12,8 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-FLOWER_MODS = {"client_fixed_clipping": fixedclipping_mod,
-               "client_adaptive_clipping": adaptiveclipping_mod}
+FIXED, ADAPTIVE = "client_fixed_clipping", "client_adaptive_clipping"  # privacy.mechanism
+FLOWER_MODS = {FIXED: fixedclipping_mod, ADAPTIVE: adaptiveclipping_mod}
 
 
 def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -77,7 +77,7 @@ class FedA2VStrategy(FedAvg):
     `min_train_nodes` is the quorum: a stage is sent only once that many nodes are connected
     (waiting at most `quorum_timeout`, else a QuorumError naming the missing nodes stops the
     run), and a round's adapters are averaged only from that many usable updates (fewer: a
-    QuorumError from `aggregate_train`; `run_rounds` runs the round again once).
+    ShortRound from `aggregate_train`; `run_rounds` runs the round again once).
 
     Train updates are aggregated as they arrive (`take_update`, called by the `RoundGrid` for
     each reply): screened, decoded from `transport_dtype` one tensor at a time, added to a
@@ -426,11 +426,16 @@ class FedA2VStrategy(FedAvg):
         self._record(server_round, metrics)
         return metrics
 
-    def lines_due(self) -> list[int]:
+    def lines_due(self, final: bool = False) -> list[int]:
         """One stage: the round whose evaluation came in with the last train replies, so its
-        metrics line can be written now (once)."""
-        due, self.evaluated = self.evaluated, None
-        return [] if due is None else [due]
+        metrics line can be written now (once); `final` (no round left to bring an
+        evaluation): also the round still waiting for one."""
+        due = [r for r in (self.evaluated, self.awaiting_eval if final else None)
+               if r is not None]
+        self.evaluated = None
+        if final:
+            self.awaiting_eval = None
+        return due
 
     def progress(self) -> dict[str, Any]:
         """What the summary adds up over the whole run, for a resumed run to go on from; one

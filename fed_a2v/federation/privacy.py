@@ -3,8 +3,8 @@
 Each node clips its update (its adapters after local training minus the global adapters it
 received, all adapters as one vector) to L2 norm `clipping_norm` with Flower's ClientApp mod
 (`fixedclipping_mod` / `adaptiveclipping_mod`, run by `fed_a2v.federation.clipping`); the
-server averages the clipped updates (`adapter_aggregation_mode` avg) and Flower's strategy wrapper
-(`DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping`) adds Gaussian noise of stdev
+server averages the clipped updates (`adapter_aggregation_mode` avg) and Flower's strategy
+wrapper (`DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping`) adds Gaussian noise of stdev
 `noise_multiplier` x `clipping_norm` / (updates averaged) to the mean. Flower's RDP accountant
 (`flwr.serverapp.RdpAccountant`, `flwr[dp]`) composes the rounds into (ε, δ).
 
@@ -47,6 +47,7 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fed_a2v.config.schema import Config
 from fed_a2v.config.validate import sampled_nodes
+from fed_a2v.federation.clipping import ADAPTIVE, FIXED
 from fed_a2v.federation.round_loop import run_rounds
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIXED, ADAPTIVE = "client_fixed_clipping", "client_adaptive_clipping"
 
 
 class NodeAccountant:

@@ -78,29 +78,25 @@ def quorum_nodes(grid: Grid, wanted: int, seconds: float, names: Mapping[int, st
                  what: str) -> list[int]:
     """The connected nodes, once `wanted` of them are; a QuorumError naming the missing ones
     if they are not within `seconds`. The wait is logged with who is missing."""
-    nodes = list(grid.get_node_ids())
-    if len(nodes) >= wanted:
-        return nodes
-    log.warning("%s waits for %d connected nodes (federation.min_clients), %d are; missing: "
-                "%s; waiting at most %.0f s", what, wanted, len(nodes),
-                missing_nodes(names, nodes), seconds)
-    nodes = connected_nodes(grid, wanted, seconds)
+    nodes = connected_nodes(grid, wanted, seconds, names)
     if len(nodes) < wanted:
         raise QuorumError(
             f"{what}: {len(nodes)} of the {wanted} nodes it needs (federation.min_clients) "
             f"were connected after {seconds:.0f} s (federation.quorum_timeout); missing: "
             f"{missing_nodes(names, nodes)}")
-    log.info("%s: %d nodes connected, going on", what, len(nodes))
     return nodes
 
 
-def connected_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
-    """The connected nodes, once `wanted` are connected or after `seconds`, whichever first."""
+def connected_nodes(grid: Grid, wanted: int, seconds: float,
+                    names: Mapping[int, str] | None = None) -> list[int]:
+    """The connected nodes, once `wanted` are connected or after `seconds`, whichever first.
+    A wait is logged, with the nodes missing (`missing_nodes`) when their `names` are given."""
     deadline = time.monotonic() + seconds
     nodes = list(grid.get_node_ids())
     if len(nodes) < wanted:
-        log.info("%d of the %d nodes wanted are connected: waiting for more, at most %.0f s",
-                 len(nodes), wanted, seconds)
+        missing = "" if names is None else f"; missing: {missing_nodes(names, nodes)}"
+        log.warning("%d of the %d nodes wanted are connected: waiting for more, at most %.0f s%s",
+                    len(nodes), wanted, seconds, missing)
     while len(nodes) < wanted and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
         nodes = list(grid.get_node_ids())
@@ -113,7 +109,8 @@ def check_simulated_federation(grid: Grid, num_clients: int, min_clients: int) -
     that never come: raise at once, naming the setting. Deployments are not checked (their
     nodes may connect later); the rounds wait for them."""
     # the grid of Flower's simulation engine; imported here, as it imports the SuperLink's
-    # state (0.7 s), which a ClientApp process importing this module must not pay
+    # state (0.7 s), which a process that wants only the rounds' helpers need not pay (the
+    # ClientApp of benchmarks/flower_floor shares its module with its ServerApp)
     from flwr.superlink.grid import InMemoryGrid
 
     if not isinstance(grid, InMemoryGrid):

@@ -156,10 +156,11 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         round_ends.append(time.time())
         return MetricRecord({k: v for k, v in record.items() if v is not None})
 
-    def write_due_lines() -> None:
+    def write_due_lines(final: bool = False) -> None:
         """One-stage rounds: the line of the round whose evaluation the last train replies
-        brought (before the next round's checkpoint, so a resume finds it)."""
-        for due in strategy.lines_due():
+        brought (before the next round's checkpoint, so a resume finds it); `final`: also the
+        one still waiting (`FedA2VStrategy.lines_due`)."""
+        for due in strategy.lines_due(final):
             recorder.write_line(due, strategy.round_metrics.get(due, {}),
                                 strategy.node_metrics.get(due, {}))
 
@@ -187,8 +188,7 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
     if strategy.awaiting_eval is not None:  # resumed with no round left to carry it
         log.warning("round %d was not evaluated: the run was resumed with no round left; its "
                     "line has no eval metrics", strategy.awaiting_eval)
-        strategy.evaluated, strategy.awaiting_eval = strategy.awaiting_eval, None
-        write_due_lines()
+        write_due_lines(final=True)
     package = None if standalone else FedA2VAdapters.from_state(
         package_config(config, targets, dims, features, {
             "name": run_dir.name, "rounds": fed.global_rounds, "seed": config.experiment.seed,

@@ -14,13 +14,14 @@ float64 either way.
 
 Packed (both ways: the global adapters a node receives, the update it sends back): Flower moves
 every Array of a message (and every 5 MB chunk of one) as an object of its own, each with its
-own calls on each hop, so a message costs per array (~90 ms each on the deployment engine,
-`benchmarks/message_objects.py`). The adapters therefore travel as one ArrayRecord holding one
-1-D Array, `packed`: every tensor flattened (C order) in the wire dtype, one after another, in
-the order of `names`; the ConfigRecord beside it (`transport` in a reply, `arrays-index` in an
-instruction) holds `names` and `shapes` (JSON lists). The server reads a packed update without
-copying it and decodes one tensor at a time from its slice of the buffer, so its memory stays
-that of one update. An update whose index does not fit its buffer is refused, naming the node.
+own calls on each hop, so a message costs per array (about 60 ms each per round on the
+deployment engine here, whatever its bytes: `benchmarks/message_objects.py`). The adapters
+therefore travel as one ArrayRecord holding one 1-D Array, `packed`: every tensor flattened
+(C order) in the wire dtype, one after another, in the order of `names`; the ConfigRecord
+beside it (`transport` in a reply, `arrays-index` in an instruction) holds `names` and
+`shapes` (JSON lists). The server reads a packed update without copying it and decodes one
+tensor at a time from its slice of the buffer, so its memory stays that of one update. An
+update whose index or buffer does not fit is refused, naming the node.
 """
 
 from __future__ import annotations
@@ -189,7 +190,10 @@ class WireUpdate(Mapping[str, np.ndarray]):
         if PACKED in self.arrays:
             if len(self.arrays) != 1 or meta is None:
                 return "malformed packed update: expected its one array and its index"
-            self.flat = flat_view(self.arrays[PACKED])
+            try:
+                self.flat = flat_view(self.arrays[PACKED])
+            except ValueError as err:
+                return f"malformed packed update: its buffer cannot be read ({err})"
             self.index = PackIndex(meta, self.flat.size)
             if self.index.problem:
                 return self.index.problem
