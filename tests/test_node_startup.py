@@ -1,6 +1,7 @@
 """A node's start-up per message: deployed, every message runs in a fresh process, so a node
-whose tokens are cached must not import `transformers` (nor `diffusers`), and the token cache's
-key, kept on disk for that, must be the key `fed_a2v.encode.encoders` computes."""
+whose tokens are cached must not import `transformers` (nor `diffusers`), a node that trains
+must not import `torch._dynamo` (which `torch.optim` does: fed_a2v.model.optim), and the token
+cache's key, kept on disk for that, must be the key `fed_a2v.encode.encoders` computes."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ msg, context = pickle.loads(open(sys.argv[1], "rb").read())
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, context.node_id
 metrics = dict(train_reply(msg, context).content["metrics"])
 print(json.dumps({"metrics": metrics, "imported": sorted(
-    m for m in ("transformers", "diffusers", "fed_a2v.encode.encoders", "fed_a2v.generate.flux")
+    m for m in ("transformers", "diffusers", "fed_a2v.encode.encoders", "fed_a2v.generate.flux",
+              "torch._dynamo")
     if m in sys.modules)}))
 """
 

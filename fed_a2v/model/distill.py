@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from fed_a2v.model.adapters import SpanAdapter
 from fed_a2v.model.generators import ClassGenerator, iter_samples
+from fed_a2v.model.optim import AdamW
 from fed_a2v.model.train import seeded_rng
 
 
@@ -91,7 +92,7 @@ def distill(student: Mapping[str, nn.Module], teacher: TeacherSums, epochs: int,
         return {}
     tokens = torch.cat([torch.cat(teacher.transfer.batches(c)) for c in classes])
     targets = {k: torch.cat([teacher.mean(c)[k] for c in classes]) for k in student}
-    optimizers = {k: torch.optim.AdamW(a.parameters(), lr=lr, weight_decay=0.0)
+    optimizers = {k: AdamW(a.parameters(), lr=lr, weight_decay=0.0)
                   for k, a in student.items()}
     rng = torch.Generator().manual_seed(seed)
     for a in student.values():
@@ -100,7 +101,7 @@ def distill(student: Mapping[str, nn.Module], teacher: TeacherSums, epochs: int,
         return _epochs(student, optimizers, tokens, targets, epochs, batch_size, rng)
 
 
-def _epochs(student: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+def _epochs(student: Mapping[str, nn.Module], optimizers: Mapping[str, AdamW],
             tokens: torch.Tensor, targets: Mapping[str, torch.Tensor], epochs: int,
             batch_size: int, rng: torch.Generator) -> dict[str, float]:
     losses: dict[str, float] = {}
@@ -112,7 +113,7 @@ def _epochs(student: Mapping[str, nn.Module], optimizers: Mapping[str, torch.opt
             x = tokens[idx]
             for k, a in student.items():
                 loss = (taught(a, x) - targets[k][idx]).pow(2).mean()
-                optimizers[k].zero_grad(set_to_none=True)
+                optimizers[k].zero_grad()
                 loss.backward()
                 optimizers[k].step()
                 sums[k] += loss.item() * len(idx)

@@ -19,6 +19,7 @@ from fed_a2v.model.losses import (
     retrieval_loss,
     unit_rows,
 )
+from fed_a2v.model.optim import AdamW
 
 
 @dataclass
@@ -76,8 +77,8 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
            cfg: LocalTrainConfig, device: torch.device,
            on_epoch: Callable[[int], None] | None) -> dict[str, list[float]]:
     optimizers = {
-        name: torch.optim.AdamW(a.parameters(), lr=cfg.learning_rates[name],
-                                weight_decay=cfg.weight_decays[name])
+        name: AdamW(a.parameters(), lr=cfg.learning_rates[name],
+                    weight_decay=cfg.weight_decays[name])
         for name, a in adapters.items()
     }
     targets = {name: t.to(device) for name, t in class_targets.items()}
@@ -121,7 +122,7 @@ def _train(adapters: dict[str, Adapter], data: EncodedSet, class_targets: dict[s
             if step % cfg.grad_accum_steps == 0 or step == len(epoch_batches):
                 for opt in optimizers.values():
                     opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad()
         for name in adapters:
             history[name].append(sums[name] / len(data))
         if on_epoch is not None:
