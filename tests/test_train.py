@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.func import functional_call
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fed_a2v.config.schema import FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import adapters_for_targets, adapters_state, build_adapters
 from fed_a2v.model.losses import adapter_loss
+from fed_a2v.model.optim import AdamW
 from fed_a2v.model.train import LocalTrainConfig, accumulation_sizes, train_local
 
 NUM_CLASSES, D_TOKEN, N_TOKENS, D_CLIP, D_T5, T5_LEN = 3, 16, 6, 8, 8, 3
@@ -86,7 +86,7 @@ def test_accumulation_group_sizes_by_hand(batches: int, steps: int, sizes: list[
     assert accumulation_sizes(batches, steps) == sizes
 
 
-def test_every_accumulation_group_steps_with_the_mean_gradient_of_its_batches() -> None:
+def test_every_accumulation_group_steps_with_the_mean_gradient_of_its_batches(monkeypatch) -> None:
     """Five copies of one clip, batch size 1, groups of 2 (2, 2, then 1): every batch has the
     one-clip loss, so each group's mean gradient is that loss's gradient at the parameters of
     the step, the last, shorter group included (dividing it by 2 would halve it)."""
@@ -97,17 +97,17 @@ def test_every_accumulation_group_steps_with_the_mean_gradient_of_its_batches() 
     names = [name for name, _ in adapter.named_parameters()]
     steps: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
 
-    def keep(optimizer, *_) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        steps.append(([p.detach().clone() for p in params], [p.grad.clone() for p in params]))
+    step = AdamW.step
 
-    handle = register_optimizer_step_pre_hook(keep)
-    try:
-        train_local({"clip": adapter}, data, {"clip": TARGETS["clip"]},
-                    _cfg(epochs=1, grad_accum_steps=2, learning_rates={"clip": 1e-2},
-                         weight_decays={"clip": 0.0}), CPU)
-    finally:
-        handle.remove()
+    def keep(optimizer: AdamW) -> None:
+        steps.append(([p.detach().clone() for p in optimizer.params],
+                      [p.grad.clone() for p in optimizer.params]))
+        step(optimizer)
+
+    monkeypatch.setattr(AdamW, "step", keep)
+    train_local({"clip": adapter}, data, {"clip": TARGETS["clip"]},
+                _cfg(epochs=1, grad_accum_steps=2, learning_rates={"clip": 1e-2},
+                     weight_decays={"clip": 0.0}), CPU)
     assert len(steps) == 3
     for params, grads in steps:
         values = dict(zip(names, [p.requires_grad_() for p in params], strict=True))
