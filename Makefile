@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/transport.py
 	$(BIN)/python benchmarks/flower_overhead.py
 	$(BIN)/python benchmarks/message_objects.py
+	$(BIN)/python benchmarks/node_process.py
 	if $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then \
 		$(BIN)/python benchmarks/gpu.py; fi
 	$(BIN)/python benchmarks/collect.py

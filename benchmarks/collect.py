@@ -26,6 +26,7 @@ SECTIONS = {
     "transport": "Compact transport",
     "flower_overhead": "Flower's share of a round, simulation against deployment",
     "message_objects": "Flower's cost per array a message carries (why the adapters travel packed)",
+    "node_process": "A deployed node's process per message (why it has its own AdamW)",
     "make_run_split": "Where `make run` spends its time",
     "gpu": "On a GPU",
 }

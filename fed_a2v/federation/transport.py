@@ -20,8 +20,10 @@ therefore travel as one ArrayRecord holding one 1-D Array, `packed`: every tenso
 (C order) in the wire dtype, one after another, in the order of `names`; the ConfigRecord
 beside it (`transport` in a reply, `arrays-index` in an instruction) holds `names` and
 `shapes` (JSON lists). The server reads a packed update without copying it and decodes one
-tensor at a time from its slice of the buffer, so its memory stays that of one update. An
-update whose index or buffer does not fit is refused, naming the node.
+tensor at a time from its slice of the buffer, so it never holds a decoded copy of an update.
+(Flower itself, joining a pulled Array's chunks, holds that one Array twice for a moment: with
+one Array per update that is one model more of server memory than with one per tensor,
+docs/performance.md.) An update whose index or buffer does not fit is refused, naming the node.
 """
 
 from __future__ import annotations
