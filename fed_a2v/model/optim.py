@@ -1,9 +1,10 @@
 """AdamW on plain tensors, step for step what `torch.optim.AdamW` computes on CPU.
 
 Why not `torch.optim`: its `Optimizer` imports `torch._dynamo` (sympy, torch.fx, FSDP...) the
-first time it adds a parameter group or steps, 1.5-2 s of CPU. A deployed node runs every
-message in a fresh `flwr-clientapp` process, so it paid that on every train message: more than
-the training itself (docs/performance.md). This class does the same arithmetic, in the same
+first time it adds a parameter group or steps: 1.1-1.4 s of CPU and about 150 MiB
+(`benchmarks/node_process.py`). A deployed node runs every message in a fresh `flwr-clientapp`
+process, so it paid that on every train message: more than the training itself
+(docs/performance.md). This class does the same arithmetic, in the same
 order, as torch's single-tensor AdamW (the one it uses for CPU tensors; `amsgrad`, `maximize`,
 `capturable` and `foreach` off), so results are bit for bit the same there
 (tests/test_optim.py). On CUDA torch would use its multi-tensor kernels, which round
