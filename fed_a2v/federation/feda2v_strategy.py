@@ -216,8 +216,10 @@ class FedA2VStrategy(FedAvg):
                                  f"round {server_round}'s {kind} stage")
         nodes = sample_nodes(connected, fraction, minimum)
         log.info("round %d: %s on %d nodes", server_round, kind, len(nodes))
-        # one Array for all adapters (fed_a2v.federation.transport); none for standalone nodes
-        packed, index = pack({} if self.standalone else {k: v.numpy() for k, v in arrays.items()})
+        # one Array for all adapters (fed_a2v.federation.transport); none for standalone nodes.
+        # A train stage's adapters are those `_open_train_round` has just read into global_state.
+        state = self.global_state if train else {k: v.numpy() for k, v in arrays.items()}
+        packed, index = pack({} if self.standalone else state)
         record = RecordDict({self.arrayrecord_key: packed, ARRAYS_INDEX: ConfigRecord(index),
                              self.configrecord_key: ConfigRecord(
                                  {**config, "server-round": server_round})})
