@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import statistics
 import subprocess
 import sys
@@ -23,34 +22,22 @@ import time
 from pathlib import Path
 from typing import IO
 
-from flwr.app import MessageType
 from fragments import OUT_DIR, row, write_fragment
 
-from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # drills: the fresh node process, as the tests run it
+
+from drills import (  # noqa: E402
+    APP_DIR,
+    LoopbackGrid,
+    fresh_node_command,
+    pickled_train_messages,
+    run_in_process,
+)
+
 QUICKSTART = ROOT / "configs" / "quickstart.json"
 NODES = 3
 HEAVY = ("torch._dynamo", "transformers", "diffusers")
-
-# One node's message in a fresh interpreter, as flwr-clientapp runs it: import the ClientApp's
-# module, then the handler; prints its seconds, CPU, peak memory and the heavy modules it loaded.
-NODE = """
-import json, pickle, resource, sys, time
-started = time.perf_counter()
-from flwr.supercore.task_identity import TaskIdentity
-import client.app
-from fed_a2v.federation.node import train_reply
-imported = time.perf_counter()
-msg, context = pickle.loads(open(sys.argv[1], "rb").read())
-TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, context.node_id
-metrics = train_reply(msg, context).content["metrics"]
-usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"imports": imported - started, "handler": time.perf_counter() - imported,
-                  "train": metrics["train_seconds"], "cpu": usage.ru_utime + usage.ru_stime,
-                  "peak_mib": usage.ru_maxrss / 1024,
-                  "heavy": [m for m in sys.argv[2:] if m in sys.modules]}))
-"""
 
 # torch.optim's first use in a fresh interpreter that has imported torch: seconds and memory.
 TORCH_OPTIM = """
@@ -77,22 +64,14 @@ def record_messages(work: Path) -> list[Path]:
     config["dataset"]["path"] = str(work / "data")
     grid = LoopbackGrid(NODES)
     run_in_process(config, work / "quickstart.json", grid)
-    paths = []
-    for msg in grid.sent:
-        if (msg.metadata.message_type == MessageType.TRAIN
-                and int(msg.content["config"]["server-round"]) == 2):
-            node = msg.metadata.dst_node_id
-            path = work / f"train-{node}.pkl"
-            path.write_bytes(pickle.dumps((msg, grid.contexts[node])))
-            paths.append(path)
-    return paths
+    return list(pickled_train_messages(grid, work, server_round=2).values())
 
 
-def start(code: str, *args: str) -> tuple[subprocess.Popen, IO[str]]:
+def start(command: list[str]) -> tuple[subprocess.Popen, IO[str]]:
     # stderr to a file: a process waiting on a full pipe would not run while the others do
     err = tempfile.TemporaryFile("w+")
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=err), err
+    return subprocess.Popen(command, cwd=APP_DIR, text=True, stdout=subprocess.PIPE,
+                            stderr=err), err
 
 
 def finish(started: tuple[subprocess.Popen, IO[str]]) -> dict:
@@ -110,9 +89,9 @@ def replay(messages: list[Path], together: bool) -> tuple[float, list[dict]]:
     """Wall seconds until every message's process has exited, and each one's report."""
     started = time.perf_counter()
     if together:
-        reports = [finish(p) for p in [start(NODE, str(m), *HEAVY) for m in messages]]
+        reports = [finish(p) for p in [start(fresh_node_command(m, HEAVY)) for m in messages]]
     else:
-        reports = [finish(start(NODE, str(m), *HEAVY)) for m in messages]
+        reports = [finish(start(fresh_node_command(m, HEAVY))) for m in messages]
     return time.perf_counter() - started, reports
 
 
@@ -130,25 +109,29 @@ def main() -> int:
         for _ in range(args.repeats):
             alone += replay(messages, together=False)[1]
             together.append(replay(messages, together=True))
-        optim = [finish(start(TORCH_OPTIM)) for _ in range(args.repeats)]
+        optim = [finish(start([sys.executable, "-c", TORCH_OPTIM]))
+                 for _ in range(args.repeats)]
 
     def median(key: str, reports: list[dict]) -> float:
         return statistics.median(r[key] for r in reports)
 
+    def training(reports: list[dict]) -> float:
+        return statistics.median(r["metrics"]["train_seconds"] for r in reports)
+
     crowded = [r for _, reports in together for r in reports]
-    heavy = sorted({m for r in alone + crowded for m in r["heavy"]})
+    heavy = sorted({m for r in alone + crowded for m in r["imported"]})
     rows = [
         row("one node's message alone: the fresh process's imports (client.app)",
             median("imports", alone), "s"),
         row("one node's message alone: handler (config, targets, cached tokens, evaluation, "
             "local training)", median("handler", alone), "s",
-            f"training {median('train', alone):.2f} s"),
+            f"training {training(alone):.2f} s"),
         row("one node's message alone: CPU of the process", median("cpu", alone), "s"),
         row("one node's message alone: peak memory of the process", median("peak_mib", alone),
             "MiB"),
         row(f"{NODES} nodes' messages at once: until the last process exits",
             statistics.median(wall for wall, _ in together), "s",
-            f"training {median('train', crowded):.2f} s per node"),
+            f"training {training(crowded):.2f} s per node"),
         row("torch.optim's first optimizer in a fresh process that has imported torch "
             "(imports torch._dynamo)", median("seconds", optim), "s",
             f"+{median('mib', optim):.0f} MiB; FedA2V's nodes do not pay it"),

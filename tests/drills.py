@@ -8,6 +8,7 @@ what they expected.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import signal
 import subprocess
@@ -292,6 +293,48 @@ def server_stopped_and_resumed(root: Path, rounds: int = 5) -> dict:
             "config_kept": (run_dir / "config.json").read_bytes() == config_before,
             "rounds": read_rounds(outputs),
             "checkpoints": len(list((run_dir / "checkpoints").glob("round-*.safetensors")))}
+
+
+# One node's train message in a fresh interpreter, as `flwr-clientapp` runs it on a deployed
+# node: the ClientApp's module is imported (what every message's process pays), then the
+# handler. argv: the pickled (message, context) (`pickled_train_messages`), then module names.
+# Prints one JSON line: the reply's metrics, seconds to import and to handle, the process's CPU
+# seconds and peak memory, and which of the named modules it imported. Run it from APP_DIR.
+FRESH_NODE = """
+import json, pickle, resource, sys, time
+started = time.perf_counter()
+from flwr.supercore.task_identity import TaskIdentity
+import client.app
+from fed_a2v.federation.node import train_reply
+imported = time.perf_counter()
+msg, context = pickle.loads(open(sys.argv[1], "rb").read())
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, context.node_id
+metrics = dict(train_reply(msg, context).content["metrics"])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"metrics": metrics, "imports": imported - started,
+                  "handler": time.perf_counter() - imported,
+                  "cpu": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024,
+                  "imported": sorted(m for m in sys.argv[2:] if m in sys.modules)}))
+"""
+
+
+def fresh_node_command(message: Path, modules: Sequence[str] = ()) -> list[str]:
+    """The command that runs FRESH_NODE on a pickled message, reporting `modules`."""
+    return [sys.executable, "-c", FRESH_NODE, str(message), *modules]
+
+
+def pickled_train_messages(grid: LoopbackGrid, folder: Path, server_round: int
+                           ) -> dict[int, Path]:
+    """Each node's train message of `server_round` on `grid`, pickled with the node's context
+    under `folder`: node id -> file."""
+    paths = {}
+    for msg in grid.sent:
+        if (msg.metadata.message_type == MessageType.TRAIN
+                and int(msg.content["config"]["server-round"]) == server_round):
+            node = msg.metadata.dst_node_id
+            paths[node] = folder / f"train-{server_round}-{node}.pkl"
+            paths[node].write_bytes(pickle.dumps((msg, grid.contexts[node])))
+    return paths
 
 
 def evaluated_rounds(sent: Sequence[Message]) -> list[int]:

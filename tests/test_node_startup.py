@@ -6,34 +6,36 @@ cache's key, kept on disk for that, must be the key `fed_a2v.encode.encoders` co
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
-from flwr.app import MessageType
 from transformers import ASTModel
 
 from fed_a2v.encode.cache import fingerprint
 from fed_a2v.encode.encoders import audio_encoder_key, save_builtin
 from fed_a2v.encode.token_keys import token_cache_key
 
-from drills import LoopbackGrid, experiment_dict, run_in_process
+from drills import (
+    APP_DIR,
+    LoopbackGrid,
+    experiment_dict,
+    fresh_node_command,
+    pickled_train_messages,
+    run_in_process,
+)
 
-CHILD = """
-import json, pickle, sys
-from flwr.supercore.task_identity import TaskIdentity
-from fed_a2v.federation.node import train_reply
+# what a fresh node process must not import while its tokens are cached
+HEAVY = ("transformers", "diffusers", "fed_a2v.encode.encoders", "fed_a2v.generate.flux",
+         "torch._dynamo")
 
-msg, context = pickle.loads(open(sys.argv[1], "rb").read())
-TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, context.node_id
-metrics = dict(train_reply(msg, context).content["metrics"])
-print(json.dumps({"metrics": metrics, "imported": sorted(
-    m for m in ("transformers", "diffusers", "fed_a2v.encode.encoders", "fed_a2v.generate.flux",
-              "torch._dynamo")
-    if m in sys.modules)}))
-"""
+
+def replay(message: Path) -> dict:
+    """The node's message handled in a fresh process (drills.FRESH_NODE); its report."""
+    done = subprocess.run(fresh_node_command(message, HEAVY), capture_output=True, text=True,
+                          timeout=300, cwd=APP_DIR)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_a_node_with_cached_tokens_trains_without_transformers(tmp_path: Path) -> None:
@@ -43,14 +45,8 @@ def test_a_node_with_cached_tokens_trains_without_transformers(tmp_path: Path) -
     experiment["experiment"]["cache_dir"] = str(tmp_path / "cache")
     grid = LoopbackGrid(2)
     run_in_process(experiment, tmp_path / "startup.json", grid)  # encodes into the cache
-    (train,) = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN
-                and m.metadata.dst_node_id == 1]
-    message = tmp_path / "message.pkl"
-    message.write_bytes(pickle.dumps((train, grid.contexts[1])))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(message)], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    message = pickled_train_messages(grid, tmp_path, server_round=1)[1]
+    reply = replay(message)
     assert reply["imported"] == []
     assert reply["metrics"]["encoded-clips"] == 0 and reply["metrics"]["cached-clips"] > 0
     assert reply["metrics"]["train_seconds"] > 0
@@ -58,10 +54,7 @@ def test_a_node_with_cached_tokens_trains_without_transformers(tmp_path: Path) -
     # With the key's record gone the node describes the AST again: same key, same cache.
     for memo in (tmp_path / "cache" / "tokens" / "keys").iterdir():
         memo.unlink()
-    again = subprocess.run([sys.executable, "-c", CHILD, str(message)], capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    reply = json.loads(again.stdout.strip().splitlines()[-1])
+    reply = replay(message)
     assert "transformers" in reply["imported"] and reply["metrics"]["encoded-clips"] == 0
 
 
