@@ -20,7 +20,9 @@ from fed_a2v.data.builtin.speech import (
     ACCENTS,
     GERMAN_ACCENTS,
     ITALIAN_ACCENTS,
+    PALABRAS,
     PAROLE,
+    SPANISH_ACCENTS,
     VARIANTS,
     WOERTER,
     WORDS,
@@ -29,7 +31,7 @@ from fed_a2v.data.builtin.speech import (
 )
 from fed_a2v.data.node_corpora import BUILTIN, corpus_index, open_corpus
 
-NEW = ("speech", "instruments", "italian_speech", "german_speech")
+NEW = ("speech", "instruments", "italian_speech", "german_speech", "spanish_speech")
 TINY = {"num_classes": 3, "clips_per_class": 5, "clip_seconds": 1.0, "sample_rate": 16000}
 
 
@@ -53,7 +55,8 @@ def tiny(request, tmp_path_factory):
 
 def test_registry_matches_the_config_names():
     assert tuple(BUILTIN) == BUILTIN_DATASETS
-    assert len(WORDS) == 20 and len(INSTRUMENTS) == 16 and len(PAROLE) == len(WOERTER) == 12
+    assert len(WORDS) == 20 and len(INSTRUMENTS) == 16
+    assert len(PAROLE) == len(WOERTER) == len(PALABRAS) == 12
 
 
 def test_layout_folds_and_labels(tiny):
@@ -105,7 +108,8 @@ def test_every_word_and_voice_speaks():
         assert np.abs(speak(word, "en-us", 175, 50, 50)[0]).max() > 3000, word
     for accent in ACCENTS:
         assert np.abs(speak("stop", accent, 175, 50, 50)[0]).max() > 3000, accent
-    for words, accent in ((PAROLE, ITALIAN_ACCENTS[0]), (WOERTER, GERMAN_ACCENTS[0])):
+    for words, accent in ((PAROLE, ITALIAN_ACCENTS[0]), (WOERTER, GERMAN_ACCENTS[0]),
+                          (PALABRAS, SPANISH_ACCENTS[0])):
         for word in words:  # the confirmation corpora's words, each in its own voice
             assert np.abs(speak(word, accent, 175, 50, 50)[0]).max() > 3000, word
     # Italian phonemes, not English ones: the same spelling sounds different
@@ -159,7 +163,8 @@ def test_a_failed_clip_names_its_class_and_clip_and_leaves_nothing(tmp_path):
 
 def test_config_errors(tmp_path, monkeypatch):
     for kind, most in (("synthetic", 12), ("speech", 20), ("instruments", 16),
-                       ("italian_speech", 12), ("german_speech", 12)):
+                       ("italian_speech", 12), ("german_speech", 12),
+                       ("spanish_speech", 12)):
         with pytest.raises(ConfigError, match=rf"'dataset.num_classes': {most + 1} is above "
                                               rf"the {most} classes of the built-in {kind}"):
             _config(kind, tmp_path, num_classes=most + 1)

@@ -52,7 +52,7 @@ TRANSPORT_DTYPES = ("fp32", "fp16", "bf16", "int8")
 ROUND_PROTOCOLS = ("one_stage", "two_stage")
 # Their classes: fed_a2v.data.node_corpora checks that its generators agree.
 BUILTIN_CLASSES = {"synthetic": 12, "speech": 20, "instruments": 16, "italian_speech": 12,
-                   "german_speech": 12}
+                   "german_speech": 12, "spanish_speech": 12}
 BUILTIN_DATASETS = tuple(BUILTIN_CLASSES)
 # Corpus kinds; upstream spells them ESC50, VEGAS, VGGSound, MIXED (read case-insensitively).
 DATASETS = (*BUILTIN_DATASETS, "esc50", "csv", "vegas", "vggsound", "folders")
@@ -179,8 +179,8 @@ class TrainingConfig:
 class DatasetConfig:
     name: str = field(default="synthetic", metadata=_rule(
         "the corpus kind: `synthetic`, `speech`, `instruments`, `italian_speech`, "
-        "`german_speech` (built-in, generated on first use); `esc50` (an ESC-50 layout "
-        "folder, official or upstream's); `csv` (a manifest); "
+        "`german_speech`, `spanish_speech` (built-in, generated on first use); `esc50` (an "
+        "ESC-50 layout folder, official or upstream's); `csv` (a manifest); "
         "`folders` (class folders, `<class>/*.wav`); `vegas`, `vggsound` (their layouts: "
         "docs/upstream-config.md); `mixed`: each node names its own (`nodes.*.dataset`), each "
         "found in `paths`",
@@ -246,8 +246,8 @@ class DatasetConfig:
         "clips are padded or trimmed to this length (seconds)", min_exclusive=0.0))
     num_classes: int = field(default=10, metadata=_rule(
         "built-in corpora only: the classes the generator writes on first use, at most the "
-        "corpus's own (synthetic 12, speech 20, instruments 16, italian_speech and "
-        "german_speech 12)", min=2))
+        "corpus's own (synthetic 12, speech 20, instruments 16, italian_speech, "
+        "german_speech and spanish_speech 12)", min=2))
     clips_per_class: int = field(default=40, metadata=_rule(
         "built-in corpora only: the clips generated per class", min=5))
     sample_rate: int = field(default=22050, metadata=_rule(

@@ -13,7 +13,7 @@ from pathlib import Path
 from fed_a2v.config.schema import BUILTIN_CLASSES, DATASETS, Config, ConfigError, NodeConfig
 from fed_a2v.data.builtin.generator import Generator, ensure_corpus
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS
-from fed_a2v.data.builtin.speech import GERMAN_SPEECH, ITALIAN_SPEECH, SPEECH
+from fed_a2v.data.builtin.speech import GERMAN_SPEECH, ITALIAN_SPEECH, SPANISH_SPEECH, SPEECH
 from fed_a2v.data.builtin.synthetic import SYNTHETIC
 from fed_a2v.data.clip_files import missing_files, missing_message
 from fed_a2v.data.corpora import (
@@ -29,9 +29,10 @@ from fed_a2v.files import file_digest
 
 # The built-in corpora by `dataset.name`, each generated on first use in the ESC-50 layout
 # (`generator.ensure_corpus`): `synthetic` (the default), `speech`, `instruments`, and the
-# confirmation corpora `italian_speech` and `german_speech` (docs/corpora.md).
+# confirmation corpora `italian_speech`, `german_speech` and `spanish_speech` (docs/corpora.md).
 BUILTIN: dict[str, Generator] = {g.name: g for g in (SYNTHETIC, SPEECH, INSTRUMENTS_CORPUS,
-                                                      ITALIAN_SPEECH, GERMAN_SPEECH)}
+                                                      ITALIAN_SPEECH, GERMAN_SPEECH,
+                                                      SPANISH_SPEECH)}
 # The config checks `dataset.num_classes` against its own table, without importing the
 # generators; the two must agree.
 if {name: len(g.classes) for name, g in BUILTIN.items()} != BUILTIN_CLASSES:

@@ -34,15 +34,18 @@ ESPEAK_WHEELS = "espeakng-loader: wheels for Linux x86_64, macOS and Windows onl
 # Google Speech Commands' ten keywords, then the ten digits: the first `num_classes` are used.
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
          "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# The confirmation corpora `italian_speech` and `german_speech`: words in eSpeak NG's Italian
-# and German voices, which no recipe was tuned on (docs/corpora.md, "How the default recipe was
-# chosen"). The same twelve things in each language.
+# The confirmation corpora `italian_speech`, `german_speech` and `spanish_speech`: words in
+# eSpeak NG's Italian, German and Spanish voices, which no recipe was tuned on (docs/corpora.md,
+# "How the default recipe was chosen"). The same twelve things in each language.
 PAROLE = ("cane", "gatto", "pioggia", "campana", "treno", "vento", "fuoco", "mare", "tuono",
           "uccello", "orologio", "chitarra")
 ITALIAN_ACCENTS = ("it",)
 WOERTER = ("Hund", "Katze", "Regen", "Glocke", "Zug", "Wind", "Feuer", "Meer", "Donner",
            "Vogel", "Uhr", "Gitarre")
 GERMAN_ACCENTS = ("de",)
+PALABRAS = ("perro", "gato", "lluvia", "campana", "tren", "viento", "fuego", "mar", "trueno",
+            "ave", "reloj", "guitarra")
+SPANISH_ACCENTS = ("es",)
 ACCENTS = ("en", "en-us", "en-us-nyc", "en-029", "en-gb-scotland", "en-gb-x-rp",
            "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 # eSpeak NG's voice variants (espeak-ng-data/voices/!v), "" for an accent's own voice. Left
@@ -189,5 +192,6 @@ def confirmation_corpus(name: str, words: tuple[str, ...], accent: str,
 
 ITALIAN_SPEECH = confirmation_corpus("italian_speech", PAROLE, ITALIAN_ACCENTS[0], "Italian")
 GERMAN_SPEECH = confirmation_corpus("german_speech", WOERTER, GERMAN_ACCENTS[0], "German")
+SPANISH_SPEECH = confirmation_corpus("spanish_speech", PALABRAS, SPANISH_ACCENTS[0], "Spanish")
 # Every corpus eSpeak NG speaks (the `corpora` extra's espeakng-loader).
-SPOKEN_CORPORA = (SPEECH, ITALIAN_SPEECH, GERMAN_SPEECH)
+SPOKEN_CORPORA = (SPEECH, ITALIAN_SPEECH, GERMAN_SPEECH, SPANISH_SPEECH)
