@@ -16,8 +16,8 @@ from typing import Any
 
 from federated_runs import run_experiment
 
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.overrides import apply_overrides
-from fed_a2v.config.schema import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SPACES = ("clip", "t5")

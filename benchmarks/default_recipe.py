@@ -20,8 +20,8 @@ from typing import Any
 from corpora_vs_ridge import SPACES, corpus_row, table
 from federated_runs import run_experiment
 
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.overrides import apply_overrides
-from fed_a2v.config.schema import ConfigError
 from fed_a2v.data.node_corpora import BUILTIN
 
 # The schema's defaults before the default recipe of docs/corpora.md (issue #23): full adapters

@@ -24,7 +24,7 @@ import torch
 from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
-from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import build_adapters
 from fed_a2v.model.train import LocalTrainConfig, train_local

@@ -18,7 +18,7 @@ import torch
 from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 from transformers import ASTConfig, ASTModel
 
-from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.data.audio import FeatureSettings, fbank_features
 from fed_a2v.model.adapters import adapters_state, build_adapters
 

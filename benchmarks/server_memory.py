@@ -61,7 +61,8 @@ def one(mode: str, nodes: int, transport: str) -> dict[str, float]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-    from fed_a2v.config.schema import Config, FedA2VConfig
+    from fed_a2v.config.feda2v_section import FedA2VConfig
+    from fed_a2v.config.schema import Config
     from fed_a2v.encode.text_targets import Targets
     from fed_a2v.federation.distillation import KDAggregation
     from fed_a2v.federation.feda2v_strategy import FedA2VStrategy

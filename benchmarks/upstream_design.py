@@ -26,8 +26,8 @@ import torch
 from federated_runs import run_experiment
 from fragments import ESC50_CLASSES, OUT_DIR, row, write_fragment
 
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.config.load import load_config
-from fed_a2v.config.schema import FedA2VConfig
 from fed_a2v.encode.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
 from fed_a2v.model.adapters import adapters_state, build_adapters
 

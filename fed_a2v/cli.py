@@ -16,8 +16,9 @@ import torch
 from safetensors import safe_open
 
 from fed_a2v.config.convert import convert, notes
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import describe, load_config, load_node_config
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.config.validate import check_node_diffusion
 from fed_a2v.data.audio import skipped_clips_note
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS, SOUNDFONT_MODULE

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import load_config
-from fed_a2v.config.schema import ConfigError, FedA2VConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.model.adapters import (
     SpanAdapter,

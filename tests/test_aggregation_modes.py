@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.encoders import BUILTIN_CLIP_WIDTH, BUILTIN_T5_WIDTH, describe_audio_encoder
 from fed_a2v.encode.text_targets import Targets

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from fed_a2v.config.schema import BUILTIN_DATASETS, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import BUILTIN_DATASETS
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.builtin.generator import ClipError, Generator, ensure_corpus, over_noise
 from fed_a2v.data.builtin.instruments import INSTRUMENTS, playable_keys, soundfont

@@ -11,7 +11,8 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fed_a2v.cli import main
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.federation.node import identify, node_seed
 from fed_a2v.federation.server import resolve_path
 

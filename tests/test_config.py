@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import load_config, load_node_config
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

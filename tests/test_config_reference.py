@@ -13,8 +13,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from fed_a2v.config import reference
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import load_config, load_node_config
-from fed_a2v.config.schema import SCHEMA_KEY, Config, ConfigError, NodeConfig
+from fed_a2v.config.schema import SCHEMA_KEY, Config, NodeConfig
 from fed_a2v.config.upstream import is_upstream
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.corpora import Clip, Corpus, read_manifest
 from fed_a2v.data.splits import split_for_node

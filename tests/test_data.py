@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.data.builtin.synthetic import SOUNDS, ensure_synthetic_corpus
 from fed_a2v.data.corpora import read_esc50
 from fed_a2v.data.splits import shard_clips, split_for_node

@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 
 import fed_a2v.encode.text_targets as targets_module
 from fed_a2v.cli import main
-from fed_a2v.config.schema import Config, ConfigError, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.node_corpora import open_corpus
 from fed_a2v.encode import encoders

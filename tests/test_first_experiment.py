@@ -17,8 +17,9 @@ import pytest
 import soundfile
 
 from fed_a2v.cli import main
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import load_config
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.data.builtin.layouts import write_layout
 from fed_a2v.data.corpora import read_folders, read_manifest
 from fed_a2v.data.first_experiment import (

@@ -14,7 +14,8 @@ from safetensors import safe_open
 from test_pretrained import fresh_package
 
 from fed_a2v.cli import EXIT_CONFIG, main
-from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.data.builtin.synthetic import ensure_synthetic_corpus
 from fed_a2v.encode.encoders import (
     BUILTIN_CLIP_WIDTH,

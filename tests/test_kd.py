@@ -11,7 +11,8 @@ import pytest
 import torch
 from flwr.app import MessageType
 
-from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.federation.protocol import GENERATOR_REQUEST
 from fed_a2v.launch.inprocess import LoopbackGrid, run_in_process

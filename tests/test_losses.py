@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fed_a2v.model.train as train_mod
-from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import adapters_for_targets
 from fed_a2v.model.evaluation import evaluate_adapters

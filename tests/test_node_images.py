@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import resolve
-from fed_a2v.config.schema import ConfigError, NodeConfig
+from fed_a2v.config.schema import NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.text_targets import Targets
 from fed_a2v.federation.feda2v_strategy import FedA2VStrategy

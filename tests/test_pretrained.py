@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.encoders import describe_audio_encoder
 from fed_a2v.encode.text_targets import compute_targets

@@ -22,7 +22,7 @@ from flwr.app import (
 from safetensors.numpy import load_file
 from test_simulation import read_metrics, simulate
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.federation.clipping import clipping_mod
 from fed_a2v.federation.privacy import NodeAccountant

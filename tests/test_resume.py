@@ -13,8 +13,9 @@ from flwr.app import Context, MessageType, RecordDict
 from safetensors import safe_open
 
 from fed_a2v.cli import EXIT_CONFIG, main
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.load import load_config
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.federation.protocol import EVALUATE_ROUND
 from fed_a2v.federation.server import lr_plan, run_federation
 from fed_a2v.model.adapters import save_adapters

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.builtin.layouts import write_layout
 from fed_a2v.data.corpora import Corpus, read_esc50, read_vegas, read_vggsound

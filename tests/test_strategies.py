@@ -29,7 +29,9 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAdam
 
-from fed_a2v.config.schema import STRATEGY_NAMES, ConfigError, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import STRATEGY_NAMES
 from fed_a2v.config.strategy_options import SET_BY_FEDA2V, STRATEGY_OPTIONS
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.encode.encoded_set import EncodedSet

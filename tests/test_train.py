@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.model.adapters import adapters_for_targets, adapters_state, build_adapters
 from fed_a2v.model.losses import adapter_loss

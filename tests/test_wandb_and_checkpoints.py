@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fed_a2v.cli import EXIT_CONFIG, main
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.model.adapters import adapters_state, build_adapters
 from fed_a2v.runs.checkpoints import AdapterCheckpoints

@@ -6,9 +6,10 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.overrides import apply_overrides
 from fed_a2v.config.parse import build, read_json
-from fed_a2v.config.schema import Config, ConfigError, NodeConfig
+from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.config.translation import Translation
 from fed_a2v.config.upstream import is_upstream, node_file_entry, translate
 from fed_a2v.config.validate import config_from_dict

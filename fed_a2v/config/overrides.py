@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.upstream import is_metadata, is_native, native_fields, pattern_of, unknown_key
 from fed_a2v.config.upstream_keys import TABLE
 

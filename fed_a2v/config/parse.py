@@ -12,7 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from fed_a2v.config.schema import ConfigError, NodeConfig, suggest
+from fed_a2v.config.field_rules import ConfigError, suggest
+from fed_a2v.config.schema import NodeConfig
 
 
 def _describe(tp: Any) -> str:

@@ -167,8 +167,8 @@ def _schema_key(what: str, example: str) -> dict[str, Any]:
 
 
 def _generated_note() -> str:
-    return (f"Generated from fed_a2v/config/schema.py by `{COMMAND}`; edit the field docs there "
-            "and regenerate.")
+    return (f"Generated from fed_a2v/config/schema.py and feda2v_section.py by `{COMMAND}`; edit "
+            "the field docs there and regenerate.")
 
 
 def node_entry_schema() -> dict[str, Any]:
@@ -295,7 +295,7 @@ def markdown() -> str:
         "",
         "Every key of an experiment file and of a node's own file: its type, default, allowed "
         "values and meaning, generated from the config's own definitions "
-        "(`fed_a2v/config/schema.py`) together with the JSON Schemas "
+        "(`fed_a2v/config/schema.py`, `feda2v_section.py`) together with the JSON Schemas "
         f"[`{EXPERIMENT_SCHEMA}`]({EXPERIMENT_SCHEMA}) and [`{NODE_SCHEMA}`]({NODE_SCHEMA}). "
         "How the pieces fit together (nodes, overrides, strategies, differential privacy) and "
         "how to point an editor at the schemas: the [configuration guide]"
@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out_of_date = stale(args.docs)
     for path in out_of_date:
-        log.error("%s is not what fed_a2v/config/schema.py and upstream_keys.py give (missing "
+        log.error("%s is not what fed_a2v/config/schema.py, feda2v_section.py and "
+                  "upstream_keys.py give (missing "
                   "or stale); "
                   "regenerate: %s", path, COMMAND)
     return 1 if out_of_date else 0

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 
 _SERVER_OPT = {"eta": float, "beta_1": float, "beta_2": float, "tau": float}
 STRATEGY_OPTIONS: dict[str, dict[str, type]] = {

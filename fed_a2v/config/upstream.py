@@ -18,15 +18,9 @@ import re
 import typing
 from typing import Any
 
-from fed_a2v.config.schema import (
-    DATASETS,
-    GENERATOR_GRANULARITIES,
-    GENERATOR_KINDS,
-    SCHEMA_KEY,
-    Config,
-    ConfigError,
-    suggest,
-)
+from fed_a2v.config.feda2v_section import GENERATOR_GRANULARITIES, GENERATOR_KINDS
+from fed_a2v.config.field_rules import ConfigError, suggest
+from fed_a2v.config.schema import DATASETS, SCHEMA_KEY, Config
 from fed_a2v.config.translation import Change, Translation
 from fed_a2v.config.upstream_keys import (
     ALWAYS,

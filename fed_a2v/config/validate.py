@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fed_a2v.config.field_rules import ConfigError, suggest
 from fed_a2v.config.parse import build
-from fed_a2v.config.schema import (
-    BUILTIN_CLASSES,
-    DATASETS,
-    Config,
-    ConfigError,
-    NodeConfig,
-    suggest,
-)
+from fed_a2v.config.schema import BUILTIN_CLASSES, DATASETS, Config, NodeConfig
 from fed_a2v.config.strategy_options import check_strategy
 
 

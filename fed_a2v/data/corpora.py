@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fed_a2v.config.schema import BUILTIN_DATASETS, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import BUILTIN_DATASETS
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import soundfile
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.corpora import EXPECTED, Corpus, corpus_present, is_manifest, read_corpus
 from fed_a2v.data.node_corpora import check_node_shares

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fed_a2v.config.schema import BUILTIN_CLASSES, DATASETS, Config, ConfigError, NodeConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import BUILTIN_CLASSES, DATASETS, Config, NodeConfig
 from fed_a2v.data.builtin.generator import Generator, ensure_corpus
 from fed_a2v.data.builtin.instruments import INSTRUMENTS_CORPUS
 from fed_a2v.data.builtin.speech import GERMAN_SPEECH, ITALIAN_SPEECH, SPANISH_SPEECH, SPEECH

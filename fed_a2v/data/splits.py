@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fed_a2v.config.schema import Config, ConfigError, DatasetConfig, NodeConfig, suggest
+from fed_a2v.config.field_rules import ConfigError, suggest
+from fed_a2v.config.schema import Config, DatasetConfig, NodeConfig
 from fed_a2v.data.corpora import Clip, Corpus, vggsound_class
 
 log = logging.getLogger(__name__)

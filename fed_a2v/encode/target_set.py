@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.files import atomic_write
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.data.corpora import Corpus
 from fed_a2v.encode.cache import cache_root, fingerprint
 from fed_a2v.encode.encoders import (

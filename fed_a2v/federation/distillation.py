@@ -22,7 +22,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
 from torch import nn
 
-from fed_a2v.config.schema import Config, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.schema import Config
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.target_set import Targets
 from fed_a2v.federation.protocol import CLASS_COUNTS, GENERATOR_REQUEST, GENERATORS

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.encode.encoders import (
     BUILTIN_CLIP_WIDTH,
     BUILTIN_T5_WIDTH,

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from fed_a2v.config.schema import ConfigError, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.generate.from_sound import (
     GenerateSettings,
     TokenInputs,

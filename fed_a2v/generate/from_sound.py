@@ -20,14 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from fed_a2v.config.schema import (
-    Config,
-    ConfigError,
-    DatasetConfig,
-    ExperimentConfig,
-    FedA2VConfig,
-    NodeConfig,
-)
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config, DatasetConfig, ExperimentConfig, NodeConfig
 from fed_a2v.data.clip_files import labels_near
 from fed_a2v.data.corpora import Clip, read_manifest
 from fed_a2v.encode.encoders import describe_audio_encoder

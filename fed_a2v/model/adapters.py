@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.files import atomic_write
 from fed_a2v.model.layers import MLP, MAPBlock, TokenStatistics
 from fed_a2v.model.target_span import SpanBasis, span_rank

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from fed_a2v.config.schema import BUILTIN_DATASETS, Config, ConfigError, FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import BUILTIN_DATASETS, Config
 from fed_a2v.data.audio import FeatureSettings
 from fed_a2v.encode.encoders import resolve_device
 from fed_a2v.encode.text_targets import Targets

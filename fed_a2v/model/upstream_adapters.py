@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fed_a2v.config.schema import FedA2VConfig
+from fed_a2v.config.feda2v_section import FedA2VConfig
 from fed_a2v.model.layers import ChannelGroupNorm, group_count
 
 UPSTREAM_AUDIO_WIDTH = 768

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.model.adapters import save_adapters
 
 log = logging.getLogger(__name__)

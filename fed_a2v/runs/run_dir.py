@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.extras import absent
 from fed_a2v.files import atomic_write_text
 from fed_a2v.model.adapters import adapter_names, save_adapters

@@ -13,7 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fed_a2v.config.schema import Config, ConfigError
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import Config
 from fed_a2v.extras import install_command
 
 log = logging.getLogger(__name__)

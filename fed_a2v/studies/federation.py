@@ -28,7 +28,8 @@ import torch
 from flwr.app import Context, Message, MessageType
 from safetensors.torch import load_file
 
-from fed_a2v.config.schema import BUILTIN_DATASETS, Config, ConfigError, NodeConfig
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.schema import BUILTIN_DATASETS, Config, NodeConfig
 from fed_a2v.config.validate import config_from_dict
 from fed_a2v.data.corpora import Clip, Corpus
 from fed_a2v.data.node_corpora import corpus_index, open_corpus

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.config.validate import check_num_classes
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from fed_a2v.config.schema import ConfigError
+from fed_a2v.config.field_rules import ConfigError
 from fed_a2v.data.builtin.synthetic import NUM_FOLDS, SOUNDS, synthesize_clip
 
 LAYOUTS = ("esc50", "esc50-upstream", "vegas", "vggsound")
