@@ -20,9 +20,9 @@ from pathlib import Path
 
 from fed_a2v.cli import main as fed_a2v
 from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.key_paths import pattern_of
 from fed_a2v.config.load import resolve
 from fed_a2v.config.schema import Config
-from fed_a2v.config.upstream import pattern_of
 from fed_a2v.data.builtin.layouts import write_layout
 
 LAYOUT = {"esc50": "esc50-upstream", "vegas": "vegas", "vggsound": "vggsound"}

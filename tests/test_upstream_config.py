@@ -16,10 +16,10 @@ import pytest
 
 from fed_a2v.cli import main
 from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.key_paths import is_metadata, pattern_of
 from fed_a2v.config.load import load_config, resolve
 from fed_a2v.config.overrides import apply_overrides, parse_override
 from fed_a2v.config.reference import COMMAND, TABLE_BEGIN, TABLE_END, markdown_table
-from fed_a2v.config.upstream import is_metadata, pattern_of
 from fed_a2v.config.upstream_keys import KEYS, METADATA, TABLE
 from fed_a2v.federation.server import config_for_run
 

@@ -11,7 +11,7 @@ from typing import Any
 from fed_a2v.config.load import resolve
 from fed_a2v.config.schema import Config
 from fed_a2v.config.translation import Change, Translation
-from fed_a2v.config.upstream import DERIVED, UPSTREAM_DEFAULTS
+from fed_a2v.config.upstream_defaults import DERIVED, UPSTREAM_DEFAULTS
 from fed_a2v.config.upstream_keys import REASONS
 
 

@@ -7,11 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.key_paths import node_file_entry
 from fed_a2v.config.overrides import apply_overrides
 from fed_a2v.config.parse import build, read_json
 from fed_a2v.config.schema import Config, NodeConfig
 from fed_a2v.config.translation import Translation
-from fed_a2v.config.upstream import is_upstream, node_file_entry, translate
+from fed_a2v.config.upstream import is_upstream, translate
 from fed_a2v.config.validate import config_from_dict
 
 log = logging.getLogger("fed_a2v.config")

@@ -8,7 +8,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from fed_a2v.config.field_rules import ConfigError
-from fed_a2v.config.upstream import is_metadata, is_native, native_fields, pattern_of, unknown_key
+from fed_a2v.config.key_paths import (
+    is_metadata,
+    is_native,
+    native_fields,
+    pattern_of,
+    unknown_key,
+)
 from fed_a2v.config.upstream_keys import TABLE
 
 

@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import json
 import logging
-import re
 import typing
 from typing import Any
 
 from fed_a2v.config.feda2v_section import GENERATOR_GRANULARITIES, GENERATOR_KINDS
-from fed_a2v.config.field_rules import ConfigError, suggest
+from fed_a2v.config.field_rules import ConfigError
+from fed_a2v.config.key_paths import (
+    dataset_kind,
+    is_metadata,
+    is_native,
+    native_fields,
+    pattern_of,
+    unknown_key,
+    value_at,
+)
 from fed_a2v.config.schema import DATASETS, SCHEMA_KEY, Config
 from fed_a2v.config.translation import Change, Translation
+from fed_a2v.config.upstream_defaults import FLUX, SD, UPSTREAM_DEFAULTS
 from fed_a2v.config.upstream_keys import (
     ALWAYS,
     GAUSSIAN,
     IMPLEMENTED,
     KD_DOC,
     MAPPED,
-    METADATA_KEYS,
     REASONS,
     TABLE,
     Key,
@@ -36,43 +43,8 @@ from fed_a2v.config.upstream_keys import (
 
 log = logging.getLogger("fed_a2v.config")
 
-DATASET_KINDS = (*DATASETS, "mixed")
 UPSTREAM_SPELLING = "ESC50, VEGAS, VGGSound, MIXED"
 FOLD_KEYS = ("train_folds", "val_folds", "test_folds", "use_folds")
-AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
-FLUX = "black-forest-labs/FLUX.1-schnell"
-SD = "runwayml/stable-diffusion-v1-5"
-# Upstream's effective defaults that FedA2V's own differ from; written into upstream files.
-UPSTREAM_DEFAULTS: dict[str, Any] = {
-    "experiment.device": "auto",
-    "federation.global_rounds": 100,
-    "federation.local_epochs": 1,
-    "federation.eval_gap": 1,
-    "training.batch_size": 10,
-    "training.learning_rate": 0.005,
-    "training.weight_decay": 0.001,
-    "dataset.use_folds": False,
-    "dataset.partition": "classes",
-    "dataset.train_ratio": 0.8,
-    "dataset.val_ratio": 0.1,
-    "dataset.stratify": True,
-    "dataset.node_split_seed": 42,
-    "feda2v.diffusion_type": "sd",
-    "feda2v.clip_adapter_learning_rate": 1e-4,
-    "feda2v.clip_adapter_weight_decay": 1e-4,
-    "feda2v.t5_adapter_learning_rate": 1e-3,
-    "feda2v.t5_adapter_weight_decay": 1e-3,
-    "feda2v.adapter_aggregation_mode": "none",
-    "feda2v.adapter_dropout": 0.0,
-    "feda2v.retrieval_loss_weight": 0.0,  # upstream's loss is MSE alone
-    "feda2v.audio_model_name": AST,
-    "wandb.disabled": False,
-    "wandb.project": "FedA2V",
-}
-# Written with the defaults above, so they too are explicit in `convert`'s output.
-DERIVED = ("federation.num_clients", "federation.min_clients", "dataset.name",
-           "feda2v.clip_model_name", "feda2v.clip_model_subfolder",
-           "feda2v.clip_tokenizer_subfolder", "feda2v.t5_model_name", "feda2v.t5_model_subfolder")
 
 
 def is_upstream(raw: Any) -> bool:
@@ -81,78 +53,6 @@ def is_upstream(raw: Any) -> bool:
         return False
     federation = raw.get("federation")
     return "model" in raw or (isinstance(federation, dict) and "algorithm" in federation)
-
-
-def is_metadata(key: str) -> bool:
-    return any(fnmatch.fnmatchcase(str(key), k.path) for k in METADATA_KEYS)
-
-
-def node_file_entry(raw: Any) -> Any:
-    """A node's own JSON as a `nodes` entry reads: comments and `$schema` left out, `dataset`
-    in any case."""
-    if not isinstance(raw, dict):
-        return raw
-    entry = {k: v for k, v in raw.items() if not is_metadata(k) and k != SCHEMA_KEY}
-    if _kind(entry.get("dataset")):
-        entry["dataset"] = _kind(entry["dataset"])
-    return entry
-
-
-def pattern_of(path: str) -> str:
-    """`nodes.3.dataset` -> `nodes.*.dataset`, the table's spelling."""
-    return re.sub(r"^nodes\.[^.]+\.", "nodes.*.", path)
-
-
-def native_fields(parts: list[str]) -> list[str] | None:
-    """The native keys allowed beside `parts[-1]`, or None when its parent is no section."""
-    tp: Any = Config
-    for part in parts[:-1]:
-        if dataclasses.is_dataclass(tp):
-            hints = typing.get_type_hints(tp)
-            if part not in hints:
-                return None
-            tp = hints[part]
-        elif typing.get_origin(tp) is dict:
-            tp = typing.get_args(tp)[1]
-        else:
-            return None
-    if dataclasses.is_dataclass(tp):
-        return [f.name for f in dataclasses.fields(tp)]
-    return [] if typing.get_origin(tp) is dict else None
-
-
-def is_native(path: str) -> bool:
-    parts = path.split(".")
-    allowed = native_fields(parts)
-    if allowed is None:
-        return False
-    return parts[-1] in allowed or (allowed == [] and len(parts) > 1)
-
-
-def unknown_key(path: str, where: str) -> ConfigError:
-    """Today's unknown-key message; close spellings come from native and upstream keys."""
-    parts = path.split(".")
-    allowed = native_fields(parts) or []
-    prefix = pattern_of(path).rsplit(".", 1)[0] + "." if len(parts) > 1 else ""
-    upstream = [p[len(prefix):] for p in TABLE if p.startswith(prefix) and "." not in
-                p[len(prefix):]] if prefix else sorted({p.split(".")[0] for p in TABLE})
-    hint = suggest(parts[-1], [*allowed, *upstream])
-    return ConfigError(f"{where}: unknown key '{path}'{hint}; allowed keys here: "
-                       f"{', '.join(allowed)} (and upstream's, docs/upstream-config.md)")
-
-
-def _kind(value: Any) -> str | None:
-    """`ESC50` -> `esc50`: a dataset name in any case, or None."""
-    name = str(value).lower()
-    return name if isinstance(value, str) and name in DATASET_KINDS else None
-
-
-def _get(raw: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(raw, dict) or part not in raw:
-            return None
-        raw = raw[part]
-    return raw
 
 
 class _Translator:
@@ -221,13 +121,13 @@ class _Translator:
         if row is None or (native and not self.t.upstream):
             if not native:
                 raise unknown_key(path, self.t.source)
-            if pattern in ("dataset.name", "nodes.*.dataset") and _kind(value):
-                value = _kind(value)
+            if pattern in ("dataset.name", "nodes.*.dataset") and dataset_kind(value):
+                value = dataset_kind(value)
             if self.t.upstream and pattern.split(".")[-1] in FOLD_KEYS:
                 value = self.shift(path, value)
             self.put(path, value)
         elif row.status == IMPLEMENTED:
-            wins = _get(self.raw, "federation.diffusion_type")
+            wins = value_at(self.raw, "federation.diffusion_type")
             if path == "feda2v.diffusion_type" and wins is not None:
                 if wins != value:  # upstream's server read federation's first
                     self.t.mapped.append(Change(path, value, path, wins,
@@ -254,7 +154,7 @@ class _Translator:
             return False
         for gate in row.when:
             path, _, want = gate.partition("=")
-            got = _get(self.raw, path)
+            got = value_at(self.raw, path)
             if (got == want) if want else (got is not None and not TABLE[path].is_inert(got)):
                 return True
         return not row.when
@@ -328,9 +228,9 @@ class _Translator:
                                    f"from their data); FedA2V distils on `{target}`"))
         elif not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{self.t.source}: '{path}' must be an integer or \"auto\"")
-        elif _get(self.raw, target) is not None:
+        elif value_at(self.raw, target) is not None:
             self.t.mapped.append(Change(path, value, "", None, f"the file's own `{target}` "
-                                        f"({json.dumps(_get(self.raw, target))}) wins"))
+                                        f"({json.dumps(value_at(self.raw, target))}) wins"))
         else:
             self.put(target, value)
             self.t.mapped.append(Change(path, value, target, value, "generated samples of "
@@ -344,21 +244,22 @@ class _Translator:
 
     def map_dataset_name(self, path: str, value: Any, row: Key) -> None:
         # Upstream's files: recorded in finish_dataset, once the nodes have named their corpora.
-        if _kind(value):
-            self.put(path, _kind(value))
+        if dataset_kind(value):
+            self.put(path, dataset_kind(value))
         elif not self.t.upstream:
             self.put(path, value)  # a native file: config_from_dict names the allowed values
         else:
             self.put(path, None)  # decided from the nodes in finish_upstream
 
     def map_node_dataset(self, path: str, value: Any, row: Key) -> None:
-        if not _kind(value) or _kind(value) == "mixed":
+        if not dataset_kind(value) or dataset_kind(value) == "mixed":
             raise ConfigError(f"{self.t.source}: '{path}': {json.dumps(value)} is no corpus; "
                               f"use one of {UPSTREAM_SPELLING[:-7]} (any case) or "
                               f"{', '.join(DATASETS)}")
-        self.put(path, _kind(value))
-        if value != _kind(value):
-            self.t.mapped.append(Change(path, value, path, _kind(value), "FedA2V's spelling"))
+        self.put(path, dataset_kind(value))
+        if value != dataset_kind(value):
+            self.t.mapped.append(Change(path, value, path, dataset_kind(value),
+                                        "FedA2V's spelling"))
 
     def map_folds(self, path: str, value: Any, row: Key) -> None:
         self.put(path, self.shift(path, value) if self.t.upstream else value)
@@ -389,7 +290,7 @@ class _Translator:
             for node_id, value in self.dropouts.items():
                 self.t.unsupported.append((f"nodes.{node_id}.adapter_dropout", value,
                                            "node_adapter"))
-        own = _get(self.raw, "feda2v.adapter_dropout")
+        own = value_at(self.raw, "feda2v.adapter_dropout")
         if own is None:
             own = float(max(values))
             self.put("feda2v.adapter_dropout", own)
@@ -410,7 +311,7 @@ class _Translator:
         if not self.granularities:
             return
         key = "feda2v.generator_granularity"
-        own = _get(self.raw, key)
+        own = value_at(self.raw, key)
         fallback = Config().feda2v.generator_granularity if own is None else own
         nodes = [n for n, e in self.t.native.get("nodes", {}).items() if isinstance(e, dict)]
         values = {n: self.granularities.get(n, fallback) for n in nodes}
@@ -431,7 +332,7 @@ class _Translator:
     def finish_device(self) -> None:
         if not self.device:
             return
-        device = str(self.device.get("device", _get(self.raw, "experiment.device") or "cuda"))
+        device = str(self.device.get("device", value_at(self.raw, "experiment.device") or "cuda"))
         if device == "cuda":
             device = f"cuda:{self.device.get('device_id', 0)}"
         self.put("experiment.device", device)
@@ -518,7 +419,7 @@ class _Translator:
         fallback = ds.get("name")
         kinds = {n.get("dataset", fallback) for n in nodes.values()} or {fallback}
         if None in kinds:
-            given = _get(self.raw, "dataset.name")
+            given = value_at(self.raw, "dataset.name")
             raise ConfigError(
                 f"{self.t.source}: 'dataset.name' ({json.dumps(given)}) names no corpus, and "
                 + ("nodes without 'dataset' need it" if nodes else "there are no nodes")
@@ -528,9 +429,9 @@ class _Translator:
                 node.setdefault("dataset", fallback)
         read = ", ".join(sorted(kinds))
         name = kinds.pop() if len(kinds) == 1 else "mixed"
-        given = _get(self.raw, "dataset.name")
+        given = value_at(self.raw, "dataset.name")
         why = (f"its nodes read {read}" if name == "mixed" and fallback != "mixed"
-               else "FedA2V's spelling" if name == _kind(given)
+               else "FedA2V's spelling" if name == dataset_kind(given)
                else f"every node reads {name} (upstream's nodes name their corpus)")
         if given is None:
             self.t.defaults.append(("dataset.name", name, why))
@@ -544,7 +445,7 @@ class _Translator:
         if node.get("dataset", ds.get("name")) != "vggsound":
             return
         for key, value in (("train_ratio", 0.7), ("val_ratio", 0.1), ("test_ratio", 0.2)):
-            if key not in node and _get(self.raw, f"dataset.{key}") is None:
+            if key not in node and value_at(self.raw, f"dataset.{key}") is None:
                 node[key] = value
                 self.t.defaults.append((f"nodes.{node_id}.{key}", value, "upstream split "
                                         "VGGSound nodes 0.7 / 0.1 / 0.2"))
