@@ -4,7 +4,8 @@ corpus an experiment that sets only the corpus, the built-in models, 3 non-IID n
 other key keeps the schema's default. 3 seeds (each seed generates its own corpus), in-process
 (`federated_runs.py`); prints one markdown table, means over the seeds, CLIP / T5.
 
-    python benchmarks/default_recipe.py speech instruments synthetic italian_speech german_speech
+    python benchmarks/default_recipe.py speech instruments synthetic
+    python benchmarks/default_recipe.py italian_speech german_speech spanish_speech --seeds 30
     python benchmarks/default_recipe.py speech --before     # the defaults before the recipe
     python benchmarks/default_recipe.py speech --set feda2v.retrieval_loss_weight=0.3
 """
