@@ -18,13 +18,13 @@ def suggest(name: str, allowed: list[str]) -> str:
 
 
 def rule(doc: str, *, shown_default: str | None = None, keys: tuple[str, ...] | None = None,
-          **rule: Any) -> dict[str, Any]:
+         **checks: Any) -> dict[str, Any]:
     """A field's metadata. `doc`: its meaning (docs/configuration.md, the JSON Schemas);
     `shown_default`: how the reference shows a default that is None in the dataclass and worked
     out when the config loads; `keys`: the keys a mapping may have (fed_a2v.config.validate
-    checks them); `rule`: what fed_a2v.config.parse checks of a value (choices, min, max,
-    min_exclusive, pattern with `shown`, the pattern in words)."""
-    meta: dict[str, Any] = {"doc": doc, "rule": rule}
+    checks them); `checks`: what fed_a2v.config.parse checks of a value (choices, min, max,
+    min_exclusive, pattern with `shown`, the pattern in words), kept as the metadata's "rule"."""
+    meta: dict[str, Any] = {"doc": doc, "rule": checks}
     if shown_default is not None:
         meta["shown_default"] = shown_default
     if keys is not None:
