@@ -24,7 +24,6 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from fed_a2v.encode.node_data import COUNT_KEYS
 from fed_a2v.encode.target_set import Targets
 from fed_a2v.federation.aggregation import RunningAverage, update_problem
 from fed_a2v.federation.baselines import RidgeBaselines
@@ -34,15 +33,12 @@ from fed_a2v.federation.protocol import (
     ARRAYS_INDEX,
     EVALUATE_ROUND,
     EVALUATION,
-    IMAGES,
     SIDE_ARRAYS,
-    SKIPPED,
-    STANDALONE,
     TARGET_NAMES,
     TARGETS,
     TRANSPORT,
 )
-from fed_a2v.federation.replies import NodeNames, aggregate_metrics, node_key, reply_metrics
+from fed_a2v.federation.replies import aggregate_metrics, node_key, reply_metrics
 from fed_a2v.federation.round_loop import run_rounds
 from fed_a2v.federation.rounds import (
     RoundGrid,
@@ -51,16 +47,16 @@ from fed_a2v.federation.rounds import (
     quorum_nodes,
     sample_nodes,
 )
+from fed_a2v.federation.run_records import RunRecords
 from fed_a2v.federation.transport import WireUpdate, pack
-from fed_a2v.runs.node_records import FLOWER_NODE_ID
 
 log = logging.getLogger(__name__)
 
 
-class FedA2VStrategy(FedAvg):
+class FedA2VStrategy(RunRecords, FedAvg):
     """FedAvg whose instructions carry per-round adapter LRs (`clip-lr`, `t5-lr`) and, until a
-    node has answered once, the targets. Each round's aggregated train and evaluate metrics are
-    kept in `round_metrics`; clip counts summed over the run in `totals`.
+    node has answered once, the targets. What it keeps of the run (each round's metrics in
+    `round_metrics`, clip counts in `totals`, nodes, bytes...) is `RunRecords`'.
 
     `aggregation_mode` (`feda2v.adapter_aggregation_mode`): `weighted_average` (FedAvg by
     examples), `avg` (every accepted update weighs the same) or `none`: standalone nodes, each
@@ -100,18 +96,7 @@ class FedA2VStrategy(FedAvg):
         self.max_update_norm = max_update_norm
         self.global_state: dict[str, np.ndarray] = {}
         self.round_offset = 0  # rounds finished before a resume: Flower counts from 1 again
-        self.rejected: list[tuple[int, int, str, str]] = []  # (round, Flower id, why, name)
-        self.round_metrics: dict[int, dict[str, float]] = {}
-        self.totals = dict.fromkeys(COUNT_KEYS, 0)
-        self.nodes_seen: set[str] = set()  # node keys (stable over restarts) that took part
-        # (round, stage, Flower node id, why, node name)
-        self.failed: list[tuple[int, str, int, str, str]] = []
         self.timeouts = RoundTimeout()
-        self.skipped_files: set[str] = set()  # "path: why", as the nodes reported them
-        # round -> node name -> its own metrics, and "flower_node_id" (see `_note_node`)
-        self.node_metrics: dict[int, dict[str, dict[str, float]]] = {}
-        self.names = NodeNames()  # each node's name in this run's records; kept over resumes
-        self.has_targets: set[int] = set()  # nodes that answered a message since their delivery
         # (round, node) -> bytes sent besides the adapters and the one-time targets
         self.control_bytes: dict[tuple[int, int], int] = {}
         self.aggregation_mode = aggregation_mode
@@ -126,18 +111,12 @@ class FedA2VStrategy(FedAvg):
         self.evaluated: int | None = None
         # Nodes render images every `render_every` rounds (0: never), in the evaluate stage.
         self.render_every = render_every
-        self.node_images: list[dict[str, Any]] = []  # {"round", "node", "count", "dir"}
         self.last_round: int | None = None  # known once `start` is called
-        self.adapter_bytes: dict[int, int] = {}  # round -> adapter bytes sent to all its nodes
-        self.update_bytes: dict[int, int] = {}  # round -> adapter bytes its train replies held
         self.transport_dtype = transport_dtype
         self.train_round = 0  # the round whose updates `take_update` adds up
         self.average: RunningAverage | None = None  # that round's running sum
         # id(reply) -> (reply, why it was refused or None); holding the reply keeps its id
         self.taken: dict[int, tuple[Message, str | None]] = {}
-        self.node_adapters: dict[str, dict[str, Any]] = {}  # standalone: node key -> its file
-        # The differential-privacy wrapper's state (fed_a2v.federation.privacy), for a resumed run
-        self.privacy: dict[str, Any] = {}
         # Ridge baselines (federation.baselines): their statistics and maps travel beside
         # the adapters, never in their ArrayRecord
         self.baselines = baselines
@@ -255,31 +234,6 @@ class FedA2VStrategy(FedAvg):
         if self.one_stage and server_round != self.last_round:
             return []  # the next round's train instructions have the nodes evaluate
         return self._instructions(server_round, arrays, config, grid, MessageType.EVALUATE)
-
-    def _note_replies(self, server_round: int, replies: list[Message]) -> None:
-        if self.overlap:
-            self.overlap.note(replies)
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                self.has_targets.discard(node)  # it may have lost them: send again
-                self.failed.append((server_round, msg.metadata.message_type, node,
-                                    msg.error.reason, self.node_name(msg)))
-            else:
-                self.has_targets.add(node)
-                name = self.node_name(msg)
-                if SKIPPED in msg.content:
-                    self.skipped_files.update(json.loads(str(msg.content[SKIPPED]["files"])))
-                if IMAGES in msg.content:  # rendered with the adapters of its "round"
-                    images = msg.content[IMAGES]
-                    self.node_images.append({"round": int(images.get("round", server_round)),
-                                             "node": name,
-                                             "count": int(images["count"]),
-                                             "dir": str(images["dir"])})
-                if self.standalone and STANDALONE in msg.content:
-                    own = msg.content[STANDALONE]
-                    self.node_adapters[name] = {"path": str(own["path"]),
-                                                "rounds": int(own["rounds"])}
 
     def take_update(self, reply: Message) -> Message:
         """Screen one train reply and add its adapters to the round's running average, or
@@ -438,84 +392,3 @@ class FedA2VStrategy(FedAvg):
         if final:
             self.awaiting_eval = None
         return due
-
-    def progress(self) -> dict[str, Any]:
-        """What the summary adds up over the whole run, for a resumed run to go on from; one
-        stage: the round whose line waits for its evaluation (`held`), with what it has."""
-        held = self.awaiting_eval
-        return {**({"held": {"round": held, "metrics": self.round_metrics.get(held, {}),
-                             "nodes": self.node_metrics.get(held, {})}}
-                   if held is not None else {}),
-                "totals": self.totals, "nodes": sorted(self.nodes_seen),
-                "node_names": self.names.by_key,
-                "skipped_files": sorted(self.skipped_files), "rejected": self.rejected,
-                "failed": self.failed, "adapter_bytes": self.adapter_bytes,
-                "update_bytes": self.update_bytes,
-                "node_adapters": self.node_adapters, "node_images": self.node_images,
-                **({"privacy": self.privacy} if self.privacy else {}),
-                **({"baselines": self.baselines.progress()} if self.baselines else {})}
-
-    def restore(self, progress: dict[str, Any]) -> None:
-        """Go on from `progress()` as saved by the stopped part of a resumed run."""
-        self.totals.update(progress.get("totals", {}))
-        self.nodes_seen.update(progress.get("nodes", []))
-        self.names.restore(progress.get("node_names", {}))
-        self.skipped_files.update(progress.get("skipped_files", []))
-        # Runs recorded before nodes had names kept no name: theirs is "node <Flower id>".
-        self.rejected.extend((*x[:3], x[3] if len(x) > 3 else f"node {x[1]}")
-                             for x in progress.get("rejected", []))
-        self.failed.extend((*x[:4], x[4] if len(x) > 4 else f"node {x[2]}")
-                           for x in progress.get("failed", []))
-        self.adapter_bytes.update({int(r): int(b)
-                                   for r, b in progress.get("adapter_bytes", {}).items()})
-        self.update_bytes.update({int(r): int(b)
-                                  for r, b in progress.get("update_bytes", {}).items()})
-        self.node_adapters.update(progress.get("node_adapters", {}))
-        self.node_images.extend(progress.get("node_images", []))
-        self.privacy = progress.get("privacy", {})
-        if "held" in progress:  # the first train instruction evaluates the checkpoint's adapters
-            held = progress["held"]
-            self.awaiting_eval = int(held["round"])
-            self.round_metrics[self.awaiting_eval] = dict(held["metrics"])
-            self.node_metrics[self.awaiting_eval] = dict(held["nodes"])
-        if self.baselines:
-            self.baselines.restore(progress.get("baselines", {}))
-
-    def adapter_bytes_per_round(self, rounds: int) -> list[int]:
-        """Adapter bytes the server sent in each of rounds 1..`rounds` (all of the round's train
-        and evaluate messages together)."""
-        return [self.adapter_bytes.get(r, 0) for r in range(1, rounds + 1)]
-
-    def update_bytes_per_round(self, rounds: int) -> list[int]:
-        """Adapter bytes the train replies of each of rounds 1..`rounds` held, all nodes."""
-        return [self.update_bytes.get(r, 0) for r in range(1, rounds + 1)]
-
-    def _note_node(self, server_round: int, msg: Message,
-                   metrics: MetricRecord | None = None) -> None:
-        """Keep one node's own train or eval metrics (`metrics`, else its reply's) for the
-        round (per-node curves), under its name, with the Flower node id it had when it first
-        reported in the round (`flower_node_id`; a one-stage round's evaluation may come from
-        the node restarted under a new id)."""
-        metrics = metrics if metrics is not None else reply_metrics(msg.content)
-        own = {k: float(v) for k, v in metrics.items()
-               if k.startswith(("train_", "eval_", "val_", "generator_"))
-               and isinstance(v, (int, float))}
-        nodes = self.node_metrics.setdefault(server_round, {})
-        entry = nodes.setdefault(self.node_name(msg), {})
-        entry.setdefault(FLOWER_NODE_ID, msg.metadata.src_node_id)
-        entry.update(own)
-
-    def node_name(self, reply: Message) -> str:
-        """The name in this run's records of the node that sent `reply` (`NodeNames.of`)."""
-        return self.names.of(reply)
-
-    def name_of(self, flower_id: int) -> str:
-        """A Flower node's name in this run (`NodeNames.of_id`)."""
-        return self.names.of_id(flower_id)
-
-    def _record(self, server_round: int, metrics: MetricRecord) -> None:
-        """Clip counts add up over the run; everything else is this round's value."""
-        for key in COUNT_KEYS:
-            self.totals[key] += int(metrics.get(key, 0))
-        self.round_metrics.setdefault(server_round, {}).update(
-            {k: v for k, v in metrics.items() if k not in COUNT_KEYS})
