@@ -8,6 +8,7 @@ other key keeps the schema's default. 3 seeds (each seed generates its own corpu
     python benchmarks/default_recipe.py italian_speech german_speech spanish_speech --seeds 30
     python benchmarks/default_recipe.py speech --before     # the defaults before the recipe
     python benchmarks/default_recipe.py speech --one-node   # one node holding every clip
+    python benchmarks/default_recipe.py speech --iid        # 3 nodes holding every class
     python benchmarks/default_recipe.py speech --set feda2v.retrieval_loss_weight=0.3
 """
 
@@ -34,13 +35,18 @@ BEFORE = {"training": {"learning_rate": 1e-3},
 
 # Which of a corpus's first 10 classes each node holds: every class on one to three nodes.
 NODE_CLASSES = ((0, 1, 2, 3, 4, 5, 6), (3, 4, 5, 6, 7, 8, 9), (0, 1, 2, 7, 8, 9, 6))
+EVERY_CLASS = tuple(range(10))
+# `classes`: the experiment; `iid`: 3 nodes holding every class (each a third of every class's
+# clips, so every training clip is used, where `classes` leaves a class's shards on the nodes
+# that do not hold it unused); `one-node`: one node holding every clip (a centralized reference).
+DEALS = {"classes": NODE_CLASSES, "iid": (EVERY_CLASS,) * 3, "one-node": (EVERY_CLASS,)}
 
 
-def default_experiment(corpus: str, local_epochs: int, one_node: bool = False) -> dict[str, Any]:
-    """The experiment a new user writes for `corpus`: nothing but what the issue lists.
-    `one_node`: one node holding every training clip instead (a centralized reference)."""
+def default_experiment(corpus: str, local_epochs: int, deal: str = "classes") -> dict[str, Any]:
+    """The experiment a new user writes for `corpus`: nothing but what the issue lists; `deal`
+    (`DEALS`) which classes each node holds."""
     classes = BUILTIN[corpus].classes[:10]
-    deal = (tuple(range(10)),) if one_node else NODE_CLASSES
+    deal = DEALS[deal]
     return {
         "experiment": {"name": corpus, "seed": 0, "output_dir": "runs", "device": "cpu"},
         "federation": {"global_rounds": 15, "num_clients": len(deal), "min_clients": len(deal),
@@ -78,8 +84,11 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="change one experiment key in every run")
-    parser.add_argument("--one-node", action="store_true",
+    parser.add_argument("--one-node", dest="deal", action="store_const", const="one-node",
+                        default="classes",
                         help="one node holding every training clip (scored on every held-out clip)")
+    parser.add_argument("--iid", dest="deal", action="store_const", const="iid",
+                        help="3 nodes holding every class (every training clip used)")
     parser.add_argument("--before", action="store_true",
                         help="the defaults before the default recipe (BEFORE), then --set")
     parser.add_argument("--tag", default="defaults",
@@ -95,7 +104,7 @@ def main() -> None:
     for corpus in args.corpora:
         path = args.root / f"{corpus}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(default_experiment(corpus, args.local_epochs, args.one_node)))
+        path.write_text(json.dumps(default_experiment(corpus, args.local_epochs, args.deal)))
         summaries = [run_experiment(path, args.root, f"{corpus}-{args.tag}-s{seed}", seed,
                                     args.rounds, changes)
                      for seed in range(args.first_seed, args.first_seed + args.seeds)]
