@@ -12,17 +12,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fed_a2v.federation.baselines import (
+    RidgeBaselines,
     RidgeStats,
     nearest_rows,
+    own_cosines,
     pooled_features,
     predict_rows,
     solve,
     top1_hits,
 )
-from fed_a2v.federation.protocol import RIDGE_HITS, RIDGE_MAPS, RIDGE_REQUEST, RIDGE_STATS
+from fed_a2v.federation.protocol import (
+    RIDGE_COSINE,
+    RIDGE_HITS,
+    RIDGE_MAPS,
+    RIDGE_REQUEST,
+    RIDGE_STATS,
+)
 from fed_a2v.federation.server import run_federation
 
 from drills import APP_DIR, LoopbackGrid, experiment_dict, run_in_process, server_identity
@@ -88,6 +96,10 @@ def test_predictions_through_a_and_t_are_the_explicit_ridge_predictions() -> Non
     pred = torch.from_numpy(test.numpy() @ w)
     nearest = (F.normalize(pred, dim=1) @ F.normalize(targets.flatten(1), dim=1).T).argmax(1)
     assert torch.equal(nearest_rows(coeffs, targets), nearest)
+    # The held-out cosine to the own target, as the adapters report it, without the predictions.
+    own = torch.from_numpy(flat).double()[rows[:25]]
+    np.testing.assert_allclose(own_cosines(coeffs, targets, rows[:25]).numpy(),
+                               F.cosine_similarity(pred, own, dim=1).numpy(), rtol=1e-9)
 
 
 def test_separable_data_is_solved_and_random_labels_score_chance() -> None:
@@ -121,6 +133,35 @@ def test_bad_statistics_are_refused() -> None:
         RidgeStats.from_arrays({**arrays, "sums": np.full_like(arrays["sums"], np.nan)}, 9, 3)
     with pytest.raises(ValueError, match="whole"):
         RidgeStats.from_arrays({**arrays, "counts": arrays["counts"] - 0.5}, 9, 3)
+
+
+
+def _hits_reply(hits: dict, cosines: dict, clips: int = 4) -> Message:
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}),
+                          dst_node_id=7, message_type=MessageType.EVALUATE)
+    return Message(RecordDict({RIDGE_HITS: ConfigRecord({"clips": clips, **hits}),
+                               RIDGE_COSINE: ConfigRecord(cosines)}), reply_to=instruction)
+
+
+def test_a_node_s_ridge_cosines_are_kept_only_where_they_can_be_cosines() -> None:
+    gen = torch.Generator().manual_seed(3)
+    baselines = RidgeBaselines(LAM, 2, 3)
+    baselines._add("node-a", RidgeStats.of(pooled_features(torch.randn(12, 3, 2, generator=gen)),
+                                           torch.arange(12) % 3, 3))
+    baselines.maps()
+    hits = {"central/clip": 2, "local.0/clip": 1}
+    with server_identity():
+        baselines.note_hits(_hits_reply(hits, {"central/clip": 3.2, "local.0/clip": -1.0}))
+        baselines.note_hits(_hits_reply(hits, {"central/clip": 4.5, "local.0/clip": 0.0}))
+        baselines.note_hits(_hits_reply(hits, {"local.3/clip": 1.0}))
+    # every reply's hits count; only the first one's cosines could be cosines of 4 clips
+    assert baselines.clips == 12 and baselines.hits["node-a"] == {"clip": 3}
+    assert baselines.cosine_clips == 4
+    assert baselines.cosines == {"central": {"clip": 3.2}, "node-a": {"clip": -1.0}}
+    summary = baselines.summary({"clip": 0.5}, {"node-a": "node 0"}, {"clip": 0.7})
+    assert summary["held_out_cosine"] == {"clips": 4, "fedA2V": {"clip": 0.7},
+                                          "ridge_centralized": {"clip": 0.8},
+                                          "local_only_ridge": {"clip": -0.25}}
 
 
 class KeepingGrid(LoopbackGrid):
@@ -186,9 +227,19 @@ def test_a_run_reports_the_baselines_and_resumes_with_them(tmp_path: Path) -> No
         assert baselines["gap"]["ridge_centralized"][key] == pytest.approx(
             summary[f"eval_{key}"] - baselines["ridge_centralized"][key])
         assert baselines["gap"]["chance"][key] == pytest.approx(summary[f"eval_{key}"] - 1 / 3)
+    # The maps' held-out cosine to the own target beside FedA2V's (what FLUX is conditioned on)
+    cosine = baselines["held_out_cosine"]
+    assert cosine["clips"] == baselines["held_out_clips"]
+    assert cosine["fedA2V"] == {s: summary[f"eval_{s}_cosine"] for s in ("clip", "t5")}
+    for key in ("ridge_centralized", "local_only_ridge"):
+        assert set(cosine[key]) == {"clip", "t5"}
+        assert all(-1.0 <= v <= 1.0 for v in cosine[key].values())
     report = (run_dir / "report.md").read_text()
     assert "## Baselines" in report
     assert "| ridge, centralized |" in report and "| chance | 0.333 | 0.333 |" in report
+    assert "Held-out cosine to the own target" in report
+    assert (f"| ridge, centralized | {cosine['ridge_centralized']['clip']:.3f} | "
+            f"{cosine['ridge_centralized']['t5']:.3f} |") in report
 
     # Resumed after round 1: the statistics come from the run directory, the nodes (asked
     # with the keys the server holds) send none again, and the baselines come out the same.
@@ -202,7 +253,8 @@ def test_a_run_reports_the_baselines_and_resumes_with_them(tmp_path: Path) -> No
                        APP_DIR)
     assert not any(RIDGE_STATS in keys for _, _, keys in again.kept)
     resumed = json.loads((run_dir / "summary.json").read_text())["baselines"]
-    for key in ("ridge_centralized", "local_only_ridge", "train_clips", "held_out_clips"):
+    for key in ("ridge_centralized", "local_only_ridge", "train_clips", "held_out_clips",
+                "held_out_cosine"):
         assert resumed[key] == baselines[key]
 
 

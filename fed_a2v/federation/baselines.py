@@ -32,7 +32,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fed_a2v.encode.encoded_set import EncodedSet
-from fed_a2v.federation.protocol import RIDGE_HITS, RIDGE_MAPS, RIDGE_REQUEST, RIDGE_STATS
+from fed_a2v.federation.protocol import (
+    RIDGE_COSINE,
+    RIDGE_HITS,
+    RIDGE_MAPS,
+    RIDGE_REQUEST,
+    RIDGE_STATS,
+)
 from fed_a2v.model.adapters import save_adapters
 from fed_a2v.model.layers import token_statistics
 
@@ -148,6 +154,19 @@ def top1_hits(maps: torch.Tensor, x: torch.Tensor, targets: torch.Tensor,
     return int((nearest_rows(predict_rows(maps, x), targets) == rows).sum().item())
 
 
+def own_cosines(coeffs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`(N,)` the cosine of each prediction `coeffs @ T` to its own target row `rows[i]`, the
+    held-out cosine the adapters report, computed through the rows' Gram matrix `G = T Tᵀ`:
+    `p · t_y = (c G)_y` and `|p|² = c G cᵀ`, `(N, K) @ (K, K)` again."""
+    flat = targets.flatten(1).double()
+    gram = flat @ flat.T
+    c = coeffs.double()
+    cg = c @ gram
+    own = cg.gather(1, rows.long()[:, None])[:, 0]
+    norms = (cg * c).sum(1).clamp_min(0).sqrt() * gram.diagonal()[rows.long()].sqrt()
+    return own / norms.clamp_min(torch.finfo(torch.float64).tiny)
+
+
 # The node's side.
 
 def stats_reply(request: ConfigRecord, node_key: str, train: EncodedSet,
@@ -161,15 +180,18 @@ def stats_reply(request: ConfigRecord, node_key: str, train: EncodedSet,
 
 def hits_reply(maps: ArrayRecord, test: EncodedSet,
                targets: dict[str, torch.Tensor]) -> dict[str, ConfigRecord]:
-    """Held-out top-1 hits of every map sent, in every target space."""
-    record = ConfigRecord({"clips": len(test)})
+    """Held-out top-1 hits of every map sent, in every target space, and the sums of its
+    predictions' cosines to their own targets."""
+    record, cosines = ConfigRecord({"clips": len(test)}), ConfigRecord()
     if len(test):
         x = encoded_features(test)
         for name, array in maps.items():
-            a = torch.from_numpy(array.numpy())
+            coeffs = predict_rows(torch.from_numpy(array.numpy()), x)
             for space, table in targets.items():
-                record[f"{name}/{space}"] = top1_hits(a, x, table, test.target_ids)
-    return {RIDGE_HITS: record}
+                key = f"{name}/{space}"
+                record[key] = int((nearest_rows(coeffs, table) == test.target_ids).sum())
+                cosines[key] = float(own_cosines(coeffs, table, test.target_ids).sum())
+    return {RIDGE_HITS: record, RIDGE_COSINE: cosines}
 
 
 # The server's side.
@@ -193,6 +215,9 @@ class RidgeBaselines:
         self._maps: tuple[ArrayRecord, list[str]] | None = None  # built for the final round
         self.hits: dict[str, dict[str, int]] = {}  # map (CENTRAL or node key) -> space -> hits
         self.clips = 0  # held-out clips behind `hits`
+        # map -> space -> sum of held-out cosines to the own target, over `cosine_clips` clips
+        self.cosines: dict[str, dict[str, float]] = {}
+        self.cosine_clips = 0
         self.eval_nodes = 0
 
     def records(self, node_id: int, kind: str, final: bool) -> dict[str, Any]:
@@ -239,19 +264,27 @@ class RidgeBaselines:
                     **{f"local.{i}": self.local[k] for i, k in enumerate(names)}}
             self._maps = ArrayRecord({k: Array(v.numpy()) for k, v in maps.items()}), names
             self.hits, self.clips, self.eval_nodes = {}, 0, 0
+            self.cosines, self.cosine_clips = {}, 0
         return self._maps[0]
 
+    def _scores(self, record: ConfigRecord, kind: type) -> list[tuple[str, str, Any]]:
+        """`record`'s `<map>/<space>` values as (map name, space, value of `kind`); ValueError
+        or IndexError if a key names no map sent or a value is not a `kind`."""
+        names = self._maps[1] if self._maps else []
+        return [(CENTRAL if m == CENTRAL else names[int(m.removeprefix("local."))], space,
+                 kind(v))
+                for key, v in record.items() if key != "clips"
+                for m, space in [str(key).split("/", 1)]]
+
     def note_hits(self, reply: Message) -> None:
-        """Add the held-out hits of one usable evaluate reply (one out of range is left out)."""
+        """Add the held-out hits (and cosine sums, where sent) of one usable evaluate reply;
+        ones out of range are left out."""
         if RIDGE_HITS not in reply.content or self._maps is None:
             return
-        record, names = reply.content[RIDGE_HITS], self._maps[1]
+        record = reply.content[RIDGE_HITS]
         clips = int(record["clips"])
         try:
-            hits = [(CENTRAL if m == CENTRAL else names[int(m.removeprefix("local."))],
-                     space, int(v))
-                    for key, v in record.items() if key != "clips"
-                    for m, space in [str(key).split("/", 1)]]
+            hits = self._scores(record, int)
         except (ValueError, IndexError):
             hits = [("", "", -1)]
         if any(not 0 <= h <= clips for *_, h in hits):
@@ -263,13 +296,32 @@ class RidgeBaselines:
             own[space] = own.get(space, 0) + h
         self.clips += clips
         self.eval_nodes += 1
+        self._note_cosines(reply, clips)
 
-    def summary(self, fed: dict[str, float | None],
-                names: Mapping[str, str]) -> dict[str, Any] | None:
+    def _note_cosines(self, reply: Message, clips: int) -> None:
+        if RIDGE_COSINE not in reply.content:
+            return
+        try:
+            sums = self._scores(reply.content[RIDGE_COSINE], float)
+        except (ValueError, IndexError):
+            sums = [("", "", float("nan"))]
+        # a cosine is within [-1, 1]; the slack is for float64 rounding at |cos| = 1
+        if any(not abs(v) <= clips * (1 + 1e-9) for *_, v in sums):
+            log.warning("node %d reported ridge cosines that fit no map or no cosine of its %d "
+                        "clips: left out", reply.metadata.src_node_id, clips)
+            return
+        for name, space, v in sums:
+            own = self.cosines.setdefault(name, {})
+            own[space] = own.get(space, 0.0) + v
+        self.cosine_clips += clips
+
+    def summary(self, fed: dict[str, float | None], names: Mapping[str, str],
+                fed_cosine: Mapping[str, float | None] | None = None) -> dict[str, Any] | None:
         """`summary.json`'s `baselines`: top-1 over all held-out clips of the centralized and
         each node's ridge map, chance, FedA2V's final top-1 (`fed`: space -> value) and its
-        gap to each, the nodes under their `names` (node key -> name). None before any node
-        reported hits."""
+        gap to each, the nodes under their `names` (node key -> name); `held_out_cosine`, the
+        maps' mean cosine to the own target beside FedA2V's (`fed_cosine`). None before any
+        node reported hits."""
         if not self.clips or CENTRAL not in self.hits:
             return None
         spaces = sorted(self.hits[CENTRAL])
@@ -298,14 +350,30 @@ class RidgeBaselines:
                 "nodes_with_stats": len(self.local),
                 "ridge_centralized": top1[CENTRAL], "local_only_ridge": local_only,
                 "chance": chance, "fedA2V": fed_top1, "gap": gap,
+                "held_out_cosine": self._cosine_summary(spaces, fed_cosine or {}),
                 "stats_bytes_per_node": {names.get(k, k): v
                                          for k, v in self.stats_bytes.items()},
                 "maps_bytes_sent": self.maps_bytes}
 
+    def _cosine_summary(self, spaces: list[str],
+                        fed: Mapping[str, float | None]) -> dict[str, Any] | None:
+        """Mean held-out cosine to the own target per space: FedA2V's, the centralized map's
+        and the mean of the nodes' own maps'; None if no node sent cosines."""
+        if not self.cosine_clips or CENTRAL not in self.cosines:
+            return None
+        mean = {name: {s: v.get(s, 0.0) / self.cosine_clips for s in spaces}
+                for name, v in self.cosines.items()}
+        local = [v for name, v in mean.items() if name != CENTRAL]
+        return {"clips": self.cosine_clips, "fedA2V": {s: fed.get(s) for s in spaces},
+                "ridge_centralized": mean[CENTRAL],
+                "local_only_ridge": {s: float(np.mean([v[s] for v in local])) if local else None
+                                     for s in spaces}}
+
     def progress(self) -> dict[str, Any]:
         """The small part a resumed run goes on from (the statistics are in `path`)."""
         return {"stats_bytes": self.stats_bytes, "maps_bytes": self.maps_bytes,
-                "hits": self.hits, "clips": self.clips, "eval_nodes": self.eval_nodes}
+                "hits": self.hits, "clips": self.clips, "eval_nodes": self.eval_nodes,
+                "cosines": self.cosines, "cosine_clips": self.cosine_clips}
 
     def restore(self, progress: dict[str, Any]) -> None:
         """Go on from `progress()` and the statistics saved in `path`."""
@@ -313,6 +381,8 @@ class RidgeBaselines:
         self.maps_bytes += int(progress.get("maps_bytes", 0))
         self.hits = progress.get("hits", {})
         self.clips, self.eval_nodes = progress.get("clips", 0), progress.get("eval_nodes", 0)
+        self.cosines = progress.get("cosines", {})
+        self.cosine_clips = progress.get("cosine_clips", 0)
         if self.path is None or not self.path.exists():
             return
         tensors = load_file(str(self.path))

@@ -31,6 +31,8 @@ IMAGES = "node-images"  # ConfigRecord {"count", "dir"}: images rendered on the 
 # (fed_a2v.federation.baselines); not an adapter update
 RIDGE_STATS = "ridge-stats"
 RIDGE_HITS = "ridge-hits"  # ConfigRecord {"clips", "<map>/<space>": hits}: held-out top-1 hits
+# ConfigRecord {"<map>/<space>": sum}: held-out cosines of the maps' predictions to the own target
+RIDGE_COSINE = "ridge-cosine"
 # ArrayRecord {"<i>.<field>"} and ConfigRecord "<GENERATORS>-classes" {"classes"}: a node's
 # per-class generators, once; not an adapter update
 GENERATORS = "generators"

@@ -232,7 +232,9 @@ def run_federation(grid: Grid, context: Context, app_dir: Path) -> dict[str, Any
         # (fed_a2v.federation.baselines); null with federation.baselines false.
         "baselines": strategy.baselines.summary(
             {s: recorder.last.get(f"eval_{s}_top1") for s in targets.tensors},
-            strategy.names.by_key) if strategy.baselines else None,
+            strategy.names.by_key,
+            {s: recorder.last.get(f"eval_{s}_cosine") for s in targets.tensors})
+        if strategy.baselines else None,
         # Unix times in this server process: its start, the first instruction's, each
         # round's end (a resumed run: the rounds it ran).
         "timings": {"server_start": entered, "rounds_start": started, "round_ends": round_ends},

@@ -265,7 +265,23 @@ def _baseline_lines(baselines: dict[str, Any] | None) -> list[str]:
                                                 for s in spaces)
                          for node, v in sorted(local["per_node"].items(),
                                                key=lambda n: node_order(n[0])))
-    return [*lines, "", f"Local-only ridge per node: {per_node}.", ""]
+    return [*lines, "", f"Local-only ridge per node: {per_node}.", "",
+            *_cosine_lines(baselines.get("held_out_cosine"), spaces)]
+
+
+def _cosine_lines(cosine: dict[str, Any] | None, spaces: list[str]) -> list[str]:
+    """FedA2V's held-out cosine to the own target (what the diffusion model is conditioned
+    on) beside the ridge maps': a map can buy top-1 with predictions far from every target."""
+    if not cosine:
+        return []
+    rows = [("FedA2V (final round)", cosine["fedA2V"]),
+            ("ridge, centralized", cosine["ridge_centralized"]),
+            ("ridge, local-only (mean of the nodes)", cosine["local_only_ridge"])]
+    return [f"Held-out cosine to the own target, on the same {cosine['clips']} clips:", "",
+            "| | " + " | ".join(f"{s} cosine" for s in spaces) + " |",
+            "|---|" + "---|" * len(spaces),
+            *(f"| {label} | " + " | ".join("–" if v.get(s) is None else f"{v[s]:.3f}"
+                                           for s in spaces) + " |" for label, v in rows), ""]
 
 
 def _save(fig, path: Path, plt) -> Path:
