@@ -143,7 +143,7 @@ def _hits_reply(hits: dict, cosines: dict, clips: int = 4) -> Message:
                                RIDGE_COSINE: ConfigRecord(cosines)}), reply_to=instruction)
 
 
-def test_a_node_s_ridge_cosines_are_kept_only_where_they_can_be_cosines() -> None:
+def test_a_node_s_ridge_hits_and_cosines_are_kept_only_where_they_can_be() -> None:
     gen = torch.Generator().manual_seed(3)
     baselines = RidgeBaselines(LAM, 2, 3)
     baselines._add("node-a", RidgeStats.of(pooled_features(torch.randn(12, 3, 2, generator=gen)),
@@ -154,7 +154,9 @@ def test_a_node_s_ridge_cosines_are_kept_only_where_they_can_be_cosines() -> Non
         baselines.note_hits(_hits_reply(hits, {"central/clip": 3.2, "local.0/clip": -1.0}))
         baselines.note_hits(_hits_reply(hits, {"central/clip": 4.5, "local.0/clip": 0.0}))
         baselines.note_hits(_hits_reply(hits, {"local.3/clip": 1.0}))
-    # every reply's hits count; only the first one's cosines could be cosines of 4 clips
+        # more hits than clips: the reply counts for nothing, its cosines included
+        baselines.note_hits(_hits_reply({"central/clip": 5}, {"central/clip": 1.0}))
+    # every other reply's hits count; only the first one's cosines could be cosines of 4 clips
     assert baselines.clips == 12 and baselines.hits["node-a"] == {"clip": 3}
     assert baselines.cosine_clips == 4
     assert baselines.cosines == {"central": {"clip": 3.2}, "node-a": {"clip": -1.0}}

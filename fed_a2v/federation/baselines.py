@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,39 +281,34 @@ class RidgeBaselines:
         ones out of range are left out."""
         if RIDGE_HITS not in reply.content or self._maps is None:
             return
-        record = reply.content[RIDGE_HITS]
-        clips = int(record["clips"])
-        try:
-            hits = self._scores(record, int)
-        except (ValueError, IndexError):
-            hits = [("", "", -1)]
-        if any(not 0 <= h <= clips for *_, h in hits):
-            log.warning("node %d reported ridge hits that fit no map or exceed its %d clips: "
-                        "left out", reply.metadata.src_node_id, clips)
+        clips = int(reply.content[RIDGE_HITS]["clips"])
+        if not self._add_scores(reply, RIDGE_HITS, int, lambda h: 0 <= h <= clips, self.hits,
+                                clips):
             return
-        for name, space, h in hits:
-            own = self.hits.setdefault(name, {})
-            own[space] = own.get(space, 0) + h
         self.clips += clips
         self.eval_nodes += 1
-        self._note_cosines(reply, clips)
-
-    def _note_cosines(self, reply: Message, clips: int) -> None:
-        if RIDGE_COSINE not in reply.content:
-            return
-        try:
-            sums = self._scores(reply.content[RIDGE_COSINE], float)
-        except (ValueError, IndexError):
-            sums = [("", "", float("nan"))]
         # a cosine is within [-1, 1]; the slack is for float64 rounding at |cos| = 1
-        if any(not abs(v) <= clips * (1 + 1e-9) for *_, v in sums):
-            log.warning("node %d reported ridge cosines that fit no map or no cosine of its %d "
-                        "clips: left out", reply.metadata.src_node_id, clips)
-            return
-        for name, space, v in sums:
-            own = self.cosines.setdefault(name, {})
-            own[space] = own.get(space, 0.0) + v
-        self.cosine_clips += clips
+        if RIDGE_COSINE in reply.content and self._add_scores(
+                reply, RIDGE_COSINE, float, lambda v: abs(v) <= clips * (1 + 1e-9),
+                self.cosines, clips):
+            self.cosine_clips += clips
+
+    def _add_scores(self, reply: Message, key: str, kind: type, fits: Callable[[Any], bool],
+                    into: dict[str, dict[str, Any]], clips: int) -> bool:
+        """Add the reply's `key` record (`<map>/<space>` values of `kind`) into `into`, unless
+        a key names no map sent or a value `fits` not (then logged, nothing added)."""
+        try:
+            scores = self._scores(reply.content[key], kind)
+        except (ValueError, IndexError):
+            scores = None
+        if scores is None or not all(fits(v) for *_, v in scores):
+            log.warning("node %d reported %s that fit no map or not its %d clips: left out",
+                        reply.metadata.src_node_id, key, clips)
+            return False
+        for name, space, v in scores:
+            own = into.setdefault(name, {})
+            own[space] = own.get(space, 0) + v
+        return True
 
     def summary(self, fed: dict[str, float | None], names: Mapping[str, str],
                 fed_cosine: Mapping[str, float | None] | None = None) -> dict[str, Any] | None:
