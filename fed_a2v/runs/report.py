@@ -277,7 +277,8 @@ def _cosine_lines(cosine: dict[str, Any] | None, spaces: list[str]) -> list[str]
     rows = [("FedA2V (final round)", cosine["fedA2V"]),
             ("ridge, centralized", cosine["ridge_centralized"]),
             ("ridge, local-only (mean of the nodes)", cosine["local_only_ridge"])]
-    return [f"Held-out cosine to the own target, on the same {cosine['clips']} clips:", "",
+    return [f"Held-out cosine to the own target (the ridge maps' over the {cosine['clips']} "
+            "held-out clips whose nodes reported it):", "",
             "| | " + " | ".join(f"{s} cosine" for s in spaces) + " |",
             "|---|" + "---|" * len(spaces),
             *(f"| {label} | " + " | ".join("–" if v.get(s) is None else f"{v[s]:.3f}"
