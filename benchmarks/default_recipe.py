@@ -46,16 +46,17 @@ def default_experiment(corpus: str, local_epochs: int, deal: str = "classes") ->
     """The experiment a new user writes for `corpus`: nothing but what the issue lists; `deal`
     (`DEALS`) which classes each node holds."""
     classes = BUILTIN[corpus].classes[:10]
-    deal = DEALS[deal]
+    picks_per_node = DEALS[deal]
     return {
         "experiment": {"name": corpus, "seed": 0, "output_dir": "runs", "device": "cpu"},
-        "federation": {"global_rounds": 15, "num_clients": len(deal), "min_clients": len(deal),
+        "federation": {"global_rounds": 15, "num_clients": len(picks_per_node),
+                       "min_clients": len(picks_per_node),
                        "local_epochs": local_epochs},
         "dataset": {"name": corpus},
         "feda2v": {"audio_model_name": "builtin:tiny-ast", "clip_model_name": "builtin:tiny-clip",
                    "t5_model_name": "builtin:tiny-t5"},
         "nodes": {str(i): {"selected_classes": [classes[c] for c in picks]}
-                  for i, picks in enumerate(deal)},
+                  for i, picks in enumerate(picks_per_node)},
     }
 
 

@@ -23,11 +23,11 @@ from fed_a2v.config.load import load_config
 from fed_a2v.encode.encoded_set import EncodedSet
 from fed_a2v.encode.node_data import NodeIdentity, node_data
 from fed_a2v.federation.baselines import (
-    RidgeStats,
     encoded_features,
     nearest_rows,
     own_cosines,
     predict_rows,
+    saved_total,
     solve,
 )
 from fed_a2v.model.pretrained import FedA2VAdapters
@@ -53,9 +53,7 @@ def run_scores(run_dir: Path, lambdas: tuple[float, ...]) -> dict[str, dict[str,
     package = FedA2VAdapters.from_pretrained(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     tensors = load_file(str(run_dir / "ridge-stats.safetensors"))
-    sums = tensors["total.sums"]
-    stats = RidgeStats.from_arrays({k: tensors[f"total.{k}"].numpy()
-                                    for k in ("xtx", "sums", "counts")}, *sums.shape)
+    stats = saved_total(tensors, *tensors["total.sums"].shape)
     x, rows = held_out(run_dir, package)
     scores = {"FedA2V": {f"{s}_{m}": summary[f"eval_{s}_{m}"]
                          for s in SPACES for m in ("top1", "cosine")}}

@@ -196,6 +196,12 @@ def hits_reply(maps: ArrayRecord, test: EncodedSet,
 
 # The server's side.
 
+def saved_total(tensors: Mapping[str, torch.Tensor], features: int, num_rows: int) -> RidgeStats:
+    """The summed statistics as `RidgeBaselines` keeps them in its file (`total.<field>`)."""
+    return RidgeStats.from_arrays({k: tensors[f"total.{k}"].numpy()
+                                   for k in ("xtx", "sums", "counts")}, features, num_rows)
+
+
 class RidgeBaselines:
     """Asks each node once for the statistics of its training clips; keeps their sum
     (centralized ridge) and each node's own map (local-only ridge, solved on arrival, so the
@@ -267,10 +273,12 @@ class RidgeBaselines:
             self.cosines, self.cosine_clips = {}, 0
         return self._maps[0]
 
-    def _scores(self, record: ConfigRecord, kind: type) -> list[tuple[str, str, Any]]:
-        """`record`'s `<map>/<space>` values as (map name, space, value of `kind`); ValueError
-        or IndexError if a key names no map sent or a value is not a `kind`."""
-        names = self._maps[1] if self._maps else []
+    @staticmethod
+    def _scores(record: ConfigRecord, kind: type, names: list[str]
+                ) -> list[tuple[str, str, Any]]:
+        """`record`'s `<map>/<space>` values as (map name, space, value of `kind`), `local.<i>`
+        named by `names[i]`; ValueError or IndexError if a key names no map sent or a value is
+        not a `kind`."""
         return [(CENTRAL if m == CENTRAL else names[int(m.removeprefix("local."))], space,
                  kind(v))
                 for key, v in record.items() if key != "clips"
@@ -298,7 +306,7 @@ class RidgeBaselines:
         """Add the reply's `key` record (`<map>/<space>` values of `kind`) into `into`, unless
         a key names no map sent or a value `fits` not (then logged, nothing added)."""
         try:
-            scores = self._scores(reply.content[key], kind)
+            scores = self._scores(reply.content[key], kind, self._maps[1])
         except (ValueError, IndexError):
             scores = None
         if scores is None or not all(fits(v) for *_, v in scores):
@@ -383,9 +391,7 @@ class RidgeBaselines:
         tensors = load_file(str(self.path))
         with safe_open(str(self.path), "pt") as f:
             keys = json.loads((f.metadata() or {}).get("nodes", "[]"))
-        self.total = RidgeStats.from_arrays(
-            {k: tensors[f"total.{k}"].numpy() for k in ("xtx", "sums", "counts")},
-            self.features, self.num_rows)
+        self.total = saved_total(tensors, self.features, self.num_rows)
         self.local = {key: tensors[f"local.{i}"] for i, key in enumerate(keys)}
         self._maps = None
         log.info("ridge statistics of %d nodes from %s", len(keys), self.path)
